@@ -1,0 +1,5 @@
+import sys
+
+from mcuprune.cli import main
+
+sys.exit(main())

@@ -1,0 +1,160 @@
+"""Command-line interface: a thin layer over the stage functions.
+
+User errors (UserError) print one line to stderr and exit with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from mcuprune import __version__
+from mcuprune.errors import UserError
+
+DEFAULT_EPOCHS = {"fashion-mnist": 5, "digits": 40}
+
+
+def _print_json(obj: dict) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from mcuprune.data import load_dataset
+    from mcuprune.train import train_run
+
+    dataset = load_dataset(args.dataset)
+    spec = str(Path(args.dataset).resolve()) if args.dataset.endswith(".npz") else args.dataset
+    epochs = args.epochs or DEFAULT_EPOCHS.get(args.dataset, 10)
+    meta = train_run(dataset, spec, args.arch, epochs, Path(args.out), seed=args.seed)
+    print(f"trained {meta['name']}: {meta['param_count']} parameters, float test accuracy "
+          f"{meta['float_test_accuracy']:.4f} in {meta['train_seconds']} s -> {args.out}")
+
+
+def cmd_compile(args: argparse.Namespace) -> None:
+    from mcuprune.compiler import compile_run
+
+    result = compile_run(Path(args.run), args.board, Path(args.out), args.kernels)
+    b = result.build
+    print(f"built {b.elf} for {result.board.name} ({result.variant} kernels): flash {b.flash_bytes} B "
+          f"(model parameters {b.model_flash_bytes} B), RAM {b.ram_bytes} B")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from mcuprune.evaluate import evaluate_firmware
+
+    ev = evaluate_firmware(Path(args.fwdir), limit=args.limit, progress=not args.json)
+    if args.json:
+        _print_json(ev.to_dict())
+        return
+    _print_evaluations([ev])
+
+
+def _print_evaluations(evs: list) -> None:
+    header = ("board", "kernels", "samples", "float acc", "int8 ref acc", "device acc", "mismatches",
+              "model B", "fp32 B", "flash B", "RAM B", "instr/inference")
+    rows = [(e.board, e.kernels, str(e.samples), f"{e.float_accuracy:.4f}", f"{e.reference_accuracy:.4f}",
+             f"{e.device_accuracy:.4f}", str(e.mismatches), str(e.model_flash_bytes), str(e.fp32_model_bytes),
+             str(e.firmware_flash_bytes), str(e.ram_bytes), f"{e.instructions_per_inference:,.0f}") for e in evs]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    for line in (header, *rows):
+        print("  ".join(cell.rjust(w) for cell, w in zip(line, widths, strict=True)))
+
+
+def cmd_boards(args: argparse.Namespace) -> None:
+    from mcuprune.boards import list_boards
+
+    for board in list_boards():
+        qemu = board.qemu_machine or "-"
+        print(f"{board.name:16} {board.core:12} dsp={'yes' if board.dsp else 'no ':3} qemu={qemu:14} "
+              f"{board.description}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from mcuprune.compiler import compile_run
+    from mcuprune.data import load_dataset
+    from mcuprune.evaluate import evaluate_firmware
+    from mcuprune.train import train_run
+
+    work = Path(args.workdir)
+    run_dir = work / "run"
+    t0 = time.time()
+    dataset = load_dataset("fashion-mnist")
+    if (run_dir / "run.json").exists() and not args.retrain:
+        print(f"[demo] reusing trained run {run_dir} (--retrain to train again)")
+    else:
+        print(f"[demo] training the CNN on Fashion-MNIST for {args.epochs} epochs")
+        train_run(dataset, "fashion-mnist", "cnn", args.epochs, run_dir)
+    evaluations = []
+    for board, limit in ((args.board, None), ("mps2-an385", args.scalar_limit)):
+        print(f"[demo] compiling for {board}")
+        compile_run(run_dir, board, work / f"fw-{board}")
+        print(f"[demo] evaluating on {board} in QEMU ({limit or 'all'} test images)")
+        evaluations.append(evaluate_firmware(work / f"fw-{board}", limit=limit))
+    print()
+    _print_evaluations(evaluations)
+    print(f"\n[demo] total {time.time() - t0:.0f} s; instructions are SysTick ticks under QEMU -icount shift=0 "
+          "(QEMU has no cycle counter)")
+    bad = [e for e in evaluations if e.mismatches]
+    if bad:
+        raise UserError(f"device output differs from the int8 reference on {bad[0].board}: "
+                        f"{bad[0].mismatches} mismatching samples")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mcuprune", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"mcuprune {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a network and write a run directory")
+    p.add_argument("--dataset", required=True, help="fashion-mnist, digits or PATH.npz (x, y)")
+    p.add_argument("--arch", choices=("mlp", "cnn"), default="cnn")
+    p.add_argument("--epochs", type=int, default=None, help="default: 5 for fashion-mnist, 40 for digits")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="run directory to create")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("compile", help="quantize a run, generate C for a board and build the ELF")
+    p.add_argument("run")
+    p.add_argument("--board", default="mps2-an386")
+    p.add_argument("--kernels", choices=("auto", "reference", "dsp"), default="auto",
+                   help="auto: DSP dual-MAC kernels where the core has them")
+    p.add_argument("--out", required=True, help="firmware directory to create")
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("evaluate", help="run a firmware in QEMU and compare with the int8 reference")
+    p.add_argument("fwdir")
+    p.add_argument("--limit", type=int, default=None, help="first N test images (default: all)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("boards", help="list known boards")
+    p.set_defaults(func=cmd_boards)
+
+    p = sub.add_parser("demo", help="Fashion-MNIST CNN end to end on the default board")
+    p.add_argument("--workdir", default="runs/demo")
+    p.add_argument("--board", default="mps2-an386")
+    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS["fashion-mnist"])
+    p.add_argument("--scalar-limit", type=int, default=1000, help="test images on the scalar mps2-an385")
+    p.add_argument("--retrain", action="store_true")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as exc:
+        print(f"mcuprune: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("mcuprune: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Requantization: numpy and C against an independent exact-integer oracle."""
+
+from __future__ import annotations
+
+import ctypes
+import math
+import subprocess
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mcuprune.fixedpoint import (
+    INT32_MAX,
+    INT32_MIN,
+    doubling_high_mult,
+    quantize_multiplier,
+    requantize,
+    requantize_s8,
+    rounding_divide_by_pot,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def round_half_away(q: Fraction) -> int:
+    """Exact rounding to nearest, ties away from zero."""
+    sign = -1 if q < 0 else 1
+    a = abs(q)
+    whole = a.numerator // a.denominator
+    return sign * (whole + (1 if a - whole >= Fraction(1, 2) else 0))
+
+
+def round_half_up(q: Fraction) -> int:
+    """Exact rounding to nearest, ties toward +infinity (gemmlowp's high multiply)."""
+    return math.floor(q + Fraction(1, 2))
+
+
+def oracle_requantize(acc: int, multiplier: int, shift: int) -> int:
+    left, right = max(shift, 0), max(-shift, 0)
+    x = ((acc << left) + 2**31) % 2**32 - 2**31  # int32 wrap
+    if x == multiplier == INT32_MIN:
+        high = INT32_MAX
+    else:
+        high = round_half_up(Fraction(x * multiplier, 2**31))
+    return round_half_away(Fraction(high, 2**right))
+
+
+def test_rounding_ties_go_away_from_zero() -> None:
+    # 5/2 = 2.5 -> 3, -5/2 -> -3, 3/2 -> 2, -3/2 -> -2, 7/4 = 1.75 -> 2, -7/4 -> -2, -5/4 -> -1
+    x = np.array([5, -5, 3, -3, 7, -7, -5])
+    e = np.array([1, 1, 1, 1, 2, 2, 2])
+    assert rounding_divide_by_pot(x, e).tolist() == [3, -3, 2, -2, 2, -2, -1]
+
+
+def test_doubling_high_mult_ties_and_saturation() -> None:
+    half = 1 << 30  # a * half / 2^31 = a / 2: ties for odd a, which go toward +infinity
+    assert doubling_high_mult(np.array([3, -3, 1, -1, -5]), half).tolist() == [2, -1, 1, 0, -2]
+    assert doubling_high_mult(np.array([-7]), 1 << 29).tolist() == [-2]  # -1.75 is no tie
+    assert doubling_high_mult(INT32_MIN, INT32_MIN).item() == INT32_MAX
+
+
+def test_requantize_negative_accumulators_are_symmetric() -> None:
+    m, s = quantize_multiplier(0.3)
+    acc = np.arange(-1000, 1001)
+    out = requantize(acc, m, s)
+    assert (out == -requantize(-acc, m, s)).all()
+
+
+def test_requantize_s8_saturates_and_clamps() -> None:
+    m, s = quantize_multiplier(1.0)
+    out = requantize_s8(np.array([-1000, -129, -128, 0, 127, 128, 1000]), m, s, 0, -128, 127)
+    assert out.tolist() == [-128, -128, -128, 0, 127, 127, 127]
+    relu = requantize_s8(np.array([-50, -5, 0, 5]), m, s, -10, -10, 127)  # ReLU: clamp at zero point
+    assert relu.tolist() == [-10, -10, -10, -5]
+
+
+@given(st.floats(min_value=1e-9, max_value=1e6, allow_nan=False))
+def test_quantize_multiplier_represents_the_scale(real: float) -> None:
+    m, s = quantize_multiplier(real)
+    assert 2**30 <= m < 2**31
+    assert abs(m * 2.0 ** (s - 31) - real) <= real * 2**-30
+
+
+def test_quantize_multiplier_rejects_bad_scales() -> None:
+    for bad in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(ValueError):
+            quantize_multiplier(bad)
+    assert quantize_multiplier(1e-12) == (0, 0)  # below 2^-31: flushed like TFLite
+
+
+@given(
+    st.integers(INT32_MIN, INT32_MAX),
+    st.integers(2**30, 2**31 - 1),
+    st.integers(-31, 7),
+)
+def test_numpy_matches_exact_oracle(acc: int, multiplier: int, shift: int) -> None:
+    assert requantize(np.array([acc]), multiplier, shift)[0] == oracle_requantize(acc, multiplier, shift)
+
+
+@pytest.fixture(scope="module")
+def c_requant(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
+    tmp = tmp_path_factory.mktemp("requant")
+    src = tmp / "requant.c"
+    src.write_text('#include "mcup_requant.h"\n'
+                   "int32_t requant(int32_t a, int32_t m, int32_t s) { return mcup_requantize(a, m, s); }\n")
+    lib = tmp / "librequant.so"
+    subprocess.run(["gcc", "-O2", "-std=c11", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC",
+                    f"-I{REPO / 'firmware/include'}", str(src), "-o", str(lib)], check=True)
+    dll = ctypes.CDLL(str(lib))
+    dll.requant.restype = ctypes.c_int32
+    dll.requant.argtypes = [ctypes.c_int32] * 3
+    return dll
+
+
+def test_c_matches_numpy_on_edge_and_random_values(c_requant: ctypes.CDLL) -> None:
+    rng = np.random.default_rng(0)
+    accs = np.concatenate([[0, 1, -1, INT32_MAX, INT32_MIN, 2**20 + 1, -(2**20) - 1],
+                           rng.integers(INT32_MIN, INT32_MAX, 3000)])
+    for shift in (-31, -12, -9, -1, 0, 1, 3):
+        for m in (2**30, 2**31 - 1, 1518500250):
+            expected = requantize(accs, m, shift)
+            got = [c_requant.requant(int(a), m, shift) for a in accs]
+            assert got == expected.tolist(), (m, shift)

@@ -1,0 +1,108 @@
+"""Quantization and the numpy interpreters against PyTorch and independent loops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mcuprune.arena import plan_arena
+from mcuprune.data import to_float, to_int8
+from mcuprune.fixedpoint import quantize_multipliers
+from mcuprune.ir import Op, QParams, QuantLayer
+from mcuprune.quantize import activation_qparams, calibration_subset, quantize_model, quantize_weights
+from mcuprune.reference import conv2d_s8, run_f32, run_s8
+
+
+def test_numpy_float_forward_equals_torch(digits_run) -> None:
+    from mcuprune.train import load_float_model, load_torch_model, torch_predict_logits
+
+    run_dir, ds = digits_run
+    net, _ = load_torch_model(run_dir)
+    model, _ = load_float_model(run_dir)
+    torch_logits = torch_predict_logits(net, ds.x_test)
+    assert np.allclose(run_f32(model, to_float(ds.x_test)), torch_logits, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_int8_reference_agrees_with_torch_float(arch: str, tmp_path) -> None:
+    from mcuprune.data import load_digits
+    from mcuprune.train import load_float_model, load_torch_model, torch_predict_logits, train_run
+
+    ds = load_digits()
+    train_run(ds, "digits", arch, epochs=40, out=tmp_path, seed=1)
+    net, _ = load_torch_model(tmp_path)
+    model, _ = load_float_model(tmp_path)
+    qmodel = quantize_model(model, calibration_subset(ds.x_train))
+    torch_pred = torch_predict_logits(net, ds.x_test).argmax(1)
+    int8_pred = run_s8(qmodel, to_int8(ds.x_test)).argmax(1)
+    agreement = (torch_pred == int8_pred).mean()
+    assert agreement >= 0.97, agreement
+    assert abs((torch_pred == ds.y_test).mean() - (int8_pred == ds.y_test).mean()) <= 0.015
+
+
+def test_weights_per_channel_symmetric() -> None:
+    w = np.array([[0.5, -1.0, 0.25], [0.0, 0.0, 0.0], [2.0, 1.0, -0.5]], dtype=np.float32)
+    q, scales = quantize_weights(w)
+    assert q.dtype == np.int8 and np.abs(q).max() == 127
+    assert q[0].tolist() == [64, -127, 32] and q[1].tolist() == [0, 0, 0]
+    assert np.allclose(scales[[0, 2]], [1.0 / 127, 2.0 / 127])
+
+
+@pytest.mark.parametrize("lo, hi", [(0.0, 6.0), (-1.0, 3.0), (-2.0, -0.5), (0.5, 4.0)])
+def test_activation_range_contains_exact_zero(lo: float, hi: float) -> None:
+    q = activation_qparams(lo, hi)
+    assert -128 <= q.zero_point <= 127
+    assert q.scale * (-128 - q.zero_point) <= min(lo, 0.0) + q.scale
+    assert q.scale * (127 - q.zero_point) >= max(hi, 0.0) - q.scale
+    if lo == 0.0:
+        assert q.zero_point == -128  # ReLU outputs use the whole int8 range
+
+
+def naive_conv(x: np.ndarray, layer: QuantLayer) -> np.ndarray:
+    """Independent oracle: four nested loops over one image."""
+    c_out, k_h, k_w, c_in = layer.weights.shape
+    h, w, _ = x.shape
+    oh, ow, _ = layer.out_shape
+    out = np.zeros(layer.out_shape, dtype=np.int64)
+    for oy in range(oh):
+        for ox in range(ow):
+            for co in range(c_out):
+                acc = int(layer.bias[co])
+                for ky in range(k_h):
+                    for kx in range(k_w):
+                        iy, ix = oy * layer.stride - layer.pad + ky, ox * layer.stride - layer.pad + kx
+                        if 0 <= iy < h and 0 <= ix < w:
+                            for ci in range(c_in):
+                                acc += (int(x[iy, ix, ci]) - layer.input_q.zero_point) * int(layer.weights[co, ky, kx, ci])
+                out[oy, ox, co] = acc
+    return out
+
+
+@pytest.mark.parametrize("stride, pad", [(1, 1), (2, 0), (2, 1)])
+def test_conv_reference_matches_loops(stride: int, pad: int) -> None:
+    from mcuprune.fixedpoint import requantize_s8
+
+    rng = np.random.default_rng(stride * 10 + pad)
+    h, w, c_in, c_out = 7, 6, 3, 5
+    oh, ow = (h + 2 * pad - 3) // stride + 1, (w + 2 * pad - 3) // stride + 1
+    mult, shift = quantize_multipliers(rng.uniform(0.001, 0.01, c_out))
+    layer = QuantLayer("c", Op.CONV2D, (h, w, c_in), (oh, ow, c_out), QParams(0.1, 7), QParams(0.2, -3),
+                       weights=rng.integers(-127, 128, (c_out, 3, 3, c_in)).astype(np.int8),
+                       bias=rng.integers(-5000, 5000, c_out).astype(np.int32), multiplier=mult, shift=shift,
+                       relu=True, stride=stride, pad=pad)
+    x = rng.integers(-128, 128, (1, h, w, c_in)).astype(np.int8)
+    expected = requantize_s8(naive_conv(x[0], layer), mult, shift, -3, layer.act_min, 127)
+    assert (conv2d_s8(x, layer)[0] == expected).all()
+
+
+def test_arena_never_overlaps_live_tensors() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        sizes = rng.integers(1, 5000, rng.integers(1, 8)).tolist()
+        plan = plan_arena(sizes)
+        for i, (off, size) in enumerate(zip(plan.offsets, sizes, strict=True)):
+            assert off % 4 == 0 and off + size <= plan.size
+            if i > 0:  # tensor i-1 is read while tensor i is written
+                prev_off, prev_size = plan.offsets[i - 1], sizes[i - 1]
+                assert off >= prev_off + prev_size or prev_off >= off + size
+        assert plan.size <= max(sizes) + max(sizes) + 8
