@@ -14,7 +14,7 @@ from pathlib import Path
 from mcuprune import __version__
 from mcuprune.errors import UserError
 
-DEFAULT_EPOCHS = {"fashion-mnist": 5, "digits": 40}
+DEFAULT_EPOCHS = {"fashion-mnist": 10, "digits": 40}
 
 
 def _print_json(obj: dict) -> None:
@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a network and write a run directory")
     p.add_argument("--dataset", required=True, help="fashion-mnist, digits or PATH.npz (x, y)")
     p.add_argument("--arch", choices=("mlp", "cnn"), default="cnn")
-    p.add_argument("--epochs", type=int, default=None, help="default: 5 for fashion-mnist, 40 for digits")
+    p.add_argument("--epochs", type=int, default=None, help="default: 10 for fashion-mnist, 40 for digits")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="run directory to create")
     p.set_defaults(func=cmd_train)

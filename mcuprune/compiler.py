@@ -70,9 +70,9 @@ def compile_model(model: QuantModel, board: Board, fw_dir: Path, variant: str) -
     generated = codegen.generate_model_sources(model, variant, src, source=model.meta.get("run_dir", model.name))
     build.prepare_project(fw_dir, board, kernels.kernel_sources(variant, {layer.op for layer in model.layers}))
     result = build.build_project(fw_dir, board)
-    if result.flash_bytes > board.flash_length or result.ram_bytes > board.ram_length:
+    if result.flash_bytes > board.flash.length or result.ram_bytes > board.ram.length:
         raise UserError(f"firmware needs {result.flash_bytes} B flash / {result.ram_bytes} B RAM but board "
-                        f"{board.name} has {board.flash_length} B / {board.ram_length} B")
+                        f"{board.name} has {board.flash.length} B / {board.ram.length} B")
     doc = {
         "format_version": FIRMWARE_FORMAT_VERSION,
         "mcuprune_version": __version__,

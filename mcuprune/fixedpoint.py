@@ -2,8 +2,8 @@
 
 The TFLite int8 spec expresses a real rescale factor M (e.g. s_in * s_w / s_out) as a Q31
 multiplier and a power-of-two shift; the accumulator is scaled with gemmlowp's "double rounding":
-the high multiply rounds ties toward +infinity, the power-of-two divide rounds ties away from zero. Everything here is vectorised over int64 so a whole layer's
-accumulators requantize in one call.
+the high multiply rounds ties toward +infinity, the power-of-two divide rounds ties away from zero.
+Everything here is vectorised over int64 so a whole layer's accumulators requantize in one call.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ import numpy as np
 IR_FORMAT_VERSION = 1
 
 
-class Op(str, enum.Enum):
+class Op(enum.StrEnum):
     CONV2D = "conv2d"
     DENSE = "dense"
     MAXPOOL2D = "maxpool2d"

@@ -73,7 +73,8 @@ def naive_conv(x: np.ndarray, layer: QuantLayer) -> np.ndarray:
                         iy, ix = oy * layer.stride - layer.pad + ky, ox * layer.stride - layer.pad + kx
                         if 0 <= iy < h and 0 <= ix < w:
                             for ci in range(c_in):
-                                acc += (int(x[iy, ix, ci]) - layer.input_q.zero_point) * int(layer.weights[co, ky, kx, ci])
+                                pixel = int(x[iy, ix, ci]) - layer.input_q.zero_point
+                                acc += pixel * int(layer.weights[co, ky, kx, ci])
                 out[oy, ox, co] = acc
     return out
 
