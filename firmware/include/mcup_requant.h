@@ -17,9 +17,10 @@ static inline int32_t mcup_doubling_high_mult(int32_t a, int32_t b)
     if (a == INT32_MIN && b == INT32_MIN) {
         return INT32_MAX; /* the only product that overflows */
     }
-    int64_t ab = (int64_t)a * (int64_t)b;
-    int64_t nudge = ab >= 0 ? (1LL << 30) : (1 - (1LL << 30));
-    return (int32_t)((ab + nudge) / (1LL << 31)); /* C division truncates toward zero */
+    /* gemmlowp adds a sign-dependent nudge and truncates toward zero; that equals adding 2^30 and
+     * shifting arithmetically (floor), which compiles to SMLAL + shifts instead of a 64-bit divide. */
+    int64_t ab = (int64_t)a * (int64_t)b + (1LL << 30);
+    return (int32_t)(ab >> 31);
 }
 
 static inline int32_t mcup_rounding_divide_by_pot(int32_t x, int32_t exponent)

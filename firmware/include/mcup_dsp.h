@@ -1,0 +1,158 @@
+/*
+ * mcup_dsp.h - dual 16-bit MAC intrinsics and the q15-pair layout shared by the DSP kernels.
+ *
+ * The only file that includes <arm_acle.h>. Kernels in firmware/kernels/dsp/ include this
+ * header and use the ACLE names __sxtb16, __sxtab16 and __smlad:
+ *   - cores with the DSP extension (Cortex-M4/M7/M33/M55, __ARM_FEATURE_DSP): GCC's intrinsics;
+ *   - host builds with -DMCUP_EMULATE_DSP: the portable C definitions below, bit-identical,
+ *     so the kernels' logic can be tested on the host against the numpy reference;
+ *   - anything else: a compile error (build the reference kernels instead).
+ *
+ * q15-pair layout. A DSP kernel converts activations once to int16 (with input_offset added,
+ * so |value| <= 255) and stores them as 32-bit words holding two int16 (low half first):
+ *   - every full group of 4 elements x0..x3 becomes two words [x0|x2], [x1|x3]: exactly
+ *     __sxtab16(offset_pair, w) and __sxtab16(offset_pair, ror8(w)) of the int8 word w;
+ *   - a tail of 1..3 elements t0..t2 (when the length is not a multiple of 4) follows as
+ *     [t0|t1], [t2|0] in natural order.
+ * A run of n elements therefore takes (n + 1) / 2 words. A weight word w (4 int8) lines up
+ * with a group as __sxtb16(w) = [w0|w2] and __sxtb16(ror8(w)) = [w1|w3], so one group costs
+ * one weight load, one rotate, two sign extensions and two __smlad (mcup_mac_group). Two runs
+ * of the same length can be interleaved word by word (stride 2, see mcup_s8_to_q15_pairs) so a
+ * kernel walks both with one pointer.
+ *
+ * Scratch holding these words is int32_t and word-aligned (the caller's buffer is 4-byte
+ * aligned), so GCC may use LDRD/STRD on it; weights and activations are read through
+ * mcup_read_s8x4 (single LDR, any alignment).
+ */
+#ifndef MCUP_DSP_H
+#define MCUP_DSP_H
+
+#include <stdint.h>
+#include <string.h>
+
+/* Two int16 in one word, lo in the low half. */
+static inline int32_t mcup_pack16(int32_t lo, int32_t hi)
+{
+    return (int32_t)(((uint32_t)hi << 16) | ((uint32_t)lo & 0xFFFFu));
+}
+
+#if defined(__ARM_FEATURE_DSP)
+#include <arm_acle.h>
+#elif defined(MCUP_EMULATE_DSP)
+
+/* Portable equivalents with the ACLE signatures (int16x2_t and int8x4_t are int32_t). */
+
+static inline int32_t mcup_emu_lane16(int32_t x, int lane)
+{
+    const uint32_t h = ((uint32_t)x >> (16 * lane)) & 0xFFFFu;
+    return h >= 0x8000u ? (int32_t)h - 0x10000 : (int32_t)h;
+}
+
+static inline int32_t mcup_emu_byte(int32_t x, int byte)
+{
+    const uint32_t b = ((uint32_t)x >> (8 * byte)) & 0xFFu;
+    return b >= 0x80u ? (int32_t)b - 0x100 : (int32_t)b;
+}
+
+/* SXTB16: sign-extend bytes 0 and 2 into the two halfwords. */
+static inline int32_t __sxtb16(int32_t x)
+{
+    return mcup_pack16(mcup_emu_byte(x, 0), mcup_emu_byte(x, 2));
+}
+
+/* SXTAB16: sign-extend bytes 0 and 2 of b and add them to the halfwords of a (mod 2^16). */
+static inline int32_t __sxtab16(int32_t a, int32_t b)
+{
+    return mcup_pack16(mcup_emu_lane16(a, 0) + mcup_emu_byte(b, 0),
+                           mcup_emu_lane16(a, 1) + mcup_emu_byte(b, 2));
+}
+
+/* SMLAD: acc + a.lo * b.lo + a.hi * b.hi, wrapping like the 32-bit hardware adder. */
+static inline int32_t __smlad(int32_t a, int32_t b, int32_t acc)
+{
+    const uint32_t lo = (uint32_t)(mcup_emu_lane16(a, 0) * mcup_emu_lane16(b, 0));
+    const uint32_t hi = (uint32_t)(mcup_emu_lane16(a, 1) * mcup_emu_lane16(b, 1));
+    return (int32_t)((uint32_t)acc + lo + hi);
+}
+
+#else
+#error "mcup_dsp.h needs a core with the DSP extension (or -DMCUP_EMULATE_DSP on the host)"
+#endif
+
+/* Rotate right by 8: brings bytes 1 and 3 where __sxtb16 reads (GCC emits one ROR). */
+static inline int32_t mcup_ror8(int32_t x)
+{
+    const uint32_t u = (uint32_t)x;
+    return (int32_t)((u >> 8) | (u << 24));
+}
+
+/*
+ * Four int8 as one word from any address. LDR tolerates unaligned addresses on these cores;
+ * memcpy (not a cast) tells GCC the alignment is unknown, so it never fuses two reads into an
+ * LDRD, which would fault on a non-word-aligned weight row.
+ */
+static inline int32_t mcup_read_s8x4(const int8_t *p)
+{
+    int32_t w;
+    memcpy(&w, p, sizeof w);
+    return w;
+}
+
+/*
+ * Converts n int8 values plus offset into the q15-pair layout. The two words of a group go to
+ * dst[0] and dst[stride], the next group starts at dst[2 * stride]: stride 1 is the plain
+ * layout, stride 2 interleaves two runs word by word (run A at dst, run B at dst + 1). Tails
+ * of 1..3 elements are handled the same way. Returns where the next run's words start.
+ */
+static inline int32_t *mcup_s8_to_q15_pairs(const int8_t *src, int32_t n, int32_t offset,
+                                            int32_t *dst, int32_t stride)
+{
+    const int32_t offset2 = mcup_pack16(offset, offset);
+    for (int32_t i = n >> 2; i > 0; i--) {
+        const int32_t w = mcup_read_s8x4(src);
+        src += 4;
+        dst[0] = __sxtab16(offset2, w);
+        dst[stride] = __sxtab16(offset2, mcup_ror8(w));
+        dst += 2 * stride;
+    }
+    const int32_t tail = n & 3;
+    if (tail > 0) {
+        dst[0] = mcup_pack16(src[0] + offset, tail > 1 ? src[1] + offset : 0);
+        dst += stride;
+    }
+    if (tail > 2) {
+        dst[0] = mcup_pack16(src[2] + offset, 0);
+        dst += stride;
+    }
+    return dst;
+}
+
+/* acc + the 4 products of one group of inputs (x02 = [x0|x2], x13 = [x1|x3]) and weight word w. */
+static inline int32_t mcup_mac_group(int32_t x02, int32_t x13, int32_t w, int32_t acc)
+{
+    acc = __smlad(x02, __sxtb16(w), acc);
+    return __smlad(x13, __sxtb16(mcup_ror8(w)), acc);
+}
+
+/* The 1..3 trailing elements of a dot product: x holds them as [t0|t1], [t2|0]. */
+static inline int32_t mcup_dot_tail(const int32_t *x, const int8_t *w, int32_t tail, int32_t acc)
+{
+    for (int32_t j = 0; j < tail; j += 2) {
+        const int32_t w_hi = j + 1 < tail ? w[j + 1] : 0;
+        acc = __smlad(x[j >> 1], mcup_pack16(w[j], w_hi), acc);
+    }
+    return acc;
+}
+
+/* acc + dot(x, w) over n elements: x in the q15-pair layout, w plain int8 (any alignment). */
+static inline int32_t mcup_dot_q15_s8(const int32_t *x, const int8_t *w, int32_t n, int32_t acc)
+{
+    for (int32_t i = n >> 2; i > 0; i--) {
+        acc = mcup_mac_group(x[0], x[1], mcup_read_s8x4(w), acc);
+        w += 4;
+        x += 2;
+    }
+    return mcup_dot_tail(x, w, n & 3, acc);
+}
+
+#endif /* MCUP_DSP_H */

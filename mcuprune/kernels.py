@@ -1,0 +1,85 @@
+"""Which C kernel files a build compiles, what they are called, and how much scratch they need.
+
+Every op has a reference kernel in ``firmware/kernels/reference/`` (plain C) and may have an
+optimized twin with the same file name and function name in ``firmware/kernels/<variant>/``; a
+build picks one file per op (tflite-micro style). The DSP kernels convert activations to int16
+in a caller-owned scratch buffer whose size the code generator takes from ``scratch_bytes``;
+it must equal what the C ``*_get_buffer_size`` companion returns for the same layer (the tests
+in tests/test_kernels.py pin the two together).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from mcuprune.ir import Op, QuantLayer
+
+KERNEL_DIR = Path(__file__).resolve().parent.parent / "firmware" / "kernels"
+INCLUDE_DIR = Path(__file__).resolve().parent.parent / "firmware" / "include"
+
+VARIANTS = ("reference", "dsp")  # folder names under KERNEL_DIR
+
+# op -> C function (declared in firmware/include/mcup_nn.h)
+KERNEL_FUNCTIONS: dict[Op, str] = {
+    Op.CONV2D: "mcup_conv2d_s8_dense",
+    Op.DENSE: "mcup_fc_s8_dense",
+    Op.MAXPOOL2D: "mcup_maxpool2d_s8",
+}
+
+# op -> kernel source file name, the same in every variant folder
+_SOURCE_FILES: dict[Op, str] = {
+    Op.CONV2D: "conv2d_s8_dense.c",
+    Op.DENSE: "fc_s8_dense.c",
+    Op.MAXPOOL2D: "maxpool2d_s8.c",
+}
+
+
+def _check_variant(variant: str) -> None:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown kernel variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+
+
+def kernel_sources(variant: str, ops: Iterable[Op | str]) -> list[Path]:
+    """The .c files to compile for `ops`: the variant's file where it exists, else the reference.
+
+    One file per distinct op, in Op declaration order whatever the order (or container) of `ops`,
+    so builds are reproducible.
+
+    >>> [p.relative_to(KERNEL_DIR).as_posix() for p in kernel_sources("dsp", {"maxpool2d", "dense"})]
+    ['dsp/fc_s8_dense.c', 'reference/maxpool2d_s8.c']
+    """
+    _check_variant(variant)
+    wanted = {Op(op) for op in ops}
+    sources: list[Path] = []
+    for op in (op for op in Op if op in wanted):
+        name = _SOURCE_FILES[op]
+        path = KERNEL_DIR / variant / name
+        sources.append(path if path.is_file() else KERNEL_DIR / "reference" / name)
+    return sources
+
+
+def _words_for_int16(n: int) -> int:
+    """32-bit words holding n int16 values (the q15-pair layout of mcup_dsp.h)."""
+    return (n + 1) // 2
+
+
+def scratch_bytes(layer: QuantLayer, variant: str) -> int:
+    """Bytes of scratch the layer's kernel needs: exactly its C ``*_get_buffer_size`` (4-aligned).
+
+    The reference kernels need none. The DSP kernels need the input converted to int16: the whole
+    input vector for dense, two im2col patches (k_h * k_w * in_c values each) for conv2d, plus an
+    int8 staging copy of one patch when in_c is not a multiple of 4.
+    """
+    _check_variant(variant)
+    if variant == "reference" or layer.op is Op.MAXPOOL2D:
+        return 0
+    if layer.op is Op.DENSE:
+        in_features = int(layer.weights.shape[1])  # weights [out, in]
+        return 4 * _words_for_int16(in_features)
+    if layer.op is Op.CONV2D:
+        _, k_h, k_w, in_c = (int(d) for d in layer.weights.shape)  # [out_c, k_h, k_w, in_c]
+        patch = k_h * k_w * in_c
+        stage = (patch + 3) // 4 * 4 if in_c % 4 else 0  # int8 copy of a patch whose taps split groups
+        return 2 * 4 * _words_for_int16(patch) + stage
+    raise ValueError(f"layer {layer.name}: no kernel for op {layer.op}")

@@ -1,0 +1,499 @@
+"""Host tests of the C kernels: every variant against the numpy reference, bit for bit.
+
+One case table, one case per code path, runs unchanged against each kernel variant. The kernels
+are compiled for the host into a shared library (the DSP variant with -DMCUP_EMULATE_DSP, i.e.
+portable C definitions of the intrinsics) and called through ctypes; the oracle is
+mcuprune.reference on QuantLayers built here. Cross-compilation for Cortex-M checks the same
+files build warning-free for the real targets. On-target bit-exactness is covered end to end.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+from mcuprune.fixedpoint import quantize_multipliers
+from mcuprune.ir import Op, QParams, QuantLayer, conv_out_hw
+from mcuprune.kernels import (
+    INCLUDE_DIR,
+    KERNEL_DIR,
+    KERNEL_FUNCTIONS,
+    VARIANTS,
+    kernel_sources,
+    scratch_bytes,
+)
+from mcuprune.reference import conv2d_s8, dense_s8, im2col, maxpool2d
+
+HOST_CFLAGS = ["-O2", "-Wall", "-Wextra", "-Werror", "-std=c11", "-shared", "-fPIC"]
+VARIANT_CFLAGS = {"reference": [], "dsp": ["-DMCUP_EMULATE_DSP"]}
+CANARY = 0x5A  # fills bytes just past every output and scratch buffer
+HARNESS_DIR = Path(__file__).resolve().parent / "kernel_harness"
+
+
+def _require(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{tool} is required in CI")
+        pytest.skip(f"{tool} not installed")
+    return path
+
+
+# --- ctypes mirrors of firmware/include/mcup_nn.h -------------------------------------------
+
+_I32P = ctypes.POINTER(ctypes.c_int32)
+_I8P = ctypes.POINTER(ctypes.c_int8)
+
+
+class QuantParamsC(ctypes.Structure):
+    _fields_ = [
+        ("bias", _I32P),
+        ("multiplier", _I32P),
+        ("shift", _I32P),
+        ("input_offset", ctypes.c_int32),
+        ("output_offset", ctypes.c_int32),
+        ("act_min", ctypes.c_int32),
+        ("act_max", ctypes.c_int32),
+    ]
+
+
+class FcParamsC(ctypes.Structure):
+    _fields_ = [
+        ("in_features", ctypes.c_int32),
+        ("out_features", ctypes.c_int32),
+        ("weights", _I8P),
+        ("q", QuantParamsC),
+    ]
+
+
+class Conv2dParamsC(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_int32)
+        for name in ("in_h", "in_w", "in_c", "out_h", "out_w", "out_c", "k_h", "k_w", "stride", "pad")
+    ] + [("weights", _I8P), ("q", QuantParamsC)]
+
+
+class Maxpool2dParamsC(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_int32) for name in ("in_h", "in_w", "c", "pool")]
+
+
+def _ptr(array: np.ndarray | None, ctype):
+    if array is None:
+        return ctypes.POINTER(ctype)()  # NULL
+    assert array.flags.c_contiguous
+    return array.ctypes.data_as(ctypes.POINTER(ctype))
+
+
+class Call:
+    """Keeps the numpy arrays a C parameter struct points into alive for one call."""
+
+    def __init__(self, layer: QuantLayer, null_bias: bool):
+        self.keep = [
+            np.ascontiguousarray(layer.weights, dtype=np.int8),
+            None if null_bias else np.ascontiguousarray(layer.bias, dtype=np.int32),
+            np.ascontiguousarray(layer.multiplier, dtype=np.int32),
+            np.ascontiguousarray(layer.shift, dtype=np.int32),
+        ]
+        w, bias, mult, shift = self.keep
+        self.weights = _ptr(w, ctypes.c_int8)
+        self.q = QuantParamsC(
+            bias=_ptr(bias, ctypes.c_int32),
+            multiplier=_ptr(mult, ctypes.c_int32),
+            shift=_ptr(shift, ctypes.c_int32),
+            input_offset=-layer.input_q.zero_point,
+            output_offset=layer.output_q.zero_point,
+            act_min=layer.act_min,
+            act_max=layer.act_max,
+        )
+
+
+class Kernels:
+    """One compiled kernel variant, called like the numpy reference ops."""
+
+    def __init__(self, variant: str, lib: ctypes.CDLL):
+        self.variant = variant
+        self.lib = lib
+        for fn in ("mcup_fc_s8_dense_get_buffer_size", "mcup_conv2d_s8_dense_get_buffer_size"):
+            getattr(lib, fn).restype = ctypes.c_int32
+
+    def _run(self, fn, params, x: np.ndarray, out_size: int, scratch: int | None) -> np.ndarray:
+        """Call fn(params, x, out[, scratch]) with canaries just past out and scratch."""
+        x = np.ascontiguousarray(x, dtype=np.int8).ravel()
+        out = np.full(out_size + 8, CANARY, dtype=np.uint8)
+        args = [ctypes.byref(params), _ptr(x, ctypes.c_int8), _ptr(out, ctypes.c_int8)]
+        words = np.full((scratch or 0) // 4 + 4, CANARY * 0x01010101, dtype=np.uint32)  # 4-aligned
+        if scratch is not None:  # maxpool takes no scratch argument
+            args.append(ctypes.c_void_p(words.ctypes.data) if scratch else None)
+        fn(*args)
+        assert (out[out_size:] == CANARY).all(), "kernel wrote past its output"
+        assert (words[(scratch or 0) // 4 :] == CANARY * 0x01010101).all(), "kernel wrote past its scratch"
+        return out[:out_size].view(np.int8)
+
+    def fc_buffer_size(self, params: FcParamsC) -> int:
+        return self.lib.mcup_fc_s8_dense_get_buffer_size(ctypes.byref(params))
+
+    def conv_buffer_size(self, params: Conv2dParamsC) -> int:
+        return self.lib.mcup_conv2d_s8_dense_get_buffer_size(ctypes.byref(params))
+
+    def fc_params(self, layer: QuantLayer, null_bias: bool) -> tuple[FcParamsC, Call]:
+        call = Call(layer, null_bias)
+        out_f, in_f = layer.weights.shape
+        return FcParamsC(in_features=in_f, out_features=out_f, weights=call.weights, q=call.q), call
+
+    def conv_params(self, layer: QuantLayer, null_bias: bool) -> tuple[Conv2dParamsC, Call]:
+        call = Call(layer, null_bias)
+        out_c, k_h, k_w, in_c = layer.weights.shape
+        (in_h, in_w, _), (out_h, out_w, _) = layer.in_shape, layer.out_shape
+        params = Conv2dParamsC(
+            in_h=in_h, in_w=in_w, in_c=in_c, out_h=out_h, out_w=out_w, out_c=out_c,
+            k_h=k_h, k_w=k_w, stride=layer.stride, pad=layer.pad, weights=call.weights, q=call.q,
+        )  # fmt: skip
+        return params, call
+
+    def dense(self, x: np.ndarray, layer: QuantLayer, null_bias: bool = False) -> np.ndarray:
+        params, _call = self.fc_params(layer, null_bias)
+        fn = getattr(self.lib, KERNEL_FUNCTIONS[Op.DENSE])
+        return self._run(fn, params, x, layer.weights.shape[0], self.fc_buffer_size(params))
+
+    def conv2d(self, x: np.ndarray, layer: QuantLayer, null_bias: bool = False) -> np.ndarray:
+        params, _call = self.conv_params(layer, null_bias)
+        fn = getattr(self.lib, KERNEL_FUNCTIONS[Op.CONV2D])
+        out = self._run(fn, params, x, int(np.prod(layer.out_shape)), self.conv_buffer_size(params))
+        return out.reshape(layer.out_shape)
+
+    def maxpool2d(self, x: np.ndarray, pool: int) -> np.ndarray:
+        h, w, c = x.shape
+        params = Maxpool2dParamsC(in_h=h, in_w=w, c=c, pool=pool)
+        fn = getattr(self.lib, KERNEL_FUNCTIONS[Op.MAXPOOL2D])
+        out = self._run(fn, params, x, (h // pool) * (w // pool) * c, scratch=None)
+        return out.reshape(h // pool, w // pool, c)
+
+
+@pytest.fixture(scope="module", params=VARIANTS)
+def kernels(request, tmp_path_factory) -> Kernels:
+    gcc = _require("gcc")
+    variant = request.param
+    lib_path = tmp_path_factory.mktemp(f"kernels_{variant}") / f"libmcup_{variant}.so"
+    sources = [str(p) for p in [*kernel_sources(variant, list(Op)), HARNESS_DIR / "layout.c"]]
+    cmd = [gcc, *HOST_CFLAGS, *VARIANT_CFLAGS[variant], f"-I{INCLUDE_DIR}", *sources, "-o", str(lib_path)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(cmd)}\n{result.stderr}"
+    return Kernels(variant, ctypes.CDLL(str(lib_path)))
+
+
+def test_ctypes_mirrors_match_header(kernels: Kernels):
+    expected = [
+        ctypes.sizeof(QuantParamsC),
+        QuantParamsC.input_offset.offset,
+        QuantParamsC.act_max.offset,
+        ctypes.sizeof(FcParamsC),
+        FcParamsC.weights.offset,
+        FcParamsC.q.offset,
+        ctypes.sizeof(Conv2dParamsC),
+        Conv2dParamsC.pad.offset,
+        Conv2dParamsC.weights.offset,
+        Conv2dParamsC.q.offset,
+        ctypes.sizeof(Maxpool2dParamsC),
+        Maxpool2dParamsC.pool.offset,
+    ]
+    layout = (ctypes.c_int32 * len(expected)).in_dll(kernels.lib, "mcup_test_layout")
+    assert list(layout) == expected
+
+
+# --- the case table -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    """One layer configuration. Requantization is chosen so outputs spread over about +-100 levels
+    around the output zero point; `rescale` > 1 widens that (20 saturates most outputs). Small
+    x_max/w_max give small accumulators, hence rescale factors > 1 (left shifts)."""
+
+    name: str
+    op: Op
+    in_shape: tuple[int, ...]  # (H, W, C) or (features,)
+    out_c: int  # out_features for dense
+    k: int = 3
+    k_w: int | None = None  # None: square kernel k x k
+    stride: int = 1
+    pad: int = 0
+    in_zp: int = 0
+    out_zp: int = 0
+    relu: bool = False
+    null_bias: bool = False
+    rescale: float = 1.0
+    x_max: int = 128  # inputs drawn from [-x_max, x_max)
+    w_max: int = 128  # weights drawn from [-w_max, w_max)
+    seed: int = 0
+
+
+FC_CASES = [
+    Case("fc_len4_even_rows", Op.DENSE, (16,), 8),
+    Case("fc_tail1", Op.DENSE, (17,), 6, in_zp=3, out_zp=-5),
+    Case("fc_tail2", Op.DENSE, (18,), 4, in_zp=-7, out_zp=10),
+    Case("fc_tail3_odd_rows", Op.DENSE, (19,), 5, in_zp=11),
+    Case("fc_in1", Op.DENSE, (1,), 3, in_zp=-20),
+    Case("fc_in3_out1", Op.DENSE, (3,), 1, in_zp=5),
+    Case("fc_in_zp_min", Op.DENSE, (64,), 10, in_zp=-128),
+    Case("fc_in_zp_max", Op.DENSE, (65,), 9, in_zp=127),
+    Case("fc_out_zp_min", Op.DENSE, (24,), 10, in_zp=-128, out_zp=-128),
+    Case("fc_out_zp_max", Op.DENSE, (25,), 9, in_zp=127, out_zp=127),
+    Case("fc_relu", Op.DENSE, (40,), 7, in_zp=-3, out_zp=-20, relu=True),
+    Case("fc_relu_zp_high", Op.DENSE, (23,), 6, out_zp=100, relu=True),
+    Case("fc_null_bias", Op.DENSE, (30,), 7, in_zp=9, null_bias=True),
+    Case("fc_saturate", Op.DENSE, (50,), 12, in_zp=-1, rescale=20.0),
+    Case("fc_left_shift", Op.DENSE, (2,), 4, x_max=8, w_max=2),
+    Case("fc_large", Op.DENSE, (1568,), 64, in_zp=-128, out_zp=-4, relu=True, seed=3),
+]
+
+CONV_CASES = [
+    Case("conv_in1_first_layer", Op.CONV2D, (9, 8, 1), 4, pad=1, in_zp=-128, out_zp=-128),
+    Case("conv_in1_odd_out", Op.CONV2D, (7, 7, 1), 5, in_zp=12),
+    Case("conv_in4_pad1", Op.CONV2D, (6, 6, 4), 6, pad=1, in_zp=-3, out_zp=7),
+    Case("conv_in8_pad0_stride2", Op.CONV2D, (9, 9, 8), 4, stride=2, in_zp=5),
+    Case("conv_in16_pad1_stride2", Op.CONV2D, (8, 7, 16), 8, stride=2, pad=1, in_zp=-128),
+    Case("conv_in3_tail3", Op.CONV2D, (5, 6, 3), 3, pad=1, in_zp=-9),  # k = 27
+    Case("conv_in2_tail2", Op.CONV2D, (5, 5, 2), 2, in_zp=4),  # k = 18, odd pixel count
+    Case("conv_in5_tail1", Op.CONV2D, (4, 5, 5), 7, pad=1, in_zp=127, out_zp=-10),  # k = 45
+    Case("conv_zp_extremes", Op.CONV2D, (5, 4, 8), 5, pad=1, in_zp=127, out_zp=127),
+    Case("conv_k1_pointwise", Op.CONV2D, (4, 4, 12), 6, k=1, in_zp=2),
+    Case("conv_k1_in3", Op.CONV2D, (3, 5, 3), 5, k=1, stride=2, in_zp=-2),
+    Case("conv_k5_pad2", Op.CONV2D, (6, 6, 4), 4, k=5, pad=2, in_zp=1),
+    Case("conv_k5_wider_than_image", Op.CONV2D, (2, 3, 1), 3, k=5, pad=2, in_zp=-60),
+    Case("conv_k1_pad1_all_padding_corners", Op.CONV2D, (3, 3, 3), 4, k=1, pad=1, in_zp=30),
+    Case("conv_1x3", Op.CONV2D, (4, 6, 2), 3, k=1, k_w=3, pad=1, in_zp=-5),
+    Case("conv_3x1_stride3", Op.CONV2D, (7, 5, 4), 2, k=3, k_w=1, stride=3, in_zp=8),
+    Case("conv_single_pixel", Op.CONV2D, (3, 3, 8), 3, in_zp=-1),
+    Case("conv_out_c1", Op.CONV2D, (4, 4, 4), 1, pad=1),
+    Case("conv_relu", Op.CONV2D, (6, 6, 8), 6, pad=1, in_zp=-128, out_zp=-128, relu=True),
+    Case("conv_null_bias", Op.CONV2D, (5, 5, 4), 5, pad=1, in_zp=6, null_bias=True),
+    Case("conv_saturate", Op.CONV2D, (5, 5, 8), 4, pad=1, in_zp=3, rescale=20.0),
+    Case("conv_left_shift", Op.CONV2D, (3, 3, 1), 2, k=1, x_max=8, w_max=4),
+    Case("conv_bench_shape", Op.CONV2D, (14, 14, 16), 32, pad=1, in_zp=-128, relu=True, seed=4),
+]
+
+POOL_CASES = [((4, 4, 3), 2), ((5, 7, 2), 2), ((6, 6, 1), 3), ((3, 3, 5), 1), ((8, 8, 16), 2)]
+
+
+def make_layer(case: Case) -> tuple[QuantLayer, np.ndarray]:
+    """A QuantLayer with random int8 weights and a seeded random input for it."""
+    rng = np.random.default_rng(case.seed)
+    if case.op is Op.DENSE:
+        in_shape = case.in_shape
+        out_shape: tuple[int, ...] = (case.out_c,)
+        weights = rng.integers(-case.w_max, case.w_max, size=(case.out_c, in_shape[0]))
+    else:
+        h, w, c = case.in_shape
+        k_w = case.k if case.k_w is None else case.k_w
+        oh, ow = conv_out_hw(h, w, case.k, k_w, case.stride, case.pad)
+        in_shape, out_shape = (h, w, c), (oh, ow, case.out_c)
+        weights = rng.integers(-case.w_max, case.w_max, size=(case.out_c, case.k, k_w, c))
+    weights = weights.astype(np.int8)
+    x = rng.integers(-case.x_max, case.x_max, size=in_shape).astype(np.int8)
+    fan_in = int(np.prod(weights.shape[1:]))
+    bias_max = int(case.x_max * case.w_max * np.sqrt(fan_in) / 4) + 1  # about the accumulator spread
+    bias = rng.integers(-bias_max, bias_max, size=case.out_c)
+    bias = bias.astype(np.int32)
+    # Pick rescale factors that spread each channel's outputs over about +-100 levels (x20 saturates).
+    if case.op is Op.DENSE:
+        patches = x.astype(np.int64)[None] - case.in_zp
+    else:
+        _, k_h, k_w, _ = weights.shape
+        patches = im2col(x.astype(np.int64)[None], k_h, k_w, case.stride, case.pad, case.in_zp) - case.in_zp
+    acc = patches.reshape(-1, fan_in) @ weights.reshape(case.out_c, -1).astype(np.int64).T
+    acc = acc + (0 if case.null_bias else bias)
+    spread = np.maximum(np.abs(acc).max(axis=0), 1)  # per output channel
+    reals = case.rescale * 100.0 / spread * rng.uniform(0.3, 1.2, size=case.out_c)
+    if case.out_c > 2:
+        reals[1] = 0.0  # a channel with multiplier 0 (dead channel)
+    multiplier, shift = quantize_multipliers(reals)
+    layer = QuantLayer(
+        name=case.name, op=case.op, in_shape=in_shape, out_shape=out_shape,
+        input_q=QParams(0.02, case.in_zp), output_q=QParams(0.05, case.out_zp),
+        weights=weights, bias=np.zeros_like(bias) if case.null_bias else bias,
+        multiplier=multiplier, shift=shift, relu=case.relu, stride=case.stride, pad=case.pad,
+    )  # fmt: skip
+    return layer, x
+
+
+@pytest.mark.parametrize("case", FC_CASES, ids=lambda c: c.name)
+def test_fc_matches_reference(kernels: Kernels, case: Case):
+    layer, x = make_layer(case)
+    expected = dense_s8(x[None], layer)[0]
+    got = kernels.dense(x, layer, null_bias=case.null_bias)
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: c.name)
+def test_conv2d_matches_reference(kernels: Kernels, case: Case):
+    layer, x = make_layer(case)
+    expected = conv2d_s8(x[None], layer)[0]
+    got = kernels.conv2d(x, layer, null_bias=case.null_bias)
+    np.testing.assert_array_equal(got, expected)
+
+
+@st.composite
+def random_cases(draw, op: Op) -> Case:
+    """Small layers of any shape the kernels accept, for the property tests below."""
+    common = dict(
+        in_zp=draw(st.integers(-128, 127)),
+        out_zp=draw(st.integers(-128, 127)),
+        relu=draw(st.booleans()),
+        null_bias=draw(st.booleans()),
+        rescale=draw(st.sampled_from([0.5, 1.0, 3.0])),
+        seed=draw(st.integers(0, 2**16)),
+    )
+    if op is Op.DENSE:
+        return Case("random", op, (draw(st.integers(1, 40)),), draw(st.integers(1, 9)), **common)
+    h, w, k_h, k_w = (draw(st.integers(1, 7)) for _ in range(4))
+    pad = draw(st.integers(0, max(min(k_h, k_w) - 1, 0)))
+    assume(h + 2 * pad >= k_h and w + 2 * pad >= k_w)
+    in_c, out_c, stride = draw(st.integers(1, 9)), draw(st.integers(1, 6)), draw(st.integers(1, 3))
+    return Case("random", op, (h, w, in_c), out_c, k=k_h, k_w=k_w, stride=stride, pad=pad, **common)
+
+
+@settings(max_examples=150, derandomize=True, deadline=None, database=None)
+@given(case=random_cases(Op.CONV2D))
+def test_conv2d_random_shapes(kernels: Kernels, case: Case):
+    layer, x = make_layer(case)
+    got = kernels.conv2d(x, layer, null_bias=case.null_bias)
+    np.testing.assert_array_equal(got, conv2d_s8(x[None], layer)[0])
+    params, _call = kernels.conv_params(layer, null_bias=False)
+    assert scratch_bytes(layer, kernels.variant) == kernels.conv_buffer_size(params)
+
+
+@settings(max_examples=100, derandomize=True, deadline=None, database=None)
+@given(case=random_cases(Op.DENSE))
+def test_fc_random_shapes(kernels: Kernels, case: Case):
+    layer, x = make_layer(case)
+    got = kernels.dense(x, layer, null_bias=case.null_bias)
+    np.testing.assert_array_equal(got, dense_s8(x[None], layer)[0])
+
+
+@pytest.mark.parametrize(("shape", "pool"), POOL_CASES, ids=str)
+def test_maxpool2d_matches_reference(kernels: Kernels, shape: tuple[int, int, int], pool: int):
+    x = np.random.default_rng(sum(shape)).integers(-128, 128, size=shape).astype(np.int8)
+    np.testing.assert_array_equal(kernels.maxpool2d(x, pool), maxpool2d(x[None], pool)[0])
+
+
+def test_cases_exercise_their_paths():
+    """The table keeps covering every tail: k % 4, odd rows/channels, odd pixel counts."""
+    layers = [make_layer(c)[0] for c in FC_CASES + CONV_CASES]
+    fan_in = {int(np.prod(la.weights.shape[1:])) % 4 for la in layers}
+    assert fan_in == {0, 1, 2, 3}
+    assert any(la.out_channels % 2 for la in layers if la.op is Op.DENSE)
+    assert any(la.out_channels % 2 for la in layers if la.op is Op.CONV2D)
+    assert any(np.prod(la.out_shape[:2]) % 2 for la in layers if la.op is Op.CONV2D)
+    assert any(la.shift.max() > 0 for la in layers)
+    assert any(la.weights.shape[-1] == 1 for la in layers if la.op is Op.CONV2D)
+
+
+@pytest.mark.parametrize("case", FC_CASES + CONV_CASES, ids=lambda c: c.name)
+def test_scratch_bytes_matches_c(kernels: Kernels, case: Case):
+    layer, _ = make_layer(case)
+    if case.op is Op.DENSE:
+        params, _call = kernels.fc_params(layer, null_bias=False)
+        c_size = kernels.fc_buffer_size(params)
+    else:
+        params, _call = kernels.conv_params(layer, null_bias=False)
+        c_size = kernels.conv_buffer_size(params)
+    assert scratch_bytes(layer, kernels.variant) == c_size
+    assert c_size % 4 == 0
+    assert (c_size == 0) == (kernels.variant == "reference")
+
+
+# --- Python side of the kernel registry --------------------------------------------------------
+
+
+def test_kernel_sources_falls_back_to_reference():
+    dsp = kernel_sources("dsp", [Op.MAXPOOL2D, Op.DENSE, Op.CONV2D, Op.DENSE])
+    assert [p.relative_to(KERNEL_DIR).as_posix() for p in dsp] == [
+        "dsp/conv2d_s8_dense.c",  # one per op, in Op order
+        "dsp/fc_s8_dense.c",
+        "reference/maxpool2d_s8.c",
+    ]
+    ref = kernel_sources("reference", ["conv2d"])
+    assert [p.relative_to(KERNEL_DIR).as_posix() for p in ref] == ["reference/conv2d_s8_dense.c"]
+    assert all(p.is_file() for p in dsp + ref)
+
+
+def test_kernel_sources_rejects_unknown_variant():
+    with pytest.raises(ValueError, match="unknown kernel variant"):
+        kernel_sources("mve", [Op.DENSE])
+
+
+def test_kernel_functions_are_declared_in_header():
+    header = (INCLUDE_DIR / "mcup_nn.h").read_text()
+    assert set(KERNEL_FUNCTIONS) == set(Op)
+    for name in KERNEL_FUNCTIONS.values():
+        assert f" {name}(" in header
+
+
+# --- cross-compilation for the targets ---------------------------------------------------------
+
+ARM_CFLAGS = ["-O2", "-std=c11", "-Wall", "-Wextra", "-Werror", "-mthumb"]
+M4_FLAGS = ["-mcpu=cortex-m4", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"]
+TARGETS = {  # target -> (cpu flags, variants that must build)
+    "m3": (["-mcpu=cortex-m3", "-mfloat-abi=soft"], ("reference",)),
+    "m4": (M4_FLAGS, ("reference", "dsp")),
+    "m7": (["-mcpu=cortex-m7", "-mfloat-abi=hard", "-mfpu=fpv5-d16"], ("dsp",)),
+    "m33": (["-mcpu=cortex-m33", "-mfloat-abi=hard", "-mfpu=fpv5-sp-d16"], ("dsp",)),
+    "m55": (["-mcpu=cortex-m55", "-mfloat-abi=hard"], ("dsp",)),
+}
+ARM_BUILDS = [
+    pytest.param(target, variant, path, id=f"{target}-{variant}-{path.name}")
+    for target, (_, variants) in TARGETS.items()
+    for variant in variants
+    for path in sorted((KERNEL_DIR / variant).glob("*.c"))
+]
+
+
+@pytest.mark.parametrize(("target", "variant", "source"), ARM_BUILDS)
+def test_kernel_cross_compiles(tmp_path: Path, target: str, variant: str, source: Path):
+    cc = _require("arm-none-eabi-gcc")
+    cmd = [cc, *ARM_CFLAGS, *TARGETS[target][0], f"-I{INCLUDE_DIR}", "-c", str(source)]
+    result = subprocess.run([*cmd, "-o", str(tmp_path / "k.o")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_dsp_kernels_refuse_cores_without_dsp(tmp_path: Path):
+    cc = _require("arm-none-eabi-gcc")
+    source = KERNEL_DIR / "dsp" / "fc_s8_dense.c"
+    cmd = [cc, *ARM_CFLAGS, *TARGETS["m3"][0], f"-I{INCLUDE_DIR}", "-c", str(source)]
+    cmd += ["-o", str(tmp_path / "k.o")]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "DSP extension" in result.stderr
+
+
+def test_kernels_doctests():
+    import doctest
+
+    import mcuprune.kernels
+
+    assert doctest.testmod(mcuprune.kernels).failed == 0
+
+
+# --- on target: the benchmark harness doubles as a bit-exactness check in QEMU ----------------
+
+
+@pytest.mark.qemu
+def test_bench_kernels_bit_exact_in_qemu(tmp_path: Path):
+    """bench/kernels/run.py runs both variants on mps2-an386 and fails on any numpy mismatch."""
+    for tool in ("arm-none-eabi-gcc", "qemu-system-arm"):
+        _require(tool)
+    script = Path(__file__).resolve().parent.parent / "bench" / "kernels" / "run.py"
+    cmd = [sys.executable, str(script), "--build-dir", str(tmp_path)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "all checksums match the numpy reference" in result.stdout
