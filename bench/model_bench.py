@@ -51,8 +51,8 @@ def measure(run_dir: Path, samples: int) -> dict:
             result = compile_model(model, board, Path(tmp) / "fw", variant)
             build_seconds = time.time() - t1
             t2 = time.time()
-            with QemuDevice(board, result.build.elf) as device:
-                outs = device.infer_many(x, progress=False)
+            with QemuDevice(board, result.build.elf) as qemu:
+                outs = qemu.device.infer_many(x)
             run_seconds = time.time() - t2
         mismatches = int(sum((o.logits != e).any() for o, e in zip(outs, expected, strict=True)))
         per_tick = board.instructions_per_tick

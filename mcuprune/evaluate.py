@@ -36,6 +36,7 @@ class Evaluation:
     instructions_per_inference: float
     layer_instructions: dict
     device_seconds: float
+    transport: str
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -49,7 +50,16 @@ def float_logits(fw: FirmwareDir, x_uint8: np.ndarray) -> np.ndarray:
     return run_f32(float_model, to_float(x_uint8))
 
 
-def evaluate_firmware(fw_dir: Path, limit: int | None = None, progress: bool = True) -> Evaluation:
+TRANSPORTS = ("uart", "semihosting")
+
+
+def evaluate_firmware(fw_dir: Path, limit: int | None = None, progress: bool = True,
+                      transport: str = "uart") -> Evaluation:
+    """Run the first `limit` test images through the device. Inputs travel over the UART; with
+    transport="semihosting" the device reads them from a host file instead (results still come
+    back over the UART) — same firmware, much faster under QEMU, useless on a real board."""
+    if transport not in TRANSPORTS:
+        raise UserError(f"unknown transport '{transport}': choose one of {', '.join(TRANSPORTS)}")
     fw = load_firmware_dir(fw_dir)
     dataset = load_dataset(fw.model.meta["dataset"])
     if limit is not None and limit < 1:
@@ -60,8 +70,8 @@ def evaluate_firmware(fw_dir: Path, limit: int | None = None, progress: bool = T
     ref = run_s8(fw.model, x_int8)
     flt = float_logits(fw, x)
     t0 = time.time()
-    with QemuDevice(fw.board, fw.elf) as device:
-        results = device.infer_many(x_int8, progress=progress)
+    with QemuDevice(fw.board, fw.elf) as qemu:
+        results = qemu.infer_many(x_int8, progress=progress, bulk=transport == "semihosting")
     seconds = time.time() - t0
     dev = np.stack([r.logits for r in results])
     per_tick = fw.board.instructions_per_tick
@@ -83,4 +93,5 @@ def evaluate_firmware(fw_dir: Path, limit: int | None = None, progress: bool = T
         layer_instructions={layer.name: float(t * per_tick) for layer, t in zip(fw.model.layers, layer_ticks,
                                                                                  strict=True)},
         device_seconds=round(seconds, 2),
+        transport=transport,
     )

@@ -1,0 +1,269 @@
+/*
+ * protocol.c - frame validation, the message dispatch table and the message handlers.
+ * New messages are one handler and one table row.
+ */
+#include "protocol.h"
+
+#include "cobs.h"
+#include "crc32.h"
+#include "model.h"
+#include "semihost.h"
+#include "ticks.h"
+#include "uart.h"
+
+#ifndef MCUP_BOARD_NAME
+#error "MCUP_BOARD_NAME must be defined (the Makefile takes it from the board file)"
+#endif
+#ifndef MCUP_CLOCK_HZ
+#error "MCUP_CLOCK_HZ must be defined (the Makefile takes it from the board file)"
+#endif
+
+#define INFO_FIXED_BYTES 16u /* version, fw major, fw minor, hash, clock, in, out, layers */
+#define RESULT_BYTES (4u + 1u + (uint32_t)MCUP_OUTPUT_SIZE + 4u * (uint32_t)MCUP_NUM_LAYERS)
+
+_Static_assert(MCUP_INPUT_SIZE > 0 && MCUP_INPUT_SIZE <= MCUP_MAX_PAYLOAD,
+               "INFER payload (MCUP_INPUT_SIZE) must fit in MCUP_MAX_PAYLOAD");
+_Static_assert(MCUP_INPUT_SIZE <= 0xFFFF && MCUP_OUTPUT_SIZE > 0 && MCUP_OUTPUT_SIZE <= 0xFFFF,
+               "INFO carries the sizes as u16");
+_Static_assert(MCUP_NUM_LAYERS <= 0xFF, "INFO carries the layer count as u8");
+_Static_assert(RESULT_BYTES <= MCUP_MAX_PAYLOAD, "RESULT payload must fit in MCUP_MAX_PAYLOAD");
+_Static_assert(INFO_FIXED_BYTES + sizeof(MCUP_BOARD_NAME) + sizeof(MCUP_MODEL_NAME) <= MCUP_MAX_PAYLOAD,
+               "INFO payload must fit in MCUP_MAX_PAYLOAD");
+
+/* Returns the reply payload length written to `reply`, or -(mcup_error_code). */
+typedef int32_t (*mcup_handler_fn)(mcup_proto_state *st, uint16_t seq, const uint8_t *payload,
+                                   uint32_t len, uint8_t *reply);
+
+typedef struct {
+    uint8_t type;
+    int32_t payload_len; /* exact length required, or -1 for "the handler checks" */
+    mcup_handler_fn fn;
+} mcup_handler;
+
+static uint8_t reply_buf[MCUP_MAX_PAYLOAD] __attribute__((aligned(4)));
+static int8_t logits[MCUP_OUTPUT_SIZE] __attribute__((aligned(4)));
+static int8_t file_input[MCUP_INPUT_SIZE] __attribute__((aligned(4)));
+
+static uint32_t put_u16(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+    return 2u;
+}
+
+static uint32_t put_u32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+    p[2] = (uint8_t)(v >> 16);
+    p[3] = (uint8_t)(v >> 24);
+    return 4u;
+}
+
+static uint32_t put_str(uint8_t *p, const char *s)
+{
+    uint32_t n = 0;
+    do {
+        p[n] = (uint8_t)s[n];
+    } while (s[n++] != '\0');
+    return n;
+}
+
+static uint32_t get_u32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+
+static void send_error(uint16_t seq, uint8_t code, uint8_t offending_type);
+
+static int32_t handle_info(mcup_proto_state *st, uint16_t seq, const uint8_t *payload, uint32_t len,
+                           uint8_t *r)
+{
+    (void)st;
+    (void)seq;
+    (void)payload;
+    (void)len;
+    uint32_t n = 0;
+    r[n++] = MCUP_PROTO_VERSION;
+    r[n++] = MCUP_FW_VERSION_MAJOR;
+    r[n++] = MCUP_FW_VERSION_MINOR;
+    n += put_u32(r + n, (uint32_t)MCUP_ARCH_HASH);
+    n += put_u32(r + n, (uint32_t)MCUP_CLOCK_HZ);
+    n += put_u16(r + n, (uint32_t)MCUP_INPUT_SIZE);
+    n += put_u16(r + n, (uint32_t)MCUP_OUTPUT_SIZE);
+    r[n++] = (uint8_t)MCUP_NUM_LAYERS;
+    n += put_str(r + n, MCUP_BOARD_NAME);
+    n += put_str(r + n, MCUP_MODEL_NAME);
+    return (int32_t)n;
+}
+
+/* Run the model on `input` and write the RESULT payload into `r`. */
+static int32_t run_model(mcup_proto_state *st, const int8_t *input, uint8_t *r)
+{
+    if (!st->model_ready) {
+        return -MCUP_ERR_MODEL;
+    }
+    uint32_t start = mcup_ticks_now();
+    int rc = mcup_run(input, logits);
+    uint32_t ticks = mcup_ticks_now() - start;
+    if (rc != 0) {
+        return -MCUP_ERR_MODEL;
+    }
+    uint32_t best = 0; /* argmax; the first index wins ties */
+    for (uint32_t k = 1; k < (uint32_t)MCUP_OUTPUT_SIZE; k++) {
+        if (logits[k] > logits[best]) {
+            best = k;
+        }
+    }
+    uint32_t n = put_u32(r, ticks);
+    r[n++] = (uint8_t)best;
+    for (uint32_t k = 0; k < (uint32_t)MCUP_OUTPUT_SIZE; k++) {
+        r[n++] = (uint8_t)logits[k];
+    }
+    for (uint32_t i = 0; i < (uint32_t)MCUP_NUM_LAYERS; i++) {
+        n += put_u32(r + n, mcup_layer_ticks[i]);
+    }
+    return (int32_t)n;
+}
+
+static int32_t handle_infer(mcup_proto_state *st, uint16_t seq, const uint8_t *payload, uint32_t len,
+                            uint8_t *r)
+{
+    (void)seq;
+    (void)len;
+    return run_model(st, (const int8_t *)payload, r);
+}
+
+/*
+ * INFER_FILE: QEMU's UART model takes one byte per emulator main-loop turn (tens of us), so
+ * inputs are the slow direction. Here they come from a host file through semihosting instead,
+ * MCUP_INPUT_SIZE bytes each; results go back over the UART as RESULT frames numbered seq+1,
+ * seq+2, ... A failed input gets an ERROR with its own seq; then the reply carries the count.
+ */
+static int32_t handle_infer_file(mcup_proto_state *st, uint16_t seq, const uint8_t *payload,
+                                 uint32_t len, uint8_t *r)
+{
+    if (len < 6u || payload[len - 1u] != 0u) {
+        return -MCUP_ERR_BAD_LENGTH; /* u32 count and a non-empty, NUL-terminated path */
+    }
+    const char *path = (const char *)payload + 4;
+    uint32_t path_len = 0;
+    while (path[path_len] != '\0') {
+        path_len++;
+    }
+    const uint32_t count = get_u32(payload);
+    const int32_t handle = mcup_semihost_open_read(path, path_len);
+    if (handle < 0) {
+        return -MCUP_ERR_IO;
+    }
+    uint32_t done = 0;
+    for (; done < count; done++) {
+        if (mcup_semihost_read(handle, file_input, MCUP_INPUT_SIZE) != MCUP_INPUT_SIZE) {
+            break;
+        }
+        const uint16_t item_seq = (uint16_t)(seq + 1u + done);
+        int32_t n = run_model(st, file_input, r);
+        if (n < 0) {
+            send_error(item_seq, (uint8_t)-n, MCUP_MSG_INFER);
+        } else {
+            mcup_proto_send(MCUP_MSG_INFER | MCUP_MSG_REPLY, item_seq, r, (uint32_t)n);
+        }
+    }
+    mcup_semihost_close(handle);
+    if (done != count) {
+        return -MCUP_ERR_IO;
+    }
+    return (int32_t)put_u32(r, done);
+}
+
+static int32_t handle_exit(mcup_proto_state *st, uint16_t seq, const uint8_t *payload, uint32_t len,
+                           uint8_t *r)
+{
+    (void)seq;
+    (void)len;
+    (void)r;
+    st->exit_requested = 1;
+    st->exit_code = payload[0];
+    return 0;
+}
+
+static const mcup_handler handlers[] = {
+    {MCUP_MSG_INFO, 0, handle_info},
+    {MCUP_MSG_INFER, MCUP_INPUT_SIZE, handle_infer},
+    {MCUP_MSG_INFER_FILE, -1, handle_infer_file},
+    {MCUP_MSG_EXIT, 1, handle_exit},
+};
+
+static void uart_put(const void *data, uint32_t len)
+{
+    mcup_uart_write(data, len);
+}
+
+void mcup_proto_send(uint8_t type, uint16_t seq, const uint8_t *payload, uint32_t len)
+{
+    uint8_t header[MCUP_FRAME_HEADER] = {MCUP_PROTO_VERSION, type, (uint8_t)seq, (uint8_t)(seq >> 8)};
+    uint8_t crc_bytes[4];
+    uint32_t crc = mcup_crc32(0u, header, sizeof header);
+    crc = mcup_crc32(crc, payload, len);
+    put_u32(crc_bytes, crc);
+
+    static mcup_cobs_writer writer; /* static: 260 bytes off the stack */
+    mcup_cobs_writer_begin(&writer, uart_put);
+    mcup_cobs_writer_push(&writer, header, sizeof header);
+    mcup_cobs_writer_push(&writer, payload, len);
+    mcup_cobs_writer_push(&writer, crc_bytes, sizeof crc_bytes);
+    mcup_cobs_writer_end(&writer);
+}
+
+static void send_error(uint16_t seq, uint8_t code, uint8_t offending_type)
+{
+    const uint8_t payload[2] = {code, offending_type};
+    mcup_proto_send(MCUP_MSG_ERROR, seq, payload, sizeof payload);
+}
+
+void mcup_proto_handle(mcup_proto_state *st, const uint8_t *body, uint32_t len, uint32_t total)
+{
+    if (len < MCUP_FRAME_HEADER) {
+        return; /* no seq to answer to */
+    }
+    const uint8_t type = body[1];
+    const uint16_t seq = (uint16_t)(body[2] | (body[3] << 8));
+    if (total > len) {
+        send_error(seq, MCUP_ERR_TOO_LONG, type);
+        return;
+    }
+    if (len < MCUP_FRAME_OVERHEAD) {
+        send_error(seq, MCUP_ERR_BAD_LENGTH, type);
+        return;
+    }
+    const uint32_t payload_len = len - MCUP_FRAME_OVERHEAD;
+    if (mcup_crc32(0u, body, len - 4u) != get_u32(body + len - 4u)) {
+        send_error(seq, MCUP_ERR_BAD_CRC, type);
+        return;
+    }
+    if (body[0] != MCUP_PROTO_VERSION) {
+        send_error(seq, MCUP_ERR_BAD_VERSION, type);
+        return;
+    }
+    const mcup_handler *h = 0;
+    for (uint32_t i = 0; i < sizeof handlers / sizeof handlers[0]; i++) {
+        if (handlers[i].type == type) {
+            h = &handlers[i];
+            break;
+        }
+    }
+    if (h == 0) {
+        send_error(seq, MCUP_ERR_UNKNOWN_TYPE, type);
+        return;
+    }
+    if (h->payload_len >= 0 && payload_len != (uint32_t)h->payload_len) {
+        send_error(seq, MCUP_ERR_BAD_LENGTH, type);
+        return;
+    }
+    int32_t n = h->fn(st, seq, body + MCUP_FRAME_HEADER, payload_len, reply_buf);
+    if (n < 0) {
+        send_error(seq, (uint8_t)-n, type);
+        return;
+    }
+    mcup_proto_send((uint8_t)(type | MCUP_MSG_REPLY), seq, reply_buf, (uint32_t)n);
+}

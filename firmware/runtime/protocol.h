@@ -1,0 +1,61 @@
+/*
+ * protocol.h - the host <-> device frame protocol (docs/protocol.md; Python twin in
+ * mcuprune/protocol.py).
+ *
+ * Wire: COBS(body) 0x00.  body = version u8 | type u8 | seq u16 LE | payload | crc32 u32 LE,
+ * CRC-32/IEEE over version..payload. Replies carry type | 0x80 and the request's seq; ERROR is
+ * type 0xFF. All multi-byte fields are little-endian.
+ */
+#ifndef MCUP_PROTOCOL_H
+#define MCUP_PROTOCOL_H
+
+#include <stdint.h>
+
+/* No integer suffixes: main.c also turns these into the banner text. */
+#define MCUP_PROTO_VERSION 1
+#define MCUP_FW_VERSION_MAJOR 0
+#define MCUP_FW_VERSION_MINOR 1
+
+#define MCUP_MAX_PAYLOAD 2048u
+#define MCUP_FRAME_HEADER 4u                                      /* version, type, seq */
+#define MCUP_FRAME_OVERHEAD (MCUP_FRAME_HEADER + 4u)              /* + crc32 */
+#define MCUP_MAX_BODY (MCUP_MAX_PAYLOAD + MCUP_FRAME_OVERHEAD)
+
+enum mcup_msg_type {
+    MCUP_MSG_INFO = 0x01,  /* () -> version, sizes, hash, names */
+    MCUP_MSG_INFER = 0x02, /* (int8 input[MCUP_INPUT_SIZE]) -> RESULT */
+    MCUP_MSG_INFER_FILE = 0x0E, /* (u32 count, host path\0) -> count RESULTs, then u32 done.
+                                 * Emulation only: inputs come through semihosting file reads. */
+    MCUP_MSG_EXIT = 0x0F,  /* (u8 code) -> ack, then semihosting exit(code) */
+    MCUP_MSG_REPLY = 0x80, /* reply type = request type | MCUP_MSG_REPLY */
+    MCUP_MSG_ERROR = 0xFF, /* (u8 error code, u8 offending type) */
+};
+
+enum mcup_error_code {
+    MCUP_ERR_BAD_CRC = 1,
+    MCUP_ERR_BAD_VERSION = 2,
+    MCUP_ERR_UNKNOWN_TYPE = 3,
+    MCUP_ERR_BAD_LENGTH = 4,
+    MCUP_ERR_TOO_LONG = 5,
+    MCUP_ERR_MODEL = 6, /* mcup_init() or mcup_run() returned non-zero */
+    MCUP_ERR_IO = 7,    /* INFER_FILE: the host file could not be opened or was too short */
+};
+
+typedef struct {
+    int model_ready;     /* mcup_init() succeeded */
+    int exit_requested;  /* an EXIT was acknowledged: main leaves with exit_code */
+    int exit_code;
+} mcup_proto_state;
+
+/*
+ * Handle one COBS-decoded body of `total` bytes, of which the first `len` (<= total) are in
+ * `body`; total > len means the frame was longer than the receive buffer. Replies on the UART.
+ * Bodies too short to hold a seq (< 4 bytes) are dropped silently; every other bad body gets an
+ * ERROR reply. `body` must be 4-byte aligned: INFER hands body + 4 to mcup_run().
+ */
+void mcup_proto_handle(mcup_proto_state *st, const uint8_t *body, uint32_t len, uint32_t total);
+
+/* Send one frame: header, payload, CRC, COBS-encoded, then 0x00. */
+void mcup_proto_send(uint8_t type, uint16_t seq, const uint8_t *payload, uint32_t len);
+
+#endif /* MCUP_PROTOCOL_H */

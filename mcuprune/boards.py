@@ -1,0 +1,179 @@
+"""Target boards: one TOML file per board in the repo's ``boards/`` folder, validated by one schema.
+
+Adding a board means adding a file (see docs/boards.md); nothing in the code names a board.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mcuprune.errors import UserError
+
+# Under QEMU's `-icount shift=0` every guest instruction advances virtual time by 2**0 ns.
+NS_PER_INSTRUCTION = 1.0
+
+DEFAULT_STACK_SIZE = 8192  # bytes reserved for the main stack when a board file does not say
+DEFAULT_UART_BAUD = 115200
+
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")  # also safe to splice into a Makefile and a C string
+
+
+@dataclass(frozen=True)
+class MemoryRegion:
+    origin: int  # bytes
+    length: int  # bytes
+
+
+@dataclass(frozen=True)
+class Uart:
+    type: str  # selects firmware/runtime/uart_<type>.c
+    base: int  # register block address
+    baud: int
+
+
+@dataclass(frozen=True)
+class Board:
+    name: str
+    description: str
+    core: str  # GCC -mcpu name, e.g. "cortex-m4"
+    cflags: tuple[str, ...]  # -mcpu/-mthumb/-mfloat-abi/-mfpu flags, compile and link
+    dsp: bool  # core has the DSP extension -> DSP kernels
+    fpu: bool
+    clock_hz: int  # CPU and SysTick clock
+    flash: MemoryRegion  # code + read-only data (+ .data load image)
+    ram: MemoryRegion
+    uart: Uart
+    stack_size: int  # bytes
+    qemu_machine: str | None  # `qemu-system-arm -M` name; None for boards QEMU does not model
+    path: Path  # the file this board was read from
+
+    @property
+    def instructions_per_tick(self) -> float:
+        """Guest instructions per SysTick tick when run under `-icount shift=0` (1 instruction = 1 ns)."""
+        return 1e9 / self.clock_hz / NS_PER_INSTRUCTION
+
+
+# The one schema: dotted key -> (expected type, required). "list[str]" is a list of strings.
+_SCHEMA: dict[str, tuple[str, bool]] = {
+    "name": ("str", True),
+    "description": ("str", True),
+    "core": ("str", True),
+    "cflags": ("list[str]", True),
+    "dsp": ("bool", True),
+    "fpu": ("bool", True),
+    "clock_hz": ("int", True),
+    "stack_size": ("int", False),
+    "memory.flash.origin": ("int", True),
+    "memory.flash.length": ("int", True),
+    "memory.ram.origin": ("int", True),
+    "memory.ram.length": ("int", True),
+    "uart.type": ("str", True),
+    "uart.base": ("int", True),
+    "uart.baud": ("int", False),
+    "qemu.machine": ("str", False),
+}
+_TABLES = {"memory", "memory.flash", "memory.ram", "uart", "qemu"}
+
+
+def boards_dir() -> Path:
+    """The folder holding the board files: $MCUPRUNE_BOARDS_DIR, else the repo's boards/."""
+    env = os.environ.get("MCUPRUNE_BOARDS_DIR")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "boards"
+
+
+def _type_ok(value: Any, kind: str) -> bool:
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)  # TOML true is not a number
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "str":
+        return isinstance(value, str) and value != ""
+    if kind == "list[str]":
+        return isinstance(value, list) and all(isinstance(v, str) and v for v in value)
+    raise AssertionError(kind)
+
+
+def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and dotted in _TABLES:
+            flat.update(_flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _validate(path: Path, data: dict[str, Any]) -> dict[str, Any]:
+    """Check `data` against the schema; returns the flat dotted-key view. UserError names file and field."""
+    flat = _flatten(data)
+    for key in flat:
+        if key not in _SCHEMA:
+            raise UserError(f"board file {path}: unknown field `{key}`")
+    for key, (kind, required) in _SCHEMA.items():
+        if key not in flat:
+            if required:
+                raise UserError(f"board file {path}: missing field `{key}` ({kind})")
+            continue
+        if not _type_ok(flat[key], kind):
+            raise UserError(f"board file {path}: field `{key}` must be {kind}, got {flat[key]!r}")
+    name = flat["name"]
+    if not _NAME_RE.match(name) or name != path.stem:
+        raise UserError(f"board file {path}: field `name` must be lower-case [a-z0-9._-] and equal the "
+                        f"file name ({path.stem!r}), got {name!r}")
+    for key in ("clock_hz", "memory.flash.length", "memory.ram.length", "uart.baud", "stack_size"):
+        if key in flat and flat[key] <= 0:
+            raise UserError(f"board file {path}: field `{key}` must be > 0, got {flat[key]}")
+    for key in ("memory.flash.origin", "memory.ram.origin", "uart.base"):
+        if not 0 <= flat[key] < 2**32:
+            raise UserError(f"board file {path}: field `{key}` must be a 32-bit address, got {flat[key]:#x}")
+    if not re.match(r"^[a-z0-9_]+$", flat["uart.type"]):
+        raise UserError(f"board file {path}: field `uart.type` must be [a-z0-9_], got {flat['uart.type']!r}")
+    return flat
+
+
+def _read_board(path: Path) -> Board:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"board file {path}: cannot read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"board file {path}: invalid TOML: {exc}") from None
+    f = _validate(path, data)
+    return Board(
+        name=f["name"],
+        description=f["description"],
+        core=f["core"],
+        cflags=tuple(f["cflags"]),
+        dsp=f["dsp"],
+        fpu=f["fpu"],
+        clock_hz=f["clock_hz"],
+        flash=MemoryRegion(f["memory.flash.origin"], f["memory.flash.length"]),
+        ram=MemoryRegion(f["memory.ram.origin"], f["memory.ram.length"]),
+        uart=Uart(f["uart.type"], f["uart.base"], f.get("uart.baud", DEFAULT_UART_BAUD)),
+        stack_size=f.get("stack_size", DEFAULT_STACK_SIZE),
+        qemu_machine=f.get("qemu.machine"),
+        path=path,
+    )
+
+
+def list_boards() -> list[Board]:
+    """Every board file in boards_dir(), validated, sorted by name."""
+    folder = boards_dir()
+    if not folder.is_dir():
+        raise UserError(f"boards folder {folder} does not exist (set MCUPRUNE_BOARDS_DIR?)")
+    return [_read_board(p) for p in sorted(folder.glob("*.toml"))]
+
+
+def load_board(name: str) -> Board:
+    """The board called `name`; unknown names raise a UserError listing the known boards."""
+    path = boards_dir() / f"{name}.toml"
+    if not _NAME_RE.match(name) or not path.is_file():
+        known = ", ".join(p.stem for p in sorted(boards_dir().glob("*.toml"))) or "none"
+        raise UserError(f"unknown board {name!r}; known boards: {known}")
+    return _read_board(path)
