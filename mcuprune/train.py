@@ -102,10 +102,23 @@ def _weight_modules(net) -> list:
     return [m for m in net if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
+def _to_hwc(w: np.ndarray, op: str, prev_map_shape: tuple | None) -> np.ndarray:
+    """Torch weight layout -> IR layout (conv [o,i,kh,kw] -> [o,kh,kw,i]; dense columns CHW -> HWC)."""
+    if op == "conv2d":
+        return np.ascontiguousarray(w.transpose(0, 2, 3, 1))
+    if prev_map_shape is not None and len(prev_map_shape) == 3:
+        h, wd, c = prev_map_shape  # torch flattened C,H,W; the device flattens H,W,C
+        w = w.reshape(w.shape[0], c, h, wd).transpose(0, 2, 3, 1).reshape(w.shape[0], -1)
+    return np.ascontiguousarray(w)
+
+
 def export_float_model(net, specs: list[dict], input_shape: tuple[int, int, int], name: str,
-                       num_classes: int) -> FloatModel:
-    """Torch (NCHW, CHW-flatten) -> FloatModel (HWC, HWC-flatten) with identical outputs."""
+                       num_classes: int, masks: list | None = None) -> FloatModel:
+    """Torch (NCHW, CHW-flatten) -> FloatModel (HWC, HWC-flatten) with identical outputs.
+
+    `masks`: one bool array (torch weight layout) or None per conv/dense module, in order."""
     weight_modules = iter(_weight_modules(net))
+    mask_iter = iter(masks or [])
     layers = []
     prev_map_shape: tuple | None = None  # HWC shape feeding the first dense layer
     for i, (spec, (in_shape, out_shape)) in enumerate(zip(specs, _shapes(specs, input_shape), strict=True)):
@@ -115,20 +128,17 @@ def export_float_model(net, specs: list[dict], input_shape: tuple[int, int, int]
             prev_map_shape = out_shape
             continue
         module = next(weight_modules)
-        w = module.weight.detach().cpu().numpy().astype(np.float32)
+        mask = next(mask_iter, None)
+        w = _to_hwc(module.weight.detach().cpu().numpy().astype(np.float32), spec["op"], prev_map_shape)
         b = module.bias.detach().cpu().numpy().astype(np.float32)
+        mask = None if mask is None else _to_hwc(np.asarray(mask, dtype=bool), spec["op"], prev_map_shape)
         if spec["op"] == "conv2d":
-            layers.append(FloatLayer(lname, Op.CONV2D, in_shape, out_shape, np.ascontiguousarray(
-                w.transpose(0, 2, 3, 1)), b, relu=bool(spec.get("relu")), stride=spec.get("stride", 1),
-                pad=spec["pad"]))
-            prev_map_shape = out_shape
+            layers.append(FloatLayer(lname, Op.CONV2D, in_shape, out_shape, w, b, relu=bool(spec.get("relu")),
+                                     stride=spec.get("stride", 1), pad=spec["pad"], mask=mask))
         else:
-            if prev_map_shape is not None and len(prev_map_shape) == 3:
-                h, wd, c = prev_map_shape  # torch flattened C,H,W; the device flattens H,W,C
-                w = w.reshape(w.shape[0], c, h, wd).transpose(0, 2, 3, 1).reshape(w.shape[0], -1)
-            layers.append(FloatLayer(lname, Op.DENSE, in_shape, out_shape, np.ascontiguousarray(w), b,
-                                     relu=bool(spec.get("relu"))))
-            prev_map_shape = out_shape
+            layers.append(FloatLayer(lname, Op.DENSE, in_shape, out_shape, w, b, relu=bool(spec.get("relu")),
+                                     mask=mask))
+        prev_map_shape = out_shape
     return FloatModel(name=name, input_shape=tuple(input_shape), num_classes=num_classes, layers=tuple(layers))
 
 
@@ -216,11 +226,15 @@ def train_run(dataset: Dataset, dataset_spec: str, arch: str, epochs: int, out: 
     return meta
 
 
-def save_run(out: Path, net, meta: dict) -> None:
+def save_run(out: Path, net, meta: dict, masks: list | None = None) -> None:
+    """Write checkpoint.pt (specs, weights, optional pruning masks) and run.json.
+
+    `masks`: one bool numpy array in torch weight layout, or None, per conv/dense module."""
     import torch
 
     out.mkdir(parents=True, exist_ok=True)
-    torch.save({"specs": meta["specs"], "state_dict": net.state_dict()}, out / "checkpoint.pt")
+    mask_tensors = [None if m is None else torch.from_numpy(np.asarray(m, dtype=bool)) for m in (masks or [])]
+    torch.save({"specs": meta["specs"], "state_dict": net.state_dict(), "masks": mask_tensors}, out / "checkpoint.pt")
     (out / "run.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
@@ -239,7 +253,9 @@ def read_run_meta(run_dir: Path) -> dict:
 
 
 def load_torch_model(run_dir: Path):
-    """(nn.Sequential with the trained weights, run metadata); clear errors for damaged runs."""
+    """(nn.Sequential with the trained weights, run metadata, masks); clear errors for damaged runs.
+
+    masks: one bool numpy array (torch weight layout) or None per conv/dense module."""
     import torch
 
     meta = read_run_meta(run_dir)
@@ -251,15 +267,20 @@ def load_torch_model(run_dir: Path):
         specs = ckpt["specs"]
         net = build_torch_model(specs, tuple(meta["input_shape"]))
         net.load_state_dict(ckpt["state_dict"])
+        masks = [None if m is None else m.numpy().astype(bool) for m in ckpt.get("masks", [])]
+        for module, mask in zip(_weight_modules(net), masks, strict=False):
+            if mask is not None and tuple(mask.shape) != tuple(module.weight.shape):
+                raise ValueError(f"mask shape {tuple(mask.shape)} != weight shape {tuple(module.weight.shape)}")
     except UserError:
         raise
     except Exception as exc:  # torch raises many types for truncated/garbled files
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(f"{ckpt_path} is corrupt or truncated ({reason}): retrain with `mcuprune train`") from None
-    return net, meta
+    return net, meta, masks
 
 
 def load_float_model(run_dir: Path) -> tuple[FloatModel, dict]:
-    net, meta = load_torch_model(run_dir)
-    model = export_float_model(net, meta["specs"], tuple(meta["input_shape"]), meta["name"], meta["num_classes"])
+    net, meta, masks = load_torch_model(run_dir)
+    model = export_float_model(net, meta["specs"], tuple(meta["input_shape"]), meta["name"], meta["num_classes"],
+                               masks)
     return model, meta

@@ -17,7 +17,7 @@ def test_numpy_float_forward_equals_torch(digits_run) -> None:
     from mcuprune.train import load_float_model, load_torch_model, torch_predict_logits
 
     run_dir, ds = digits_run
-    net, _ = load_torch_model(run_dir)
+    net, _, _ = load_torch_model(run_dir)
     model, _ = load_float_model(run_dir)
     torch_logits = torch_predict_logits(net, ds.x_test)
     assert np.allclose(run_f32(model, to_float(ds.x_test)), torch_logits, atol=1e-4)
@@ -30,7 +30,7 @@ def test_int8_reference_agrees_with_torch_float(arch: str, tmp_path) -> None:
 
     ds = load_digits()
     train_run(ds, "digits", arch, epochs=40, out=tmp_path, seed=1)
-    net, _ = load_torch_model(tmp_path)
+    net, _, _ = load_torch_model(tmp_path)
     model, _ = load_float_model(tmp_path)
     qmodel = quantize_model(model, calibration_subset(ds.x_train))
     torch_pred = torch_predict_logits(net, ds.x_test).argmax(1)
@@ -107,3 +107,25 @@ def test_arena_never_overlaps_live_tensors() -> None:
                 prev_off, prev_size = plan.offsets[i - 1], sizes[i - 1]
                 assert off >= prev_off + prev_size or prev_off >= off + size
         assert plan.size <= max(sizes) + max(sizes) + 8
+
+
+def test_pruning_masks_survive_save_and_follow_the_hwc_layout(digits_run, tmp_path) -> None:
+    import torch
+
+    from mcuprune.train import _weight_modules, load_float_model, load_torch_model, save_run
+
+    run_dir, _ = digits_run
+    net, meta, _ = load_torch_model(run_dir)
+    rng = np.random.default_rng(0)
+    masks = []
+    with torch.no_grad():
+        for module in _weight_modules(net):
+            mask = rng.random(tuple(module.weight.shape)) > 0.6
+            module.weight.mul_(torch.from_numpy(mask).float())
+            masks.append(mask)
+    save_run(tmp_path, net, meta, masks)
+    model, _ = load_float_model(tmp_path)
+    weighted = [layer for layer in model.layers if layer.weights is not None]
+    for layer, mask in zip(weighted, masks, strict=True):
+        assert layer.mask.shape == layer.weights.shape and layer.mask.sum() == mask.sum()
+        assert (layer.weights[~layer.mask] == 0).all()  # the mask moved together with the weights
