@@ -1,0 +1,202 @@
+/*
+ * mcup_sparse.h - int8 FC and conv kernels for pruned weights stored as packed sparse arrays.
+ *
+ * Same conventions as mcup_nn.h (TFLite int8, per-channel requantization through
+ * mcup_quant_params, HWC feature maps, batch 1) and the same results: every kernel here is
+ * bit-identical to its dense twin (mcup_fc_s8_dense, mcup_conv2d_s8_dense) run on the unpacked
+ * weights, hence to mcuprune/reference.py. As in mcup_nn.h, each kernel has a reference
+ * implementation (firmware/kernels/reference/) and an optimized twin with the same name
+ * (firmware/kernels/dsp/); mcuprune/sparse.py packs the arrays and picks a format per layer.
+ *
+ * The weight matrix W has rows = output channels and cols = in_features (FC) or
+ * k_h * k_w * in_c (conv, the dense [k_h][k_w][in_c] order flattened). Formats:
+ *
+ *  bitmask  mask[rows][(cols + 7) / 8]: bit (7 - j) of byte b of a row is set iff
+ *           W[row][8 * b + j] != 0 (MSB first; each row padded with 0 bits to a whole byte);
+ *           values[nnz]: the non-zero weights in row-major order.
+ *  csr8     values[entries] (int8) and deltas[entries] (uint8): entry k of a row holds the
+ *           weight at column col_k = col_(k-1) + deltas[k], with col_(-1) = 0 (the first delta
+ *           of a row is its absolute column). A gap wider than 255 is bridged by filler entries
+ *           (delta 255, value 0), so entries = nnz + fillers.
+ *           row_ptr[rows + 1]: entries before each row (row_ptr[rows] = entries).
+ *  csr4     As csr8 with 4-bit deltas (fillers bridge gaps wider than 15), two per byte: the
+ *           delta of entry k (counted over the whole array, not per row) is the low nibble of
+ *           deltas[k / 2] when k is even, the high nibble when k is odd.
+ *
+ * row_ptr elements are uint8_t, uint16_t or uint32_t (row_ptr_bytes = 1, 2 or 4): the
+ * narrowest type that holds `entries`. None of the arrays needs any alignment beyond its
+ * element type.
+ *
+ * Scratch: as in mcup_nn.h, each kernel has a _get_buffer_size companion returning the bytes of
+ * 4-byte aligned working memory the caller passes as `scratch` (0: scratch may be NULL).
+ */
+#ifndef MCUP_SPARSE_H
+#define MCUP_SPARSE_H
+
+#include <stdint.h>
+
+#include "mcup_nn.h"
+
+/* Fully connected with bitmask weights (cols = in_features). */
+typedef struct {
+    int32_t in_features;
+    int32_t out_features;
+    const uint8_t *mask;  /* [out_features][(in_features + 7) / 8], MSB first */
+    const int8_t *values; /* [nnz], row-major */
+    mcup_quant_params q;
+} mcup_fc_bitmask_params;
+
+/* Fully connected with csr8 or csr4 weights (cols = in_features). */
+typedef struct {
+    int32_t in_features;
+    int32_t out_features;
+    const int8_t *values;  /* [entries], fillers included */
+    const uint8_t *deltas; /* csr8: [entries]; csr4: [(entries + 1) / 2], two per byte */
+    const void *row_ptr;   /* [out_features + 1], element type given by row_ptr_bytes */
+    int32_t row_ptr_bytes; /* 1, 2 or 4: uint8_t, uint16_t or uint32_t elements */
+    mcup_quant_params q;
+} mcup_fc_csr_params;
+
+/* 2-D convolution with bitmask weights (cols = k_h * k_w * in_c); shapes as mcup_conv2d_params. */
+typedef struct {
+    int32_t in_h, in_w, in_c;
+    int32_t out_h, out_w, out_c;
+    int32_t k_h, k_w;
+    int32_t stride;
+    int32_t pad;
+    const uint8_t *mask;  /* [out_c][(k_h * k_w * in_c + 7) / 8], MSB first */
+    const int8_t *values; /* [nnz], row-major */
+    mcup_quant_params q;
+} mcup_conv2d_bitmask_params;
+
+/* 2-D convolution with csr8 or csr4 weights (cols = k_h * k_w * in_c). */
+typedef struct {
+    int32_t in_h, in_w, in_c;
+    int32_t out_h, out_w, out_c;
+    int32_t k_h, k_w;
+    int32_t stride;
+    int32_t pad;
+    const int8_t *values;  /* [entries], fillers included */
+    const uint8_t *deltas; /* csr8: [entries]; csr4: [(entries + 1) / 2], two per byte */
+    const void *row_ptr;   /* [out_c + 1], element type given by row_ptr_bytes */
+    int32_t row_ptr_bytes; /* 1, 2 or 4 */
+    mcup_quant_params q;
+} mcup_conv2d_csr_params;
+
+/*
+ * Scratch bytes (4-byte aligned):
+ *  - FC, reference kernels: 0;
+ *  - FC, DSP kernels: the input as int16 plus input_offset, 4 * ((in_features + 1) / 2);
+ *  - conv, reference kernels: one im2col patch as int16, 4 * ((k_h * k_w * in_c + 1) / 2);
+ *  - conv, DSP kernels: two patches interleaved (one word per patch position),
+ *    4 * k_h * k_w * in_c.
+ */
+int32_t mcup_fc_s8_bitmask_get_buffer_size(const mcup_fc_bitmask_params *p);
+void mcup_fc_s8_bitmask(const mcup_fc_bitmask_params *p, const int8_t *input, int8_t *output,
+                        void *scratch);
+
+int32_t mcup_fc_s8_csr8_get_buffer_size(const mcup_fc_csr_params *p);
+void mcup_fc_s8_csr8(const mcup_fc_csr_params *p, const int8_t *input, int8_t *output,
+                     void *scratch);
+
+int32_t mcup_fc_s8_csr4_get_buffer_size(const mcup_fc_csr_params *p);
+void mcup_fc_s8_csr4(const mcup_fc_csr_params *p, const int8_t *input, int8_t *output,
+                     void *scratch);
+
+int32_t mcup_conv2d_s8_bitmask_get_buffer_size(const mcup_conv2d_bitmask_params *p);
+void mcup_conv2d_s8_bitmask(const mcup_conv2d_bitmask_params *p, const int8_t *input,
+                            int8_t *output, void *scratch);
+
+int32_t mcup_conv2d_s8_csr8_get_buffer_size(const mcup_conv2d_csr_params *p);
+void mcup_conv2d_s8_csr8(const mcup_conv2d_csr_params *p, const int8_t *input, int8_t *output,
+                         void *scratch);
+
+int32_t mcup_conv2d_s8_csr4_get_buffer_size(const mcup_conv2d_csr_params *p);
+void mcup_conv2d_s8_csr4(const mcup_conv2d_csr_params *p, const int8_t *input, int8_t *output,
+                         void *scratch);
+
+/* --- helpers shared by the sparse kernels (not part of the calling interface) ------------- */
+
+/* row_ptr[i] of a csr weight matrix whose row pointers are `bytes` wide. */
+static inline int32_t mcup_sparse_row_ptr(const void *row_ptr, int32_t bytes, int32_t i)
+{
+    if (bytes == 1) {
+        return ((const uint8_t *)row_ptr)[i];
+    }
+    if (bytes == 2) {
+        return ((const uint16_t *)row_ptr)[i];
+    }
+    return (int32_t)((const uint32_t *)row_ptr)[i];
+}
+
+/* Four bytes of a bitmask row as one word, first byte in the top bits (column 0 = bit 31). */
+static inline uint32_t mcup_sparse_mask_word(const uint8_t *m)
+{
+    return ((uint32_t)m[0] << 24) | ((uint32_t)m[1] << 16) | ((uint32_t)m[2] << 8) | m[3];
+}
+
+/* The last 1..3 bytes of a bitmask row, laid out as mcup_sparse_mask_word (missing bytes 0). */
+static inline uint32_t mcup_sparse_mask_tail(const uint8_t *m, int32_t n)
+{
+    uint32_t w = 0;
+    for (int32_t i = 0; i < n; i++) {
+        w |= (uint32_t)m[i] << (24 - 8 * i);
+    }
+    return w;
+}
+
+/*
+ * dst[0], dst[stride], ... dst[(n - 1) * stride] = src[0..n-1] + offset: int8 to int16 with the
+ * input offset added (|value| <= 255). Unrolled by 4 (4 instructions per value instead of 5).
+ */
+static inline int16_t *mcup_sparse_to_s16(const int8_t *src, int32_t n, int32_t offset,
+                                          int16_t *dst, int32_t stride)
+{
+    for (; n >= 4; n -= 4, src += 4, dst += 4 * stride) {
+        dst[0] = (int16_t)(src[0] + offset);
+        dst[stride] = (int16_t)(src[1] + offset);
+        dst[2 * stride] = (int16_t)(src[2] + offset);
+        dst[3 * stride] = (int16_t)(src[3] + offset);
+    }
+    for (; n > 0; n--, dst += stride) {
+        *dst = (int16_t)(*src++ + offset);
+    }
+    return dst;
+}
+
+/*
+ * im2col of one output pixel: the k_h * k_w * in_c patch whose top-left input pixel is (y0, x0)
+ * (may lie in the padding), as int16 with input_offset added, in [k_h][k_w][in_c] order, to
+ * dst[0], dst[stride], dst[2 * stride], ... Padding taps hold the input zero point, i.e. 0.
+ * A kernel row clipped to the image is one contiguous run of input bytes.
+ */
+static inline void mcup_sparse_im2col_s16(const int8_t *input, int32_t in_h, int32_t in_w,
+                                          int32_t in_c, int32_t k_h, int32_t k_w, int32_t y0,
+                                          int32_t x0, int32_t offset, int16_t *dst,
+                                          int32_t stride)
+{
+    const int32_t left = x0 < 0 ? (-x0 < k_w ? -x0 : k_w) : 0; /* taps left of the image */
+    const int32_t over = x0 + k_w - in_w;                       /* taps right of it */
+    const int32_t right = over > 0 ? (over < k_w - left ? over : k_w - left) : 0;
+    const int32_t inside = (k_w - left - right) * in_c;
+    for (int32_t iy = y0; iy < y0 + k_h; iy++) {
+        if (iy < 0 || iy >= in_h) {
+            for (int32_t i = 0; i < k_w * in_c; i++, dst += stride) {
+                *dst = 0;
+            }
+            continue;
+        }
+        for (int32_t i = 0; i < left * in_c; i++, dst += stride) {
+            *dst = 0;
+        }
+        if (inside > 0) {
+            dst = mcup_sparse_to_s16(input + (iy * in_w + x0 + left) * in_c, inside, offset, dst,
+                                     stride);
+        }
+        for (int32_t i = 0; i < right * in_c; i++, dst += stride) {
+            *dst = 0;
+        }
+    }
+}
+
+#endif /* MCUP_SPARSE_H */

@@ -1,0 +1,66 @@
+/*
+ * fc_s8_bitmask.c - fully connected int8 kernel, bitmask weights, for cores with the DSP
+ * extension. Parameters and the bitmask layout: see mcup_fc_bitmask_params in mcup_sparse.h;
+ * bit-identical to the reference twin in firmware/kernels/reference/fc_s8_bitmask.c.
+ *
+ * The input (plus input_offset) is converted once to int16 in scratch. A row's mask is read 32
+ * columns at a time as one word with column 0 in bit 31, so CLZ gives the distance to the next
+ * non-zero directly (see masked_dot).
+ */
+#include <stddef.h>
+
+#include "mcup_dsp.h"
+#include "mcup_requant.h"
+#include "mcup_sparse.h"
+
+int32_t mcup_fc_s8_bitmask_get_buffer_size(const mcup_fc_bitmask_params *p)
+{
+    return 4 * ((p->in_features + 1) / 2); /* in_features int16 */
+}
+
+/*
+ * acc + the products of the set bits of `bits` (bit 31 = x[0]) with the next values. The word
+ * is shifted past each bit found, so the loop test is the flags of the last shift:
+ * CLZ, ADD x, LDRSH x (post-increment), LDRSB value, LSL, LSLS, MLA, BNE - 8 per non-zero.
+ */
+static inline int32_t masked_dot(uint32_t bits, const int16_t *x, const int8_t **values,
+                                 int32_t acc)
+{
+    const int8_t *v = *values;
+    while (bits != 0) {
+        const uint32_t c = (uint32_t)__builtin_clz(bits); /* columns to the next non-zero */
+        x += c;
+        bits <<= c;
+        acc += *x++ * *v++;
+        bits <<= 1; /* two shifts: c + 1 may be 32 */
+    }
+    *values = v;
+    return acc;
+}
+
+void mcup_fc_s8_bitmask(const mcup_fc_bitmask_params *p, const int8_t *input, int8_t *output,
+                        void *scratch)
+{
+    const mcup_quant_params *q = &p->q;
+    const int16_t *x = scratch;
+    mcup_sparse_to_s16(input, p->in_features, q->input_offset, scratch, 1);
+
+    const int32_t row_bytes = (p->in_features + 7) / 8;
+    const int32_t words = row_bytes / 4;
+    const int32_t tail = row_bytes % 4;
+    const uint8_t *m = p->mask;
+    const int8_t *v = p->values;
+    for (int32_t o = 0; o < p->out_features; o++) {
+        int32_t acc = q->bias != NULL ? q->bias[o] : 0;
+        const int16_t *xw = x;
+        for (int32_t w = 0; w < words; w++, m += 4, xw += 32) {
+            acc = masked_dot(mcup_sparse_mask_word(m), xw, &v, acc);
+        }
+        if (tail > 0) {
+            acc = masked_dot(mcup_sparse_mask_tail(m, tail), xw, &v, acc);
+            m += tail;
+        }
+        output[o] = mcup_requantize_s8(acc, q->multiplier[o], q->shift[o], q->output_offset,
+                                       q->act_min, q->act_max);
+    }
+}

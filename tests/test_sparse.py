@@ -1,0 +1,716 @@
+"""Sparse weight formats: packing round trips, byte accounting, kernels bit-exact vs numpy.
+
+The oracle for every sparse kernel is the dense numpy reference (mcuprune.reference) run on the
+masked int8 weights: a sparse kernel must give exactly what the dense kernel gives. Kernels are
+compiled for the host (DSP variant with -DMCUP_EMULATE_DSP) and called through ctypes, over one
+case table that runs unchanged against every (format, variant); cross-compilation checks the
+same files build warning-free for the targets, and a QEMU run checks them on the real cores.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import doctest
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+import mcuprune.sparse
+from mcuprune.fixedpoint import quantize_multipliers
+from mcuprune.ir import Op, QParams, QuantLayer, conv_out_hw
+from mcuprune.kernels import INCLUDE_DIR, KERNEL_DIR, VARIANTS
+from mcuprune.reference import conv2d_s8, dense_s8, im2col
+from mcuprune.sparse import (
+    FORMATS,
+    MAX_DELTA,
+    PARAMS_STRUCTS,
+    SPARSE_FORMATS,
+    SPARSE_KERNEL_FUNCTIONS,
+    c_definitions,
+    c_params_initializer,
+    choose_format,
+    choose_formats,
+    format_bytes,
+    kernel_code_bytes,
+    layer_bytes,
+    load_costs,
+    pack,
+    predict_instructions,
+    sparse_kernel_sources,
+    sparse_scratch_bytes,
+    unpack,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+HOST_CFLAGS = ["-O2", "-Wall", "-Wextra", "-Werror", "-std=c11", "-shared", "-fPIC"]
+VARIANT_CFLAGS = {"reference": [], "dsp": ["-DMCUP_EMULATE_DSP"]}
+CANARY = 0x5A
+ALL_PAIRS = [(op, fmt) for op in (Op.DENSE, Op.CONV2D) for fmt in SPARSE_FORMATS]
+
+
+def _require(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{tool} is required in CI")
+        pytest.skip(f"{tool} not installed")
+    return path
+
+
+# --- packing --------------------------------------------------------------------------------
+
+
+@st.composite
+def masked_weights(draw) -> np.ndarray:
+    """int8 matrices with a random mask: any density, all-zero and full rows, wide gaps."""
+    rows = draw(st.integers(1, 6))
+    cols = draw(st.sampled_from([1, 2, 7, 8, 9, 15, 16, 17, 33, 255, 256, 257, 300, 600]))
+    seed = draw(st.integers(0, 2**32 - 1))
+    density = draw(st.sampled_from([0.0, 0.01, 0.05, 0.3, 0.7, 1.0]))
+    rng = np.random.default_rng(seed)
+    magnitudes = rng.integers(1, 128, size=(rows, cols)) * rng.choice([-1, 1], size=(rows, cols))
+    w = np.where(rng.random((rows, cols)) < density, magnitudes, 0)
+    if draw(st.booleans()):
+        w[draw(st.integers(0, rows - 1))] = 0  # an all-zero row
+    if draw(st.booleans()):
+        w[draw(st.integers(0, rows - 1))] = magnitudes[0]  # a full row (no zeros at all)
+    if draw(st.booleans()):  # draw exact gaps around the delta limits
+        gap = draw(st.sampled_from([14, 15, 16, 17, 254, 255, 256, 257, 510, 511]))
+        start = draw(st.integers(0, max(cols - 1, 0)))
+        row = np.zeros(cols, dtype=np.int64)
+        row[start] = -128 if draw(st.booleans()) else 127
+        if start + gap < cols:
+            row[start + gap] = 5
+        w[draw(st.integers(0, rows - 1))] = row
+    return w.astype(np.int8)
+
+
+@settings(max_examples=300, derandomize=True, deadline=None, database=None)
+@given(w=masked_weights(), fmt=st.sampled_from(FORMATS))
+def test_pack_unpack_round_trip(w: np.ndarray, fmt: str):
+    packed = pack(w, fmt)
+    np.testing.assert_array_equal(unpack(packed), w)
+    assert packed.nbytes == format_bytes(w, fmt)
+    for name, array in packed.arrays().items():
+        expected = {"weights": np.int8, "values": np.int8, "mask": np.uint8, "deltas": np.uint8}.get(name)
+        assert expected is None or array.dtype == expected, name
+    if fmt in MAX_DELTA:
+        check_csr_invariants(w, packed)
+
+
+def check_csr_invariants(w: np.ndarray, packed) -> None:
+    rows = w.shape[0]
+    entries = packed.values.size
+    assert packed.row_ptr.size == rows + 1
+    assert packed.row_ptr.dtype.itemsize == (1 if entries <= 255 else 2 if entries <= 65535 else 4)
+    nnz = np.count_nonzero(w)
+    fillers = entries - nnz
+    assert np.count_nonzero(packed.values) == nnz  # every filler holds 0, every non-zero is stored
+    assert fillers >= 0
+    expected_deltas = entries if packed.fmt == "csr8" else (entries + 1) // 2
+    assert packed.deltas.size == expected_deltas
+
+
+@pytest.mark.parametrize("fmt", SPARSE_FORMATS)
+@pytest.mark.parametrize(
+    ("gap", "fillers8", "fillers4"),
+    [(15, 0, 0), (16, 0, 1), (30, 0, 1), (31, 0, 2), (255, 0, 16), (256, 1, 17), (510, 1, 33), (511, 2, 34)],
+)
+def test_csr_fillers_for_exact_gaps(fmt: str, gap: int, fillers8: int, fillers4: int):
+    """Two non-zeros `gap` columns apart (the first at column 0): fillers = ceil(gap / max) - 1."""
+    w = np.zeros((1, gap + 1), dtype=np.int8)
+    w[0, 0], w[0, gap] = 3, -4
+    packed = pack(w, fmt)
+    np.testing.assert_array_equal(unpack(packed), w)
+    if fmt == "csr8":
+        assert packed.values.size == 2 + fillers8
+        assert packed.deltas.tolist() == [0] + [255] * fillers8 + [gap - 255 * fillers8]
+    elif fmt == "csr4":
+        assert packed.values.size == 2 + fillers4
+
+
+def test_first_delta_is_the_absolute_column():
+    w = np.zeros((2, 40), dtype=np.int8)
+    w[0, 20] = 1
+    w[1, 0] = 2
+    w[1, 39] = 3
+    p8 = pack(w, "csr8")
+    assert p8.deltas.tolist() == [20, 0, 39]
+    assert p8.row_ptr.tolist() == [0, 1, 3]
+    p4 = pack(w, "csr4")  # 20 = 15 + 5; 39 = 15 + 15 + 9; the nibble stream runs across rows
+    assert p4.values.tolist() == [0, 1, 2, 0, 0, 3]
+    assert p4.row_ptr.tolist() == [0, 2, 6]
+    assert p4.deltas.tolist() == [0x5F, 0xF0, 0x9F]
+
+
+def test_bitmask_layout_is_msb_first_and_row_padded():
+    w = np.zeros((2, 10), dtype=np.int8)
+    w[0, 0] = 1
+    w[0, 9] = 2
+    w[1, 7] = -3
+    p = pack(w, "bitmask")
+    assert p.mask.tolist() == [0x80, 0x40, 0x01, 0x00]  # ceil(10 / 8) = 2 bytes per row
+    assert p.values.tolist() == [1, 2, -3]
+
+
+def test_row_pointer_width_follows_entries():
+    for entries, width in ((255, 1), (256, 2), (65535, 2), (65536, 4)):
+        w = np.zeros((2, entries), dtype=np.int8)
+        w[0, :] = 1
+        assert pack(w, "csr8").row_ptr.dtype.itemsize == width
+        assert format_bytes(w, "csr8") == 2 * entries + 3 * width
+
+
+def test_unpack_rejects_malformed():
+    p = pack(np.ones((2, 3), dtype=np.int8), "csr8")
+    bad = type(p)(p.fmt, p.shape, values=p.values, deltas=np.full_like(p.deltas, 2), row_ptr=p.row_ptr)
+    with pytest.raises(ValueError, match="past"):
+        unpack(bad)
+    with pytest.raises(ValueError, match="unknown weight format"):
+        pack(np.ones((2, 3), dtype=np.int8), "coo")
+
+
+def test_conv_weights_pack_as_rows_of_k_h_k_w_in_c():
+    w = np.arange(2 * 3 * 3 * 4, dtype=np.int64).reshape(2, 3, 3, 4) % 7 - 3
+    w = w.astype(np.int8)
+    for fmt in FORMATS:
+        packed = pack(w, fmt)
+        assert packed.rows == 2 and packed.cols == 36
+        np.testing.assert_array_equal(unpack(packed), w)
+
+
+# --- layers and the case table -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    op: Op
+    in_shape: tuple[int, ...]  # (H, W, C) or (features,)
+    out_c: int
+    sparsity: float = 0.9  # fraction of weights pruned (random unstructured mask)
+    pattern: str = "random"  # random | zero_rows | gaps (non-zeros 15/16/255/256/300 apart)
+    k: int = 3
+    k_w: int | None = None
+    stride: int = 1
+    pad: int = 0
+    in_zp: int = 0
+    out_zp: int = 0
+    relu: bool = False
+    null_bias: bool = False
+    seed: int = 0
+
+
+def make_layer(case: Case) -> tuple[QuantLayer, np.ndarray]:
+    """A pruned QuantLayer (weights 0 outside the mask, never 0 inside) and an input for it."""
+    rng = np.random.default_rng(case.seed)
+    if case.op is Op.DENSE:
+        in_shape, out_shape = case.in_shape, (case.out_c,)
+        w_shape: tuple[int, ...] = (case.out_c, case.in_shape[0])
+    else:
+        h, w, c = case.in_shape
+        k_w = case.k if case.k_w is None else case.k_w
+        in_shape, out_shape = (h, w, c), (*conv_out_hw(h, w, case.k, k_w, case.stride, case.pad), case.out_c)
+        w_shape = (case.out_c, case.k, k_w, c)
+    magnitudes = rng.integers(1, 128, size=w_shape) * rng.choice([-1, 1], size=w_shape)
+    mask = rng.random(w_shape) >= case.sparsity
+    flat = mask.reshape(case.out_c, -1)
+    if case.pattern == "zero_rows":
+        flat[::2] = False
+    elif case.pattern == "gaps":
+        flat[:] = False
+        cols = flat.shape[1]
+        for r in range(case.out_c):
+            c = r % 3
+            for gap in (15, 16, 255, 256, 300, 1)[r % 2 :]:
+                if c < cols:
+                    flat[r, c] = True
+                c += gap
+    weights = np.where(mask, magnitudes, 0).astype(np.int8)
+    x = rng.integers(-128, 128, size=in_shape).astype(np.int8)
+    fan_in = flat.shape[1]
+    bias = rng.integers(-2000, 2000, size=case.out_c).astype(np.int32)
+    if case.op is Op.DENSE:
+        patches = x.astype(np.int64)[None] - case.in_zp
+    else:
+        _, k_h, k_w, _ = weights.shape
+        patches = im2col(x.astype(np.int64)[None], k_h, k_w, case.stride, case.pad, case.in_zp) - case.in_zp
+    acc = patches.reshape(-1, fan_in) @ weights.reshape(case.out_c, -1).astype(np.int64).T
+    acc = acc + (0 if case.null_bias else bias)
+    reals = 100.0 / np.maximum(np.abs(acc).max(axis=0), 1) * rng.uniform(0.3, 1.2, size=case.out_c)
+    multiplier, shift = quantize_multipliers(reals)
+    layer = QuantLayer(
+        name=case.name, op=case.op, in_shape=in_shape, out_shape=out_shape,
+        input_q=QParams(0.02, case.in_zp), output_q=QParams(0.05, case.out_zp),
+        weights=weights, bias=np.zeros_like(bias) if case.null_bias else bias,
+        multiplier=multiplier, shift=shift, relu=case.relu, stride=case.stride, pad=case.pad, mask=mask,
+    )  # fmt: skip
+    return layer, x
+
+
+FC_CASES = [
+    Case("fc_dense_0pct", Op.DENSE, (40,), 7, sparsity=0.0, in_zp=3),
+    Case("fc_50pct", Op.DENSE, (64,), 9, sparsity=0.5, in_zp=-128, out_zp=-5),
+    Case("fc_90pct", Op.DENSE, (200,), 12, in_zp=-7, out_zp=10),
+    Case("fc_all_zero", Op.DENSE, (33,), 5, sparsity=1.0, in_zp=20, out_zp=-3),
+    Case("fc_zero_rows", Op.DENSE, (50,), 6, sparsity=0.3, pattern="zero_rows", in_zp=127),
+    Case("fc_gaps_over_255", Op.DENSE, (900,), 5, pattern="gaps", in_zp=-1),
+    Case("fc_tails", Op.DENSE, (37,), 11, sparsity=0.6, in_zp=5),  # odd rows, row lengths % 4, 37 % 8
+    Case("fc_in1", Op.DENSE, (1,), 3, sparsity=0.5, in_zp=-20),
+    Case("fc_relu", Op.DENSE, (100,), 8, sparsity=0.8, in_zp=-3, out_zp=-20, relu=True),
+    Case("fc_null_bias", Op.DENSE, (70,), 7, sparsity=0.7, in_zp=9, null_bias=True),
+    Case("fc_large_95pct", Op.DENSE, (1568,), 16, sparsity=0.95, in_zp=-128, out_zp=-128, relu=True, seed=3),
+    Case("fc_u16_row_ptr", Op.DENSE, (300,), 4, sparsity=0.0, in_zp=1),  # 1200 entries
+]
+
+CONV_CASES = [
+    Case("conv_dense_0pct", Op.CONV2D, (5, 5, 4), 6, sparsity=0.0, pad=1, in_zp=-3, out_zp=7),
+    Case("conv_50pct_pad1", Op.CONV2D, (6, 6, 8), 8, sparsity=0.5, pad=1, in_zp=-128),
+    Case("conv_90pct_pad0", Op.CONV2D, (7, 6, 16), 9, in_zp=5),
+    Case("conv_all_zero", Op.CONV2D, (4, 4, 3), 4, sparsity=1.0, pad=1, in_zp=12, out_zp=-9),
+    Case("conv_zero_rows", Op.CONV2D, (5, 4, 4), 5, sparsity=0.4, pattern="zero_rows", pad=1, in_zp=-60),
+    Case("conv_gaps_over_255", Op.CONV2D, (5, 5, 40), 4, pattern="gaps", pad=1, in_zp=2),  # k = 360
+    Case("conv_in1_pad1", Op.CONV2D, (9, 8, 1), 4, sparsity=0.5, pad=1, in_zp=-128, out_zp=-128),
+    Case("conv_in1_odd_pixels", Op.CONV2D, (7, 7, 1), 5, sparsity=0.3, in_zp=12),  # 25 pixels
+    Case("conv_stride2_pad1", Op.CONV2D, (8, 7, 16), 8, sparsity=0.8, stride=2, pad=1, in_zp=-128),
+    Case("conv_stride2_pad0_tail", Op.CONV2D, (9, 9, 3), 7, sparsity=0.6, stride=2, in_zp=-9),  # k = 27
+    Case("conv_k1", Op.CONV2D, (4, 4, 12), 6, sparsity=0.5, k=1, in_zp=2),
+    Case("conv_1x3_pad1", Op.CONV2D, (4, 6, 2), 3, sparsity=0.5, k=1, k_w=3, pad=1, in_zp=-5),
+    Case("conv_k5_wider_than_image", Op.CONV2D, (2, 3, 1), 3, sparsity=0.5, k=5, pad=2, in_zp=-60),
+    Case("conv_single_pixel", Op.CONV2D, (3, 3, 8), 3, sparsity=0.7, in_zp=-1),
+    Case("conv_relu", Op.CONV2D, (6, 6, 8), 6, sparsity=0.9, pad=1, in_zp=-128, out_zp=-128, relu=True),
+    Case("conv_null_bias", Op.CONV2D, (5, 5, 4), 5, sparsity=0.5, pad=1, in_zp=6, null_bias=True),
+    Case("conv_bench_shape_95pct", Op.CONV2D, (14, 14, 16), 32, sparsity=0.95, pad=1, in_zp=-128, relu=True),
+]
+
+
+def test_cases_exercise_their_paths():
+    """The table keeps hitting csr fillers, empty rows, odd row starts and the bitmask tail bytes."""
+    layers = [make_layer(c)[0] for c in FC_CASES + CONV_CASES]
+    packed8 = [pack(la.weights, "csr8") for la in layers]
+    packed4 = [pack(la.weights, "csr4") for la in layers]
+    assert any(p.values.size > np.count_nonzero(p.values) for p in packed8)  # csr8 fillers
+    assert any((np.diff(p.row_ptr.astype(int)) == 0).any() for p in packed8)  # empty rows
+    assert any((p.row_ptr[:-1] % 2 == 1).any() for p in packed4)  # a csr4 row starting in a high nibble
+    assert any(np.diff(p.row_ptr.astype(int)).max() >= 12 for p in packed4)  # blocks of 8 and 4
+    assert any(((la.weights[0].size + 7) // 8) % 4 for la in layers)  # bitmask rows with tail bytes
+    assert {p.row_ptr.dtype.itemsize for p in packed8} >= {1, 2}
+
+
+# --- ctypes mirrors of firmware/include/mcup_sparse.h ---------------------------------------
+
+_I32P = ctypes.POINTER(ctypes.c_int32)
+_I8P = ctypes.POINTER(ctypes.c_int8)
+_U8P = ctypes.POINTER(ctypes.c_uint8)
+_CONV_DIMS = ("in_h", "in_w", "in_c", "out_h", "out_w", "out_c", "k_h", "k_w", "stride", "pad")
+_CONV_SHAPE = [(name, ctypes.c_int32) for name in _CONV_DIMS]
+
+
+class QuantParamsC(ctypes.Structure):
+    _fields_ = [("bias", _I32P), ("multiplier", _I32P), ("shift", _I32P)] + [
+        (name, ctypes.c_int32) for name in ("input_offset", "output_offset", "act_min", "act_max")
+    ]
+
+
+_BITMASK_FIELDS = [("mask", _U8P), ("values", _I8P), ("q", QuantParamsC)]
+_CSR_FIELDS = [
+    ("values", _I8P), ("deltas", _U8P), ("row_ptr", ctypes.c_void_p), ("row_ptr_bytes", ctypes.c_int32),
+    ("q", QuantParamsC),
+]  # fmt: skip
+_FC_SHAPE = [("in_features", ctypes.c_int32), ("out_features", ctypes.c_int32)]
+
+
+class FcBitmaskParamsC(ctypes.Structure):
+    _fields_ = _FC_SHAPE + _BITMASK_FIELDS
+
+
+class FcCsrParamsC(ctypes.Structure):
+    _fields_ = _FC_SHAPE + _CSR_FIELDS
+
+
+class ConvBitmaskParamsC(ctypes.Structure):
+    _fields_ = _CONV_SHAPE + _BITMASK_FIELDS
+
+
+class ConvCsrParamsC(ctypes.Structure):
+    _fields_ = _CONV_SHAPE + _CSR_FIELDS
+
+
+STRUCTS = {
+    (Op.DENSE, "bitmask"): FcBitmaskParamsC,
+    (Op.DENSE, "csr8"): FcCsrParamsC,
+    (Op.DENSE, "csr4"): FcCsrParamsC,
+    (Op.CONV2D, "bitmask"): ConvBitmaskParamsC,
+    (Op.CONV2D, "csr8"): ConvCsrParamsC,
+    (Op.CONV2D, "csr4"): ConvCsrParamsC,
+}
+_LAYOUT_FIELDS = {  # C struct -> (ctypes mirror, fields whose offsets are checked)
+    "mcup_fc_bitmask_params": (FcBitmaskParamsC, ("mask", "values", "q")),
+    "mcup_fc_csr_params": (FcCsrParamsC, ("values", "deltas", "row_ptr", "row_ptr_bytes", "q")),
+    "mcup_conv2d_bitmask_params": (ConvBitmaskParamsC, ("pad", "mask", "values", "q")),
+    "mcup_conv2d_csr_params": (ConvCsrParamsC, ("pad", "values", "deltas", "row_ptr", "row_ptr_bytes", "q")),
+}
+
+
+def _layout_source() -> str:
+    """C that exports sizeof/offsetof of every struct in mcup_sparse.h, in _LAYOUT_FIELDS order."""
+    items = []
+    for struct, (_, fields) in _LAYOUT_FIELDS.items():
+        items.append(f"(int32_t)sizeof({struct})")
+        items += [f"(int32_t)offsetof({struct}, {f})" for f in fields]
+    body = ",\n    ".join(items)
+    return (f'#include <stddef.h>\n#include "mcup_sparse.h"\n\nconst int32_t mcup_sparse_test_layout[] = {{\n'
+            f"    {body},\n}};\n")  # fmt: skip
+
+
+def _ptr(array: np.ndarray | None, ctype):
+    if array is None or array.size == 0:
+        return ctypes.POINTER(ctype)()  # NULL
+    assert array.flags.c_contiguous
+    return array.ctypes.data_as(ctypes.POINTER(ctype))
+
+
+class SparseKernels:
+    """The six sparse kernels of one variant, compiled for the host, called like numpy ops."""
+
+    def __init__(self, variant: str, lib: ctypes.CDLL):
+        self.variant = variant
+        self.lib = lib
+        for op, fmt in ALL_PAIRS:
+            getattr(lib, SPARSE_KERNEL_FUNCTIONS[op, fmt] + "_get_buffer_size").restype = ctypes.c_int32
+
+    def params(self, layer: QuantLayer, fmt: str, null_bias: bool = False):
+        """(params struct, arrays it points into) for the layer packed in fmt."""
+        packed = pack(layer.weights, fmt)
+        keep = [np.ascontiguousarray(a) for a in packed.arrays().values()]
+        arrays = dict(zip(packed.arrays(), keep, strict=True))
+        quant = [
+            None if null_bias else np.ascontiguousarray(layer.bias, dtype=np.int32),
+            np.ascontiguousarray(layer.multiplier, dtype=np.int32),
+            np.ascontiguousarray(layer.shift, dtype=np.int32),
+        ]
+        keep += quant
+        q = QuantParamsC(
+            bias=_ptr(quant[0], ctypes.c_int32), multiplier=_ptr(quant[1], ctypes.c_int32),
+            shift=_ptr(quant[2], ctypes.c_int32), input_offset=-layer.input_q.zero_point,
+            output_offset=layer.output_q.zero_point, act_min=layer.act_min, act_max=layer.act_max,
+        )  # fmt: skip
+        if fmt == "bitmask":
+            fields = {"mask": _ptr(arrays["mask"], ctypes.c_uint8), "values": _ptr(arrays["values"], ctypes.c_int8)}
+        else:
+            fields = {
+                "values": _ptr(arrays["values"], ctypes.c_int8),
+                "deltas": _ptr(arrays["deltas"], ctypes.c_uint8),
+                "row_ptr": ctypes.c_void_p(arrays["row_ptr"].ctypes.data),
+                "row_ptr_bytes": arrays["row_ptr"].dtype.itemsize,
+            }
+        if layer.op is Op.DENSE:
+            out_f, in_f = layer.weights.shape
+            shape = {"in_features": in_f, "out_features": out_f}
+        else:
+            out_c, k_h, k_w, in_c = layer.weights.shape
+            (in_h, in_w, _), (out_h, out_w, _) = layer.in_shape, layer.out_shape
+            shape = dict(in_h=in_h, in_w=in_w, in_c=in_c, out_h=out_h, out_w=out_w, out_c=out_c, k_h=k_h,
+                         k_w=k_w, stride=layer.stride, pad=layer.pad)  # fmt: skip
+        return STRUCTS[layer.op, fmt](**shape, **fields, q=q), keep
+
+    def buffer_size(self, layer: QuantLayer, fmt: str) -> int:
+        params, _keep = self.params(layer, fmt)
+        return getattr(self.lib, SPARSE_KERNEL_FUNCTIONS[layer.op, fmt] + "_get_buffer_size")(ctypes.byref(params))
+
+    def run(self, layer: QuantLayer, fmt: str, x: np.ndarray, null_bias: bool = False) -> np.ndarray:
+        """Run the kernel with canaries just past the output and the scratch buffer."""
+        params, _keep = self.params(layer, fmt, null_bias)
+        scratch = self.buffer_size(layer, fmt)
+        out_size = int(np.prod(layer.out_shape))
+        x = np.ascontiguousarray(x, dtype=np.int8).ravel()
+        out = np.full(out_size + 8, CANARY, dtype=np.uint8)
+        words = np.full(scratch // 4 + 4, CANARY * 0x01010101, dtype=np.uint32)
+        fn = getattr(self.lib, SPARSE_KERNEL_FUNCTIONS[layer.op, fmt])
+        fn(ctypes.byref(params), _ptr(x, ctypes.c_int8), _ptr(out, ctypes.c_int8),
+           ctypes.c_void_p(words.ctypes.data) if scratch else None)  # fmt: skip
+        assert (out[out_size:] == CANARY).all(), "kernel wrote past its output"
+        assert (words[scratch // 4 :] == CANARY * 0x01010101).all(), "kernel wrote past its scratch"
+        return out[:out_size].view(np.int8).reshape(layer.out_shape)
+
+
+@pytest.fixture(scope="module", params=VARIANTS)
+def sparse_kernels(request, tmp_path_factory) -> SparseKernels:
+    gcc = _require("gcc")
+    variant = request.param
+    build = tmp_path_factory.mktemp(f"sparse_{variant}")
+    layout = build / "layout.c"
+    layout.write_text(_layout_source())
+    lib_path = build / f"libmcup_sparse_{variant}.so"
+    sources = [str(p) for p in [*sparse_kernel_sources(variant, ALL_PAIRS), layout]]
+    cmd = [gcc, *HOST_CFLAGS, *VARIANT_CFLAGS[variant], f"-I{INCLUDE_DIR}", *sources, "-o", str(lib_path)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(cmd)}\n{result.stderr}"
+    return SparseKernels(variant, ctypes.CDLL(str(lib_path)))
+
+
+def test_ctypes_mirrors_match_header(sparse_kernels: SparseKernels):
+    expected = []
+    for mirror, fields in _LAYOUT_FIELDS.values():
+        expected.append(ctypes.sizeof(mirror))
+        expected += [getattr(mirror, f).offset for f in fields]
+    layout = (ctypes.c_int32 * len(expected)).in_dll(sparse_kernels.lib, "mcup_sparse_test_layout")
+    assert list(layout) == expected
+
+
+def _reference(layer: QuantLayer, x: np.ndarray) -> np.ndarray:
+    run = dense_s8 if layer.op is Op.DENSE else conv2d_s8
+    return run(x[None], layer)[0]
+
+
+@pytest.mark.parametrize("fmt", SPARSE_FORMATS)
+@pytest.mark.parametrize("case", FC_CASES + CONV_CASES, ids=lambda c: c.name)
+def test_kernel_matches_reference(sparse_kernels: SparseKernels, case: Case, fmt: str):
+    layer, x = make_layer(case)
+    got = sparse_kernels.run(layer, fmt, x, null_bias=case.null_bias)
+    np.testing.assert_array_equal(got, _reference(layer, x))
+
+
+@pytest.mark.parametrize("fmt", SPARSE_FORMATS)
+@pytest.mark.parametrize("case", FC_CASES + CONV_CASES, ids=lambda c: c.name)
+def test_scratch_bytes_match_c(sparse_kernels: SparseKernels, case: Case, fmt: str):
+    layer, _ = make_layer(case)
+    c_size = sparse_kernels.buffer_size(layer, fmt)
+    assert sparse_scratch_bytes(layer, fmt, sparse_kernels.variant) == c_size
+    assert c_size % 4 == 0
+
+
+@st.composite
+def random_cases(draw, op: Op) -> Case:
+    common = dict(
+        sparsity=draw(st.sampled_from([0.0, 0.3, 0.6, 0.85, 0.97, 1.0])),
+        in_zp=draw(st.integers(-128, 127)),
+        out_zp=draw(st.integers(-128, 127)),
+        relu=draw(st.booleans()),
+        null_bias=draw(st.booleans()),
+        seed=draw(st.integers(0, 2**16)),
+    )
+    if op is Op.DENSE:
+        return Case("random", op, (draw(st.integers(1, 300)),), draw(st.integers(1, 9)), **common)
+    h, w, k_h, k_w = (draw(st.integers(1, 6)) for _ in range(4))
+    pad = draw(st.integers(0, max(min(k_h, k_w) - 1, 0)))
+    assume(h + 2 * pad >= k_h and w + 2 * pad >= k_w)
+    in_c, out_c, stride = draw(st.integers(1, 20)), draw(st.integers(1, 6)), draw(st.integers(1, 3))
+    return Case("random", op, (h, w, in_c), out_c, k=k_h, k_w=k_w, stride=stride, pad=pad, **common)
+
+
+@settings(max_examples=60, derandomize=True, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(case=st.sampled_from([Op.DENSE, Op.CONV2D]).flatmap(random_cases), fmt=st.sampled_from(SPARSE_FORMATS))
+def test_kernel_random_shapes(sparse_kernels: SparseKernels, case: Case, fmt: str):
+    layer, x = make_layer(case)
+    got = sparse_kernels.run(layer, fmt, x, null_bias=case.null_bias)
+    np.testing.assert_array_equal(got, _reference(layer, x))
+    assert sparse_scratch_bytes(layer, fmt, sparse_kernels.variant) == sparse_kernels.buffer_size(layer, fmt)
+
+
+# --- the emission helpers: generated C compiles, runs and matches numpy -------------------------
+
+
+@pytest.mark.parametrize(("op", "fmt"), ALL_PAIRS + [(Op.DENSE, "dense"), (Op.CONV2D, "dense")], ids=str)
+def test_emitted_c_runs_bit_exact(tmp_path: Path, op: Op, fmt: str):
+    """c_definitions + c_params_initializer produce a params struct the kernel runs correctly."""
+    gcc = _require("gcc")
+    case = FC_CASES[6] if op is Op.DENSE else CONV_CASES[9]
+    layer, x = make_layer(case)
+    packed = pack(layer.weights, fmt)
+    prefix = f"mcup_param_{layer.name}"
+    quant = (f"{{ .bias = {prefix}_bias, .multiplier = {prefix}_multiplier, .shift = {prefix}_shift,"
+             f" .input_offset = {-layer.input_q.zero_point}, .output_offset = {layer.output_q.zero_point},"
+             f" .act_min = {layer.act_min}, .act_max = {layer.act_max} }}")  # fmt: skip
+    quant_arrays = "".join(
+        f"const int32_t {prefix}_{name}[] = {{{', '.join(str(int(v)) for v in getattr(layer, name))}}};\n"
+        for name in ("bias", "multiplier", "shift")
+    )
+    function = SPARSE_KERNEL_FUNCTIONS[op, fmt]
+    source = (
+        '#include <stddef.h>\n#include "mcup_nn.h"\n#include "mcup_sparse.h"\n\n'
+        + c_definitions(layer.name, packed) + quant_arrays
+        + f"static const {PARAMS_STRUCTS[op, fmt]} layer = {c_params_initializer(layer, packed, quant)};\n"
+        f"int32_t scratch_size(void) {{ return {function}_get_buffer_size(&layer); }}\n"
+        f"void run(const int8_t *in, int8_t *out, void *s) {{ {function}(&layer, in, out, s); }}\n"
+    )  # fmt: skip
+    (tmp_path / "model.c").write_text(source)
+    lib_path = tmp_path / "libmodel.so"
+    sources = [tmp_path / "model.c", *sparse_kernel_sources("dsp", [(op, fmt)])]
+    cmd = [gcc, *HOST_CFLAGS, "-DMCUP_EMULATE_DSP", f"-I{INCLUDE_DIR}", *map(str, sources), "-o", str(lib_path)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    lib = ctypes.CDLL(str(lib_path))
+    lib.scratch_size.restype = ctypes.c_int32
+    assert lib.scratch_size() == sparse_scratch_bytes(layer, fmt, "dsp")
+    scratch = np.zeros(lib.scratch_size() // 4 + 1, dtype=np.uint32)
+    out = np.zeros(int(np.prod(layer.out_shape)), dtype=np.int8)
+    lib.run(_ptr(x.ravel(), ctypes.c_int8), _ptr(out, ctypes.c_int8), ctypes.c_void_p(scratch.ctypes.data))
+    np.testing.assert_array_equal(out.reshape(layer.out_shape), _reference(layer, x))
+
+
+# --- byte accounting, registry, format choice -----------------------------------------------
+
+
+@pytest.mark.parametrize("case", FC_CASES + CONV_CASES, ids=lambda c: c.name)
+def test_layer_bytes_count_every_array(case: Case):
+    layer, _ = make_layer(case)
+    rows = layer.weights.shape[0]
+    for fmt in FORMATS:
+        packed = pack(layer.weights, fmt)
+        arrays = sum(a.nbytes for a in packed.arrays().values())
+        assert layer_bytes(layer, fmt) == arrays + 3 * 4 * rows  # + int32 bias, multiplier, shift
+        emitted = c_definitions(layer.name, packed)
+        assert emitted.count("const ") == sum(a.size > 0 for a in packed.arrays().values())
+
+
+def test_dense_bytes_match_the_existing_emission():
+    layer, _ = make_layer(CONV_CASES[1])
+    assert layer_bytes(layer, "dense") == layer.weights.size + 12 * layer.weights.shape[0]
+
+
+def test_kernel_functions_declared_and_sources_exist():
+    header = (INCLUDE_DIR / "mcup_sparse.h").read_text()
+    for (op, fmt), name in SPARSE_KERNEL_FUNCTIONS.items():
+        if fmt != "dense":
+            assert f" {name}(" in header
+            assert f" {name}_get_buffer_size(" in header
+            assert f"}} {PARAMS_STRUCTS[op, fmt]};" in header
+    for variant in VARIANTS:
+        for path in sparse_kernel_sources(variant, ALL_PAIRS):
+            assert path.is_file()
+    dsp = sparse_kernel_sources("dsp", [(Op.CONV2D, "csr4"), ("dense", "dense"), (Op.DENSE, "csr8")])
+    assert [p.relative_to(KERNEL_DIR).as_posix() for p in dsp] == [
+        "dsp/conv2d_s8_csr4.c",
+        "dsp/fc_s8_dense.c",
+        "dsp/fc_s8_csr8.c",
+    ]
+    with pytest.raises(ValueError, match="no weight formats"):
+        sparse_kernel_sources("dsp", [(Op.MAXPOOL2D, "csr8")])
+
+
+def test_cost_model_covers_every_kernel():
+    costs = load_costs()
+    assert "note" in costs
+    for op in (Op.DENSE, Op.CONV2D):
+        for fmt in FORMATS:
+            for variant, core in (("reference", "cortex-m3"), ("reference", "cortex-m4"), ("dsp", "cortex-m4")):
+                model = costs["models"][f"{op.value}/{fmt}/{variant}/{core}"]
+                assert model["max_relative_error"] < 0.1
+                assert all(np.isfinite(v) for v in model["coefficients"].values())
+
+
+def _fc_layer(sparsity: float, seed: int = 0) -> QuantLayer:
+    return make_layer(Case("fc", Op.DENSE, (1568,), 64, sparsity=sparsity, in_zp=-128, seed=seed))[0]
+
+
+def test_choose_format_fastest_is_never_predicted_slower_than_dense():
+    for variant in VARIANTS:
+        for sparsity in (0.0, 0.3, 0.5, 0.7, 0.9, 0.95):
+            layer = _fc_layer(sparsity)
+            fmt = choose_format(layer, variant)
+            assert predict_instructions(layer, fmt, variant) <= predict_instructions(layer, "dense", variant)
+            assert layer_bytes(layer, fmt) <= layer_bytes(layer, "dense")
+    assert choose_format(_fc_layer(0.0), "dsp") == "dense"
+    assert choose_format(_fc_layer(0.9), "dsp") != "dense"
+
+
+def test_choose_format_smallest_and_unpruned():
+    for sparsity in (0.0, 0.5, 0.9):
+        layer = _fc_layer(sparsity)
+        smallest = choose_format(layer, "dsp", "smallest")
+        assert layer_bytes(layer, smallest) == min(layer_bytes(layer, f) for f in FORMATS)
+    assert choose_format(_fc_layer(0.5), "dsp", "smallest") == "bitmask"
+    unpruned = QuantLayer(**{**_fc_layer(0.9).__dict__, "mask": None})
+    assert choose_format(unpruned, "dsp", "smallest") == "dense"
+    with pytest.raises(ValueError, match="objective"):
+        choose_format(_fc_layer(0.9), "dsp", "tiny")
+
+
+def _firmware_bytes(layers: list[QuantLayer], picks: dict[str, str]) -> int:
+    """Parameter bytes + code of each distinct kernel used (dsp, Cortex-M4)."""
+    kernels = {(layer.op, picks[layer.name]) for layer in layers}
+    return sum(layer_bytes(la, picks[la.name]) for la in layers) + sum(
+        kernel_code_bytes(op, fmt, "dsp") for op, fmt in kernels
+    )
+
+
+def test_choose_formats_minimises_params_plus_kernel_code():
+    big = _fc_layer(0.9)
+    tiny = make_layer(Case("tiny", Op.DENSE, (24,), 4, sparsity=0.5))[0]
+    conv = make_layer(Case("conv", Op.CONV2D, (14, 14, 16), 32, sparsity=0.95, pad=1, in_zp=-128))[0]
+    layers = [big, tiny, conv]
+    got = choose_formats(layers, "dsp", "smallest")
+    best = min(
+        _firmware_bytes(layers, dict(zip(("fc", "tiny", "conv"), combo, strict=True)))
+        for combo in itertools.product(FORMATS, repeat=3)
+    )
+    assert _firmware_bytes(layers, got) == best
+    # alone, the tiny layer's own smallest format would add a second FC kernel: it shares big's
+    assert choose_format(tiny, "dsp", "smallest") == "bitmask"
+    assert got["tiny"] == got["fc"] == choose_format(big, "dsp", "smallest")
+    fastest = choose_formats(layers, "dsp")
+    for layer in layers:
+        fmt = fastest[layer.name]
+        assert predict_instructions(layer, fmt, "dsp") <= predict_instructions(layer, "dense", "dsp")
+    unpruned = QuantLayer(**{**big.__dict__, "mask": None})
+    assert choose_formats([unpruned, conv], "dsp", "smallest")["fc"] == "dense"
+
+
+def test_mask_must_cover_the_non_zeros():
+    layer = _fc_layer(0.9)
+    bad = QuantLayer(**{**layer.__dict__, "mask": np.zeros_like(layer.mask)})
+    with pytest.raises(ValueError, match="outside the mask"):
+        layer_bytes(bad, "csr8")
+
+
+def test_sparse_doctests():
+    assert doctest.testmod(mcuprune.sparse).failed == 0
+
+
+# --- cross-compilation for the targets ---------------------------------------------------------
+
+ARM_CFLAGS = ["-O2", "-std=c11", "-Wall", "-Wextra", "-Werror", "-mthumb"]
+ARM_TARGETS = {
+    "m3": ["-mcpu=cortex-m3", "-mfloat-abi=soft"],
+    "m4": ["-mcpu=cortex-m4", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"],
+}
+ARM_BUILDS = [
+    pytest.param(target, path, id=f"{target}-{path.parent.name}-{path.name}")
+    for target, variants in (("m3", ("reference",)), ("m4", ("reference", "dsp")))
+    for variant in variants
+    for path in sparse_kernel_sources(variant, ALL_PAIRS)
+]
+
+
+@pytest.mark.parametrize(("target", "source"), ARM_BUILDS)
+def test_kernel_cross_compiles(tmp_path: Path, target: str, source: Path):
+    cc = _require("arm-none-eabi-gcc")
+    cmd = [cc, *ARM_CFLAGS, *ARM_TARGETS[target], f"-I{INCLUDE_DIR}", "-c", str(source), "-o", str(tmp_path / "k.o")]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+# --- on target ----------------------------------------------------------------------------------
+
+
+@pytest.mark.qemu
+def test_sparse_kernels_bit_exact_in_qemu(tmp_path: Path):
+    """bench/sparse/run.py --quick: every kernel, both variants, M4 and M3, checked against numpy."""
+    for tool in ("arm-none-eabi-gcc", "qemu-system-arm"):
+        _require(tool)
+    script = ROOT / "bench" / "sparse" / "run.py"
+    cmd = [sys.executable, str(script), "--quick", "--build-dir", str(tmp_path)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "all checksums match the numpy reference" in result.stdout
