@@ -36,9 +36,11 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_compile(args: argparse.Namespace) -> None:
     from mcuprune.compiler import compile_run
 
-    result = compile_run(Path(args.run), args.board, Path(args.out), args.kernels)
+    result = compile_run(Path(args.run), args.board, Path(args.out), args.kernels, args.objective)
     b = result.build
-    print(f"built {b.elf} for {result.board.name} ({result.variant} kernels): flash {b.flash_bytes} B "
+    sparse = {name: fmt for name, fmt in result.generated.formats.items() if fmt != "dense"}
+    formats = f", sparse layers: {', '.join(f'{k}={v}' for k, v in sparse.items())}" if sparse else ""
+    print(f"built {b.elf} for {result.board.name} ({result.variant} kernels{formats}): flash {b.flash_bytes} B "
           f"(model parameters {b.model_flash_bytes} B), RAM {b.ram_bytes} B")
 
 
@@ -121,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--board", default="mps2-an386")
     p.add_argument("--kernels", choices=("auto", "reference", "dsp"), default="auto",
                    help="auto: DSP dual-MAC kernels where the core has them")
+    p.add_argument("--objective", choices=("fastest", "smallest"), default="fastest",
+                   help="weight format per pruned layer: the smallest that is no slower than dense (fastest, "
+                   "default) or the smallest regardless of speed")
     p.add_argument("--out", required=True, help="firmware directory to create")
     p.set_defaults(func=cmd_compile)
 

@@ -15,15 +15,15 @@ from pathlib import Path
 import numpy as np
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from mcuprune import __version__, kernels
+from mcuprune import __version__, kernels, sparse
 from mcuprune.arena import ArenaPlan, plan_arena
 from mcuprune.errors import UserError
 from mcuprune.ir import Op, QuantLayer, QuantModel, shape_product
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 PARAM_PREFIX = "mcup_param_"  # build.py sums symbols with this prefix as "model flash"
-SUPPORTED_OPS = {Op.CONV2D: "conv2d", Op.DENSE: "fc", Op.MAXPOOL2D: "maxpool2d"}
-_C_TYPES = {np.dtype(np.int8): "int8_t", np.dtype(np.int32): "int32_t"}
+SUPPORTED_OPS = (Op.CONV2D, Op.DENSE, Op.MAXPOOL2D)
+POOL_STRUCT = "mcup_maxpool2d_params"
 
 
 def c_array_body(values: np.ndarray, per_line: int = 16) -> str:
@@ -41,64 +41,85 @@ def c_array_body(values: np.ndarray, per_line: int = 16) -> str:
 @dataclass(frozen=True)
 class CArray:
     name: str
-    ctype: str
+    ctype: str  # int8_t, uint8_t, uint16_t, int32_t, ...
     length: int
+    itemsize: int
     body: str
     comment: str
 
     @property
     def nbytes(self) -> int:
-        return self.length * (1 if self.ctype == "int8_t" else 4)
+        return self.length * self.itemsize
 
 
-def _array(layer: QuantLayer, field: str, values: np.ndarray, comment: str) -> CArray:
+def c_array(name: str, values: np.ndarray, comment: str) -> CArray:
     values = np.ascontiguousarray(values)
-    return CArray(f"{PARAM_PREFIX}{layer.name}_{field}", _C_TYPES[values.dtype], int(values.size),
-                  c_array_body(values), comment)
+    return CArray(name, f"{values.dtype.name}_t", int(values.size), values.dtype.itemsize, c_array_body(values),
+                  comment)
 
 
-def layer_arrays(layer: QuantLayer) -> list[CArray]:
-    """The const parameter arrays one layer needs in flash."""
+def layer_arrays(layer: QuantLayer, fmt: str = "dense") -> list[CArray]:
+    """The const parameter arrays one layer needs in flash, weights packed in `fmt`."""
     if not layer.has_weights:
         return []
+    prefix = f"{PARAM_PREFIX}{layer.name}"
     shape = "x".join(str(d) for d in layer.weights.shape)
     layout = "[out_c][k_h][k_w][in_c]" if layer.op is Op.CONV2D else "[out][in]"
-    return [
-        _array(layer, "weights", layer.weights.astype(np.int8), f"int8 {layout} {shape}, per-channel symmetric"),
-        _array(layer, "bias", layer.bias.astype(np.int32), "int32 [out_c], scale = s_in * s_w[c]"),
-        _array(layer, "multiplier", layer.multiplier.astype(np.int32), "Q31 requantization multiplier [out_c]"),
-        _array(layer, "shift", layer.shift.astype(np.int32), "requantization shift [out_c], <0 = right"),
+    if fmt == "dense":
+        weights = [c_array(f"{prefix}_weights", layer.weights.astype(np.int8),
+                           f"int8 {layout} {shape}, per-channel symmetric")]
+    else:
+        packed = sparse.pack(layer.weights, fmt)
+        nnz = int(np.count_nonzero(layer.weights))
+        weights = [c_array(name, values, f"{fmt} {field_name(name, prefix)} of {layout} {shape} "
+                                         f"({nnz} non-zeros, see mcup_sparse.h)")
+                   for name, _, values in sparse.c_arrays(layer.name, packed)]
+    return weights + [
+        c_array(f"{prefix}_bias", layer.bias.astype(np.int32), "int32 [out_c], scale = s_in * s_w[c]"),
+        c_array(f"{prefix}_multiplier", layer.multiplier.astype(np.int32), "Q31 requantization multiplier [out_c]"),
+        c_array(f"{prefix}_shift", layer.shift.astype(np.int32), "requantization shift [out_c], <0 = right"),
     ]
 
 
-def architecture_hash(model: QuantModel, variant: str) -> int:
-    """CRC-32 of what is compiled into the code (ops, shapes, kernels), not of the parameters."""
+def field_name(array_name: str, prefix: str) -> str:
+    return array_name[len(prefix) + 1 :]
+
+
+def architecture_hash(model: QuantModel, variant: str, formats: dict[str, str] | None = None) -> int:
+    """CRC-32 of what is compiled into the code (ops, shapes, kernels, weight formats), not of the parameters."""
+    formats = formats or {}
     desc = [
         [layer.op.value, list(layer.in_shape), list(layer.out_shape), layer.stride, layer.pad, layer.pool,
-         layer.relu]
+         layer.relu, formats.get(layer.name, "dense")]
         for layer in model.layers
     ]
     return zlib.crc32(json.dumps([variant, desc], separators=(",", ":")).encode())
 
 
-def _params_struct(layer: QuantLayer) -> str:
-    """C designated initializer for the layer's kernel parameter struct."""
+def _quant_initializer(layer: QuantLayer) -> str:
     prefix = f"{PARAM_PREFIX}{layer.name}"
-    quant = (f"{{ .bias = {prefix}_bias, .multiplier = {prefix}_multiplier, .shift = {prefix}_shift,"
-             f" .input_offset = {-layer.input_q.zero_point}, .output_offset = {layer.output_q.zero_point},"
-             f" .act_min = {layer.act_min}, .act_max = {layer.act_max} }}")
+    return (f"{{ .bias = {prefix}_bias, .multiplier = {prefix}_multiplier, .shift = {prefix}_shift,"
+            f" .input_offset = {-layer.input_q.zero_point}, .output_offset = {layer.output_q.zero_point},"
+            f" .act_min = {layer.act_min}, .act_max = {layer.act_max} }}")
+
+
+def _params_struct(layer: QuantLayer, fmt: str) -> str:
+    """C designated initializer for the layer's kernel parameter struct."""
+    if layer.op is Op.MAXPOOL2D:
+        h, w, c = layer.in_shape
+        return f"{{ .in_h = {h}, .in_w = {w}, .c = {c}, .pool = {layer.pool} }}"
+    if fmt != "dense":
+        return sparse.c_params_initializer(layer, sparse.pack(layer.weights, fmt), _quant_initializer(layer))
+    prefix = f"{PARAM_PREFIX}{layer.name}"
     if layer.op is Op.CONV2D:
         c_out, k_h, k_w, _ = layer.weights.shape
         h, w, c = layer.in_shape
         oh, ow, _ = layer.out_shape
         return (f"{{ .in_h = {h}, .in_w = {w}, .in_c = {c}, .out_h = {oh}, .out_w = {ow}, .out_c = {c_out},"
                 f" .k_h = {k_h}, .k_w = {k_w}, .stride = {layer.stride}, .pad = {layer.pad},"
-                f" .weights = {prefix}_weights, .q = {quant} }}")
-    if layer.op is Op.DENSE:
-        return (f"{{ .in_features = {layer.in_shape[0]}, .out_features = {layer.out_shape[0]},"
-                f" .weights = {prefix}_weights, .q = {quant} }}")
-    h, w, c = layer.in_shape
-    return f"{{ .in_h = {h}, .in_w = {w}, .c = {c}, .pool = {layer.pool} }}"
+                f" .weights = {prefix}_weights, .q = {_quant_initializer(layer)} }}")
+    return (f"{{ .in_features = {layer.in_shape[0]}, .out_features = {layer.out_shape[0]},"
+            f" .weights = {prefix}_weights, .q = {_quant_initializer(layer)} }}")
 
 
 @dataclass(frozen=True)
@@ -107,29 +128,41 @@ class GeneratedModel:
     arena: ArenaPlan
     scratch_bytes: int
     arch_hash: int
+    formats: dict[str, str]  # weighted layer name -> dense | bitmask | csr8 | csr4
 
     @property
     def param_bytes(self) -> int:
         return sum(a.nbytes for a in self.arrays)
 
+    def kernel_sources(self, model: QuantModel, variant: str) -> list[Path]:
+        """The kernel .c files this model calls (one per op and weight format)."""
+        weighted = {(layer.op, self.formats[layer.name]) for layer in model.layers if layer.has_weights}
+        others = {layer.op for layer in model.layers if not layer.has_weights}
+        return sparse.sparse_kernel_sources(variant, weighted) + kernels.kernel_sources(variant, others)
 
-def _layer_call(layer: QuantLayer, index: int, n_layers: int, arena: ArenaPlan) -> dict:
-    op = SUPPORTED_OPS[layer.op]
+
+def _layer_call(layer: QuantLayer, index: int, n_layers: int, arena: ArenaPlan, fmt: str) -> dict:
     src = "input" if index == 0 else f"mcup_arena + {arena.offsets[index - 1]}"
     dst = "logits" if index == n_layers - 1 else f"mcup_arena + {arena.offsets[index]}"
-    struct_type = {"conv2d": "mcup_conv2d_params", "fc": "mcup_fc_params", "maxpool2d": "mcup_maxpool2d_params"}[op]
-    function = kernels.KERNEL_FUNCTIONS[layer.op]
+    if layer.has_weights:
+        struct_type = sparse.PARAMS_STRUCTS[(layer.op, fmt)]
+        function = sparse.SPARSE_KERNEL_FUNCTIONS[(layer.op, fmt)]
+    else:
+        struct_type, function = POOL_STRUCT, kernels.KERNEL_FUNCTIONS[layer.op]
+    describe = f"{layer.op.value} {layer.in_shape} -> {layer.out_shape}" + (" + relu" if layer.relu else "")
+    if layer.has_weights:
+        describe += f", {fmt} weights ({int(np.count_nonzero(layer.weights))}/{layer.weights.size} non-zero)"
     return {
         "name": layer.name,
         "index": index,
         "struct_type": struct_type,
         "var": f"mcup_layer_{layer.name}",
-        "init": _params_struct(layer),
+        "init": _params_struct(layer, fmt),
         "function": function,
         "src": src,
         "dst": dst,
         "uses_scratch": layer.has_weights,
-        "describe": f"{layer.op.value} {layer.in_shape} -> {layer.out_shape}" + (" + relu" if layer.relu else ""),
+        "describe": describe,
     }
 
 
@@ -141,22 +174,39 @@ def check_supported(model: QuantModel) -> None:
                             f"generator (supported: {names})")
 
 
-def generate_model_sources(model: QuantModel, variant: str, src_dir: Path, source: str = "") -> GeneratedModel:
-    """Write model.h, model.c and model_data.c for `model` into src_dir."""
+def _scratch(layer: QuantLayer, fmt: str, variant: str) -> int:
+    if layer.has_weights:
+        return sparse.sparse_scratch_bytes(layer, fmt, variant)
+    return kernels.scratch_bytes(layer, variant)
+
+
+def generate_model_sources(model: QuantModel, variant: str, src_dir: Path, source: str = "",
+                           objective: str = "fastest", core: str | None = None) -> GeneratedModel:
+    """Write model.h, model.c and model_data.c for `model` into src_dir.
+
+    Each weighted layer's weights are packed in the format sparse.choose_formats picks: with
+    objective "fastest" only formats predicted to run no slower than dense on `core`, with
+    "smallest" the fewest bytes whatever the speed.
+    """
     check_supported(model)
+    if objective not in sparse.OBJECTIVES:
+        raise UserError(f"unknown objective '{objective}': choose one of {', '.join(sparse.OBJECTIVES)}")
+    formats = sparse.choose_formats(model.layers, variant, objective, core)
     n = len(model.layers)
     arena = plan_arena([shape_product(layer.out_shape) for layer in model.layers[:-1]])
-    scratch = max([kernels.scratch_bytes(layer, variant) for layer in model.layers] + [0])
-    arrays = [a for layer in model.layers for a in layer_arrays(layer)]
-    gen = GeneratedModel(arrays=arrays, arena=arena, scratch_bytes=scratch, arch_hash=architecture_hash(model,
-                                                                                                         variant))
+    fmt_of = [formats.get(layer.name, "dense") for layer in model.layers]
+    scratch = max([_scratch(layer, fmt, variant) for layer, fmt in zip(model.layers, fmt_of, strict=True)] + [0])
+    arrays = [a for layer, fmt in zip(model.layers, fmt_of, strict=True) for a in layer_arrays(layer, fmt)]
+    gen = GeneratedModel(arrays=arrays, arena=arena, scratch_bytes=scratch,
+                         arch_hash=architecture_hash(model, variant, formats), formats=formats)
     context = {
         "version": __version__,
         "source": source or model.name,
         "model": model,
         "variant": variant,
         "arrays": arrays,
-        "layers": [_layer_call(layer, i, n, arena) for i, layer in enumerate(model.layers)],
+        "layers": [_layer_call(layer, i, n, arena, fmt) for i, (layer, fmt) in enumerate(zip(model.layers, fmt_of,
+                                                                                              strict=True))],
         "input_size": model.input_size,
         "output_size": shape_product(model.layers[-1].out_shape),
         "arena_bytes": arena.size,

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from mcuprune import __version__, build, codegen, kernels
+from mcuprune import __version__, build, codegen
 from mcuprune.boards import Board, load_board
 from mcuprune.data import load_dataset
 from mcuprune.errors import UserError
@@ -62,13 +62,15 @@ class CompileResult:
     generated: codegen.GeneratedModel
 
 
-def compile_model(model: QuantModel, board: Board, fw_dir: Path, variant: str) -> CompileResult:
+def compile_model(model: QuantModel, board: Board, fw_dir: Path, variant: str,
+                  objective: str = "fastest") -> CompileResult:
     """Generate, build and describe the firmware for an already-quantized model."""
     fw_dir.mkdir(parents=True, exist_ok=True)
     save_quant_model(model, fw_dir)
     src = fw_dir / "src"
-    generated = codegen.generate_model_sources(model, variant, src, source=model.meta.get("run_dir", model.name))
-    build.prepare_project(fw_dir, board, kernels.kernel_sources(variant, {layer.op for layer in model.layers}))
+    generated = codegen.generate_model_sources(model, variant, src, source=model.meta.get("run_dir", model.name),
+                                               objective=objective, core=board.core)
+    build.prepare_project(fw_dir, board, generated.kernel_sources(model, variant))
     result = build.build_project(fw_dir, board)
     if result.flash_bytes > board.flash.length or result.ram_bytes > board.ram.length:
         raise UserError(f"firmware needs {result.flash_bytes} B flash / {result.ram_bytes} B RAM but board "
@@ -80,6 +82,8 @@ def compile_model(model: QuantModel, board: Board, fw_dir: Path, variant: str) -
         "kernels": variant,
         "elf": str(result.elf.relative_to(fw_dir)),
         "arch_hash": f"0x{generated.arch_hash:08x}",
+        "objective": objective,
+        "formats": generated.formats,
         "param_bytes": generated.param_bytes,
         "arena_bytes": generated.arena.size,
         "scratch_bytes": generated.scratch_bytes,
@@ -91,10 +95,11 @@ def compile_model(model: QuantModel, board: Board, fw_dir: Path, variant: str) -
     return CompileResult(fw_dir, board, variant, result, generated)
 
 
-def compile_run(run_dir: Path, board_name: str, fw_dir: Path, kernels_choice: str = "auto") -> CompileResult:
+def compile_run(run_dir: Path, board_name: str, fw_dir: Path, kernels_choice: str = "auto",
+                objective: str = "fastest") -> CompileResult:
     board = load_board(board_name)
     variant = choose_variant(board, kernels_choice)
-    return compile_model(quantize_run(run_dir), board, fw_dir, variant)
+    return compile_model(quantize_run(run_dir), board, fw_dir, variant, objective)
 
 
 @dataclass(frozen=True)

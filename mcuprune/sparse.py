@@ -507,8 +507,10 @@ def load_costs(path: Path = COSTS_PATH) -> dict:
 
 
 def _model(op: Op, fmt: str, variant: str, core: str | None) -> dict:
-    key = cost_key(op, fmt, variant, core or DEFAULT_CORE[variant])
     models = load_costs()["models"]
+    key = cost_key(op, fmt, variant, core or DEFAULT_CORE[variant])
+    if key not in models:  # a core we have not measured (e.g. M7, M33): use the variant's tuning core
+        key = cost_key(op, fmt, variant, DEFAULT_CORE[variant])
     if key not in models:
         raise ValueError(f"no cost model for {key} in {COSTS_PATH.name}")
     return models[key]
