@@ -30,10 +30,30 @@ class MemoryRegion:
 
 
 @dataclass(frozen=True)
+class RegisterWrite:
+    """One read-modify-write the UART driver does before touching the UART: `*address = (*address & ~clear) | set`.
+
+    Board files use these for what belongs to the board, not the UART: clock gates, pin muxing.
+    """
+
+    address: int
+    clear: int  # bits cleared first
+    set: int  # then these bits set
+
+
+@dataclass(frozen=True)
 class Uart:
     type: str  # selects firmware/runtime/uart_<type>.c
     base: int  # register block address
     baud: int
+    clock_hz: int  # the clock the UART's baud-rate generator divides (APB clock on STM32), Hz
+    init: tuple[RegisterWrite, ...] = ()  # board-level register writes before the UART is configured
+
+
+@dataclass(frozen=True)
+class Renode:
+    platform: str  # Renode platform description, e.g. "platforms/cpus/stm32f4.repl" (shipped with Renode)
+    uart: str  # the Renode peripheral wired to [uart], e.g. "sysbus.usart2"
 
 
 @dataclass(frozen=True)
@@ -51,6 +71,13 @@ class Board:
     stack_size: int  # bytes
     qemu_machine: str | None  # `qemu-system-arm -M` name; None for boards QEMU does not model
     path: Path  # the file this board was read from
+    renode: Renode | None = None  # None for boards Renode does not model
+    qemu_wait_for_banner: bool = False  # QEMU's UART model drops input sent before the firmware is up
+    flash_command: str | None = None  # shell command template for real hardware, "{elf}" is the ELF path
+
+    def flash_command_for(self, elf: Path) -> str | None:
+        """The command that programs `elf` into a real board of this kind (None: not a real board)."""
+        return None if self.flash_command is None else self.flash_command.replace("{elf}", str(elf))
 
     @property
     def instructions_per_tick(self) -> float:
@@ -75,9 +102,15 @@ _SCHEMA: dict[str, tuple[str, bool]] = {
     "uart.type": ("str", True),
     "uart.base": ("int", True),
     "uart.baud": ("int", False),
+    "uart.clock_hz": ("int", False),
+    "uart.init": ("list[reg]", False),
     "qemu.machine": ("str", False),
+    "qemu.wait_for_banner": ("bool", False),
+    "renode.platform": ("str", False),
+    "renode.uart": ("str", False),
+    "flash_command": ("str", False),
 }
-_TABLES = {"memory", "memory.flash", "memory.ram", "uart", "qemu"}
+_TABLES = {"memory", "memory.flash", "memory.ram", "uart", "qemu", "renode"}
 
 
 def boards_dir() -> Path:
@@ -95,6 +128,11 @@ def _type_ok(value: Any, kind: str) -> bool:
         return isinstance(value, str) and value != ""
     if kind == "list[str]":
         return isinstance(value, list) and all(isinstance(v, str) and v for v in value)
+    if kind == "list[reg]":  # [[address, clear, set], ...], each a 32-bit unsigned integer
+        return isinstance(value, list) and all(
+            isinstance(v, list) and len(v) == 3 and all(_type_ok(x, "int") and 0 <= x < 2**32 for x in v)
+            for v in value
+        )
     raise AssertionError(kind)
 
 
@@ -126,7 +164,7 @@ def _validate(path: Path, data: dict[str, Any]) -> dict[str, Any]:
     if not _NAME_RE.match(name) or name != path.stem:
         raise UserError(f"board file {path}: field `name` must be lower-case [a-z0-9._-] and equal the "
                         f"file name ({path.stem!r}), got {name!r}")
-    for key in ("clock_hz", "memory.flash.length", "memory.ram.length", "uart.baud", "stack_size"):
+    for key in ("clock_hz", "memory.flash.length", "memory.ram.length", "uart.baud", "uart.clock_hz", "stack_size"):
         if key in flat and flat[key] <= 0:
             raise UserError(f"board file {path}: field `{key}` must be > 0, got {flat[key]}")
     for key in ("memory.flash.origin", "memory.ram.origin", "uart.base"):
@@ -134,6 +172,16 @@ def _validate(path: Path, data: dict[str, Any]) -> dict[str, Any]:
             raise UserError(f"board file {path}: field `{key}` must be a 32-bit address, got {flat[key]:#x}")
     if not re.match(r"^[a-z0-9_]+$", flat["uart.type"]):
         raise UserError(f"board file {path}: field `uart.type` must be [a-z0-9_], got {flat['uart.type']!r}")
+    if ("renode.platform" in flat) != ("renode.uart" in flat):
+        raise UserError(f"board file {path}: fields `renode.platform` and `renode.uart` go together")
+    if "renode.platform" in flat and not re.match(r"^[A-Za-z0-9_./-]+\.repl$", flat["renode.platform"]):
+        raise UserError(f"board file {path}: field `renode.platform` must be a .repl path, "
+                        f"got {flat['renode.platform']!r}")
+    if "renode.uart" in flat and not re.match(r"^[A-Za-z0-9_.]+$", flat["renode.uart"]):
+        raise UserError(f"board file {path}: field `renode.uart` must be a Renode peripheral name, "
+                        f"got {flat['renode.uart']!r}")
+    if "flash_command" in flat and "{elf}" not in flat["flash_command"]:
+        raise UserError(f"board file {path}: field `flash_command` must contain {{elf}}, got {flat['flash_command']!r}")
     return flat
 
 
@@ -155,10 +203,19 @@ def _read_board(path: Path) -> Board:
         clock_hz=f["clock_hz"],
         flash=MemoryRegion(f["memory.flash.origin"], f["memory.flash.length"]),
         ram=MemoryRegion(f["memory.ram.origin"], f["memory.ram.length"]),
-        uart=Uart(f["uart.type"], f["uart.base"], f.get("uart.baud", DEFAULT_UART_BAUD)),
+        uart=Uart(
+            type=f["uart.type"],
+            base=f["uart.base"],
+            baud=f.get("uart.baud", DEFAULT_UART_BAUD),
+            clock_hz=f.get("uart.clock_hz", f["clock_hz"]),
+            init=tuple(RegisterWrite(*w) for w in f.get("uart.init", [])),
+        ),
         stack_size=f.get("stack_size", DEFAULT_STACK_SIZE),
         qemu_machine=f.get("qemu.machine"),
         path=path,
+        renode=Renode(f["renode.platform"], f["renode.uart"]) if "renode.platform" in f else None,
+        flash_command=f.get("flash_command"),
+        qemu_wait_for_banner=f.get("qemu.wait_for_banner", False),
     )
 
 
@@ -177,3 +234,20 @@ def load_board(name: str) -> Board:
         known = ", ".join(p.stem for p in sorted(boards_dir().glob("*.toml"))) or "none"
         raise UserError(f"unknown board {name!r}; known boards: {known}")
     return _read_board(path)
+
+
+def check_fits(board: Board, flash_bytes: int, ram_bytes: int, what: str = "firmware") -> None:
+    """UserError, with the numbers, if `flash_bytes`/`ram_bytes` exceed the board's FLASH/RAM regions.
+
+    Call it with the model's own needs before building (parameters in flash; activation arena,
+    kernel scratch and the stack in RAM) to fail before the linker does, and with the linked
+    sizes after (build.build_project does).
+    """
+    over = []
+    if flash_bytes > board.flash.length:
+        over.append(f"{flash_bytes:,} B of flash but the FLASH region is {board.flash.length:,} B")
+    if ram_bytes > board.ram.length:
+        over.append(f"{ram_bytes:,} B of RAM but the RAM region is {board.ram.length:,} B")
+    if over:
+        raise UserError(f"{what} does not fit board {board.name}: it needs " + " and ".join(over)
+                        + f" ({board.path.name}); use a smaller model or a bigger board")

@@ -19,7 +19,7 @@ from pathlib import Path
 import jinja2
 
 from mcuprune import __version__
-from mcuprune.boards import Board
+from mcuprune.boards import Board, check_fits
 from mcuprune.errors import UserError, require_tool
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -110,6 +110,20 @@ def _first_error_line(output: str) -> str:
     return lines[-1].strip() if lines else "no output"
 
 
+_OVERFLOW_RE = re.compile(r"region `(FLASH|RAM)' overflowed by (\d+) bytes")
+
+
+def _raise_if_overflow(log: str, board: Board) -> None:
+    """Turn ld's "region `FLASH' overflowed by N bytes" into one line with the board's numbers."""
+    over = {region: int(n) for region, n in _OVERFLOW_RE.findall(log)}
+    if not over:
+        return
+    sizes = {"FLASH": board.flash.length, "RAM": board.ram.length}
+    parts = [f"{sizes[r] + n:,} B of {r.lower()} but the {r} region is {sizes[r]:,} B" for r, n in over.items()]
+    raise UserError(f"firmware does not fit board {board.name}: it needs " + " and ".join(parts)
+                    + f" ({board.path.name}); use a smaller model or a bigger board")
+
+
 def _run(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
 
@@ -127,6 +141,7 @@ def build_project(fw_dir: Path, board: Board, jobs: int = 2) -> BuildResult:
     proc = _run([make, "-C", str(fw_dir), f"-j{max(1, jobs)}"])
     log = proc.stdout + proc.stderr
     if proc.returncode != 0:
+        _raise_if_overflow(log, board)
         raise UserError(f"firmware build for {board.name} failed: {_first_error_line(log)}")
     elf = fw_dir / "build" / "firmware.elf"
 
@@ -141,5 +156,6 @@ def build_project(fw_dir: Path, board: Board, jobs: int = 2) -> BuildResult:
         if len(parts) == 4:  # address size type name; unsized symbols have 3 fields
             symbol_sizes[parts[3]] = int(parts[1])
     model_bytes = sum(s for name, s in symbol_sizes.items() if name.startswith(PARAM_SYMBOL_PREFIX))
+    check_fits(board, text + data, data + bss)
     return BuildResult(elf=elf, flash_bytes=text + data, ram_bytes=data + bss,
                        model_flash_bytes=model_bytes, symbol_sizes=symbol_sizes, log=log)

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mcuprune import __version__, build, codegen
-from mcuprune.boards import Board, load_board
+from mcuprune.boards import Board, check_fits, load_board
 from mcuprune.data import load_dataset
 from mcuprune.errors import UserError
 from mcuprune.ir import QuantModel, load_quant_model, save_quant_model
 from mcuprune.quantize import calibration_subset, quantize_model
 
-KERNEL_CHOICES = ("auto", "reference", "dsp")
+KERNEL_CHOICES = ("auto", "reference", "dsp", "tvm")
 FIRMWARE_FORMAT_VERSION = 1
 
 
@@ -28,6 +28,7 @@ def choose_variant(board: Board, requested: str) -> str:
         raise UserError(f"unknown kernels '{requested}': choose one of {', '.join(KERNEL_CHOICES)}")
     if requested == "auto":
         return "dsp" if board.dsp else "reference"
+
     if requested == "dsp" and not board.dsp:
         raise UserError(f"board {board.name} ({board.core}) has no DSP extension: use --kernels reference")
     return requested
@@ -68,13 +69,20 @@ def compile_model(model: QuantModel, board: Board, fw_dir: Path, variant: str,
     fw_dir.mkdir(parents=True, exist_ok=True)
     save_quant_model(model, fw_dir)
     src = fw_dir / "src"
-    generated = codegen.generate_model_sources(model, variant, src, source=model.meta.get("run_dir", model.name),
+    # TVM generates the layer kernels; the model glue is the same as for the reference kernels.
+    glue_variant = "reference" if variant == "tvm" else variant
+    generated = codegen.generate_model_sources(model, glue_variant, src, source=model.meta.get("run_dir", model.name),
                                                objective=objective, core=board.core)
-    build.prepare_project(fw_dir, board, generated.kernel_sources(model, variant))
-    result = build.build_project(fw_dir, board)
-    if result.flash_bytes > board.flash.length or result.ram_bytes > board.ram.length:
-        raise UserError(f"firmware needs {result.flash_bytes} B flash / {result.ram_bytes} B RAM but board "
-                        f"{board.name} has {board.flash.length} B / {board.ram.length} B")
+    check_fits(board, generated.param_bytes, generated.arena.size + generated.scratch_bytes + board.stack_size,
+               what=f"model {model.name}")
+    if variant == "tvm":
+        from mcuprune.tvm_backend import tvm_kernel_sources
+
+        sources = tvm_kernel_sources(model, fw_dir / "tvm", formats=generated.formats)
+    else:
+        sources = generated.kernel_sources(model, variant)
+    build.prepare_project(fw_dir, board, sources)
+    result = build.build_project(fw_dir, board)  # also checks the linked sizes against the board
     doc = {
         "format_version": FIRMWARE_FORMAT_VERSION,
         "mcuprune_version": __version__,
@@ -96,10 +104,17 @@ def compile_model(model: QuantModel, board: Board, fw_dir: Path, variant: str,
 
 
 def compile_run(run_dir: Path, board_name: str, fw_dir: Path, kernels_choice: str = "auto",
-                objective: str = "fastest") -> CompileResult:
+                objective: str = "fastest", renode: bool = False) -> CompileResult:
     board = load_board(board_name)
     variant = choose_variant(board, kernels_choice)
-    return compile_model(quantize_run(run_dir), board, fw_dir, variant, objective)
+    result = compile_model(quantize_run(run_dir), board, fw_dir, variant, objective)
+    if renode:
+        from mcuprune.renode import write_renode_files
+
+        if board.renode is None:
+            raise UserError(f"board {board.name} has no [renode] platform: Renode files cannot be generated for it")
+        write_renode_files(fw_dir, board)
+    return result
 
 
 @dataclass(frozen=True)

@@ -330,12 +330,26 @@ class QemuDevice:
             ser = self._connect(self.port)
             if ser is not None:
                 self._device = Device(ser, timeout=self.timeout, describe_failure=self._describe)
+                if self.board.qemu_wait_for_banner:
+                    self._await_banner(self._device)
                 return self._device
             if "in use" not in self.stderr():
                 break
         code = self._proc.returncode if self._proc else None
         raise UserError(f"qemu-system-arm exited with code {code} before accepting the UART connection: "
                         f"{printable(self.stderr().encode(), 300)}")
+
+    def _await_banner(self, device: Device) -> None:
+        """Read until the firmware's first UART chunk (the boot banner, ended by 0x00) has arrived.
+
+        For boards whose file says `[qemu] wait_for_banner = true`: some QEMU UART models accept and
+        drop bytes that arrive before the firmware has enabled the receiver (QEMU's STM32 USART),
+        so nothing may be sent before the firmware has said it is up. The banner stays available
+        through last_output()."""
+        deadline = time.monotonic() + self.timeout
+        chunks_before = device.reader.dropped  # the banner is not a frame: it counts as dropped
+        while device.reader.dropped == chunks_before:
+            device._inbox.extend(device.reader.feed(device._read_some(deadline, "the boot banner", self.timeout)))
 
     def _connect(self, port: int, limit: float = 10.0) -> serial.SerialBase | None:
         """Open socket://127.0.0.1:port once QEMU listens; None if QEMU exited first."""

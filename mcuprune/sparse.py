@@ -506,14 +506,20 @@ def load_costs(path: Path = COSTS_PATH) -> dict:
     return json.loads(path.read_text())
 
 
-def _model(op: Op, fmt: str, variant: str, core: str | None) -> dict:
-    models = load_costs()["models"]
+def _cost_entry(table: str, op: Op | str, fmt: str, variant: str, core: str | None):
+    """An entry of sparse_costs.json; a core we have not measured (e.g. M7, M33, M55) uses the
+    figures of the core the variant is tuned for (M4 for dsp, M3 for reference)."""
+    entries = load_costs()[table]
     key = cost_key(op, fmt, variant, core or DEFAULT_CORE[variant])
-    if key not in models:  # a core we have not measured (e.g. M7, M33): use the variant's tuning core
+    if key not in entries:
         key = cost_key(op, fmt, variant, DEFAULT_CORE[variant])
-    if key not in models:
-        raise ValueError(f"no cost model for {key} in {COSTS_PATH.name}")
-    return models[key]
+    if key not in entries:
+        raise ValueError(f"no {table} entry for {key} in {COSTS_PATH.name}")
+    return entries[key]
+
+
+def _model(op: Op, fmt: str, variant: str, core: str | None) -> dict:
+    return _cost_entry("models", op, fmt, variant, core)
 
 
 def predict_instructions(layer: QuantLayer, fmt: str, variant: str = "dsp", core: str | None = None) -> float:
@@ -527,7 +533,7 @@ def predict_instructions(layer: QuantLayer, fmt: str, variant: str = "dsp", core
 
 def kernel_code_bytes(op: Op | str, fmt: str, variant: str = "dsp", core: str | None = None) -> int:
     """.text bytes of the (op, fmt) kernel object at -O2 (sparse_costs.json, measured)."""
-    return int(load_costs()["code_bytes"][cost_key(op, fmt, variant, core or DEFAULT_CORE[variant])])
+    return int(_cost_entry("code_bytes", op, fmt, variant, core))
 
 
 def _candidates(layer: QuantLayer, variant: str, objective: str, core: str | None) -> list[str]:

@@ -28,6 +28,6 @@ if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+
   echo "[setup] pip install torch==2.13.0"
   .venv/bin/pip install -q --disable-pip-version-check torch==2.13.0
 fi
-echo "[setup] pip install -e .[test]"
-.venv/bin/pip install -q --disable-pip-version-check -e ".[test]"
+echo "[setup] pip install -e .[test,tvm]"
+.venv/bin/pip install -q --disable-pip-version-check -e ".[test,tvm]"
 echo "[setup] ready: $(.venv/bin/mcuprune --version), $(arm-none-eabi-gcc --version | head -1), $(qemu-system-arm --version | head -1)"

@@ -4,6 +4,7 @@ import pytest
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "qemu: runs firmware in qemu-system-arm (needs the ARM toolchain)")
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
+    config.addinivalue_line("markers", "tvm: needs Apache TVM (pip install mcuprune[tvm])")
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mcuprune.data import load_dataset, load_digits, load_fashion_mnist, load_npz, parse_idx, to_float, to_int8
+from mcuprune.data import (
+    load_dataset,
+    load_digits,
+    load_fashion_mnist,
+    load_npz,
+    parse_idx,
+    to_float,
+    to_int8,
+)
 from mcuprune.errors import UserError
 
 
