@@ -22,13 +22,18 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+import mcuprune.kernels
 from mcuprune.fixedpoint import quantize_multipliers
 from mcuprune.ir import Op, QParams, QuantLayer, conv_out_hw
 from mcuprune.kernels import (
     INCLUDE_DIR,
     KERNEL_DIR,
     KERNEL_FUNCTIONS,
+    STRIP_MAX_WORDS,
+    STRIP_PIXELS,
+    STRIP_UNROLL_WORDS,
     VARIANTS,
+    _conv_strip_bytes,
     kernel_sources,
     scratch_bytes,
 )
@@ -36,7 +41,7 @@ from mcuprune.reference import conv2d_s8, dense_s8, im2col, maxpool2d
 
 HOST_CFLAGS = ["-O2", "-Wall", "-Wextra", "-Werror", "-std=c11", "-shared", "-fPIC"]
 VARIANT_CFLAGS = {"reference": [], "dsp": ["-DMCUP_EMULATE_DSP"]}
-CANARY = 0x5A  # fills bytes just past every output and scratch buffer
+CANARY = 0x5A  # fills the bytes around every output and past every scratch buffer
 HARNESS_DIR = Path(__file__).resolve().parent / "kernel_harness"
 
 
@@ -94,12 +99,28 @@ def _ptr(array: np.ndarray | None, ctype):
     return array.ctypes.data_as(ctypes.POINTER(ctype))
 
 
-class Call:
-    """Keeps the numpy arrays a C parameter struct points into alive for one call."""
+def _at(values: np.ndarray, lead: int, fill: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A copy of int8 `values` (flattened) starting `lead` bytes past a word boundary, and its buffer
+    (which has `fill` bytes around it): lead = 1 makes every 32-bit load of the kernels unaligned."""
+    flat = np.ascontiguousarray(values, dtype=np.int8).ravel()
+    buf = np.full(flat.size + 16, fill, dtype=np.int8)
+    start = (-buf.ctypes.data) % 8 + lead  # numpy's alignment is not guaranteed past 8 bytes
+    view = buf[start : start + flat.size]
+    view[:] = flat
+    assert view.ctypes.data % 4 == lead % 4
+    return view, buf
 
-    def __init__(self, layer: QuantLayer, null_bias: bool):
+
+class Call:
+    """Keeps the numpy arrays a C parameter struct points into alive for one call.
+
+    lead = 1 places the weights one byte past a word boundary; act_max overrides the clamp's top
+    (QuantLayer always has 127)."""
+
+    def __init__(self, layer: QuantLayer, null_bias: bool, lead: int = 0, act_max: int | None = None):
+        w, self.w_buf = _at(layer.weights, lead)
         self.keep = [
-            np.ascontiguousarray(layer.weights, dtype=np.int8),
+            w,
             None if null_bias else np.ascontiguousarray(layer.bias, dtype=np.int32),
             np.ascontiguousarray(layer.multiplier, dtype=np.int32),
             np.ascontiguousarray(layer.shift, dtype=np.int32),
@@ -113,7 +134,7 @@ class Call:
             input_offset=-layer.input_q.zero_point,
             output_offset=layer.output_q.zero_point,
             act_min=layer.act_min,
-            act_max=layer.act_max,
+            act_max=layer.act_max if act_max is None else act_max,
         )
 
 
@@ -126,18 +147,22 @@ class Kernels:
         for fn in ("mcup_fc_s8_dense_get_buffer_size", "mcup_conv2d_s8_dense_get_buffer_size"):
             getattr(lib, fn).restype = ctypes.c_int32
 
-    def _run(self, fn, params, x: np.ndarray, out_size: int, scratch: int | None) -> np.ndarray:
-        """Call fn(params, x, out[, scratch]) with canaries just past out and scratch."""
-        x = np.ascontiguousarray(x, dtype=np.int8).ravel()
-        out = np.full(out_size + 8, CANARY, dtype=np.uint8)
+    def _run(self, fn, params, x: np.ndarray, out_size: int, scratch: int | None, lead: int = 0) -> np.ndarray:
+        """Call fn(params, x, out[, scratch]) with canaries around out and just past scratch.
+
+        lead = 1 places input and output one byte past a word boundary."""
+        x, _x_buf = _at(x, lead)
+        out, out_buf = _at(np.full(out_size, CANARY, dtype=np.int8), lead, fill=CANARY)
         args = [ctypes.byref(params), _ptr(x, ctypes.c_int8), _ptr(out, ctypes.c_int8)]
         words = np.full((scratch or 0) // 4 + 4, CANARY * 0x01010101, dtype=np.uint32)  # 4-aligned
         if scratch is not None:  # maxpool takes no scratch argument
             args.append(ctypes.c_void_p(words.ctypes.data) if scratch else None)
         fn(*args)
-        assert (out[out_size:] == CANARY).all(), "kernel wrote past its output"
+        start = out.ctypes.data - out_buf.ctypes.data
+        outside = np.concatenate([out_buf[:start], out_buf[start + out_size :]])
+        assert (outside == CANARY).all(), "kernel wrote outside its output"
         assert (words[(scratch or 0) // 4 :] == CANARY * 0x01010101).all(), "kernel wrote past its scratch"
-        return out[:out_size].view(np.int8)
+        return out.copy()
 
     def fc_buffer_size(self, params: FcParamsC) -> int:
         return self.lib.mcup_fc_s8_dense_get_buffer_size(ctypes.byref(params))
@@ -145,13 +170,15 @@ class Kernels:
     def conv_buffer_size(self, params: Conv2dParamsC) -> int:
         return self.lib.mcup_conv2d_s8_dense_get_buffer_size(ctypes.byref(params))
 
-    def fc_params(self, layer: QuantLayer, null_bias: bool) -> tuple[FcParamsC, Call]:
-        call = Call(layer, null_bias)
+    def fc_params(self, layer: QuantLayer, null_bias: bool, lead: int = 0) -> tuple[FcParamsC, Call]:
+        call = Call(layer, null_bias, lead)
         out_f, in_f = layer.weights.shape
         return FcParamsC(in_features=in_f, out_features=out_f, weights=call.weights, q=call.q), call
 
-    def conv_params(self, layer: QuantLayer, null_bias: bool) -> tuple[Conv2dParamsC, Call]:
-        call = Call(layer, null_bias)
+    def conv_params(
+        self, layer: QuantLayer, null_bias: bool, lead: int = 0, act_max: int | None = None
+    ) -> tuple[Conv2dParamsC, Call]:
+        call = Call(layer, null_bias, lead, act_max)
         out_c, k_h, k_w, in_c = layer.weights.shape
         (in_h, in_w, _), (out_h, out_w, _) = layer.in_shape, layer.out_shape
         params = Conv2dParamsC(
@@ -160,22 +187,24 @@ class Kernels:
         )  # fmt: skip
         return params, call
 
-    def dense(self, x: np.ndarray, layer: QuantLayer, null_bias: bool = False) -> np.ndarray:
-        params, _call = self.fc_params(layer, null_bias)
+    def dense(self, x: np.ndarray, layer: QuantLayer, null_bias: bool = False, lead: int = 0) -> np.ndarray:
+        params, _call = self.fc_params(layer, null_bias, lead)
         fn = getattr(self.lib, KERNEL_FUNCTIONS[Op.DENSE])
-        return self._run(fn, params, x, layer.weights.shape[0], self.fc_buffer_size(params))
+        return self._run(fn, params, x, layer.weights.shape[0], self.fc_buffer_size(params), lead)
 
-    def conv2d(self, x: np.ndarray, layer: QuantLayer, null_bias: bool = False) -> np.ndarray:
-        params, _call = self.conv_params(layer, null_bias)
+    def conv2d(
+        self, x: np.ndarray, layer: QuantLayer, null_bias: bool = False, lead: int = 0, act_max: int | None = None
+    ) -> np.ndarray:
+        params, _call = self.conv_params(layer, null_bias, lead, act_max)
         fn = getattr(self.lib, KERNEL_FUNCTIONS[Op.CONV2D])
-        out = self._run(fn, params, x, int(np.prod(layer.out_shape)), self.conv_buffer_size(params))
+        out = self._run(fn, params, x, int(np.prod(layer.out_shape)), self.conv_buffer_size(params), lead)
         return out.reshape(layer.out_shape)
 
-    def maxpool2d(self, x: np.ndarray, pool: int) -> np.ndarray:
+    def maxpool2d(self, x: np.ndarray, pool: int, lead: int = 0) -> np.ndarray:
         h, w, c = x.shape
         params = Maxpool2dParamsC(in_h=h, in_w=w, c=c, pool=pool)
         fn = getattr(self.lib, KERNEL_FUNCTIONS[Op.MAXPOOL2D])
-        out = self._run(fn, params, x, (h // pool) * (w // pool) * c, scratch=None)
+        out = self._run(fn, params, x, (h // pool) * (w // pool) * c, scratch=None, lead=lead)
         return out.reshape(h // pool, w // pool, c)
 
 
@@ -235,6 +264,8 @@ class Case:
     x_max: int = 128  # inputs drawn from [-x_max, x_max)
     w_max: int = 128  # weights drawn from [-w_max, w_max)
     seed: int = 0
+    misalign: bool = False  # weights, input and output start 1 byte past a word boundary
+    act_max: int = 127  # clamp top passed to the kernel (QuantLayer always has 127)
 
 
 FC_CASES = [
@@ -254,6 +285,7 @@ FC_CASES = [
     Case("fc_saturate", Op.DENSE, (50,), 12, in_zp=-1, rescale=20.0),
     Case("fc_left_shift", Op.DENSE, (2,), 4, x_max=8, w_max=2),
     Case("fc_large", Op.DENSE, (1568,), 64, in_zp=-128, out_zp=-4, relu=True, seed=3),
+    Case("fc_misaligned", Op.DENSE, (23,), 5, in_zp=4, misalign=True),
 ]
 
 CONV_CASES = [
@@ -280,9 +312,45 @@ CONV_CASES = [
     Case("conv_saturate", Op.CONV2D, (5, 5, 8), 4, pad=1, in_zp=3, rescale=20.0),
     Case("conv_left_shift", Op.CONV2D, (3, 3, 1), 2, k=1, x_max=8, w_max=4),
     Case("conv_bench_shape", Op.CONV2D, (14, 14, 16), 32, pad=1, in_zp=-128, relu=True, seed=4),
+    Case("conv_im2col_misaligned", Op.CONV2D, (5, 5, 8), 5, pad=1, in_zp=-7, misalign=True),
+    # The DSP strip path (small windows, see conv2d_s8_dense.c): each unrolled variant, the generic
+    # loop with odd and even window lengths, segment splits and every requantization variant.
+    Case("conv_in1_stride2", Op.CONV2D, (9, 9, 1), 6, stride=2, pad=1, in_zp=-30),  # 3x3x1 unpaired
+    Case("conv_3x1x3", Op.CONV2D, (6, 5, 3), 4, k=3, k_w=1, pad=1, in_zp=7),  # 6 words, step 6
+    Case("conv_3x2x1", Op.CONV2D, (6, 7, 1), 3, k=3, k_w=2, in_zp=-3),  # 4 words
+    Case("conv_3x4x1", Op.CONV2D, (6, 9, 1), 3, k=3, k_w=4, pad=1, in_zp=2),  # 8 words
+    Case("conv_2x2x1_stride2", Op.CONV2D, (5, 5, 1), 3, k=2, stride=2, in_zp=9),  # 2 words, no odd row
+    Case("conv_4x3x1", Op.CONV2D, (7, 6, 1), 5, k=4, k_w=3, pad=1, in_zp=-4),  # even k_h, 6 words
+    Case("conv_k1_in4", Op.CONV2D, (4, 4, 4), 6, k=1, in_zp=3),  # 4 words
+    Case("conv_k1_in8", Op.CONV2D, (3, 4, 8), 5, k=1, in_zp=-6),  # 8 words
+    Case("conv_5x5x1", Op.CONV2D, (8, 8, 1), 4, k=5, pad=2, in_zp=-11),  # 15 words, generic
+    Case("conv_in1_wide_segments", Op.CONV2D, (3, 140, 1), 3, pad=1, in_zp=5),  # 128 + 12 columns
+    Case("conv_in1_rows_tail", Op.CONV2D, (21, 28, 1), 2, pad=1, in_zp=-1),  # 4-row segments + 1
+    Case("conv_in1_left_shift", Op.CONV2D, (6, 6, 1), 3, pad=1, x_max=8, w_max=4),  # shift > 0
+    Case("conv_in1_relu_zp", Op.CONV2D, (6, 8, 1), 4, pad=1, in_zp=-128, out_zp=20, relu=True),
+    Case("conv_in1_act_max", Op.CONV2D, (6, 8, 1), 4, pad=1, in_zp=3, act_max=40),
+    Case("conv_in1_in_zp_max", Op.CONV2D, (5, 6, 1), 3, pad=1, in_zp=127, out_zp=-100),
+    Case("conv_in1_null_bias", Op.CONV2D, (5, 6, 1), 5, pad=1, in_zp=-128, null_bias=True),
+    Case("conv_in1_misaligned", Op.CONV2D, (7, 9, 1), 5, pad=1, in_zp=-1, misalign=True),
+    Case("conv_in3_stride2_misaligned", Op.CONV2D, (9, 9, 3), 7, stride=2, pad=1, in_zp=-128, misalign=True),
+    Case("conv_in3_saturate", Op.CONV2D, (6, 7, 3), 5, pad=1, in_zp=1, rescale=20.0),
 ]
 
-POOL_CASES = [((4, 4, 3), 2), ((5, 7, 2), 2), ((6, 6, 1), 3), ((3, 3, 5), 1), ((8, 8, 16), 2)]
+# (shape, pool, lead): channels % 4 = 0..3, pool 1..3 (2 has its own loop), odd sizes whose last
+# row/column is dropped, and input/output one byte past a word boundary (lead = 1).
+POOL_CASES = [
+    ((4, 4, 3), 2, 0),
+    ((5, 7, 2), 2, 0),
+    ((6, 6, 1), 3, 0),
+    ((3, 3, 5), 1, 0),
+    ((8, 8, 16), 2, 0),
+    ((7, 9, 8), 3, 0),
+    ((6, 10, 4), 2, 1),
+    ((5, 5, 7), 2, 1),
+    ((9, 9, 6), 3, 1),
+    ((28, 28, 16), 2, 0),
+    ((14, 14, 32), 2, 1),
+]
 
 
 def make_layer(case: Case) -> tuple[QuantLayer, np.ndarray]:
@@ -330,15 +398,16 @@ def make_layer(case: Case) -> tuple[QuantLayer, np.ndarray]:
 def test_fc_matches_reference(kernels: Kernels, case: Case):
     layer, x = make_layer(case)
     expected = dense_s8(x[None], layer)[0]
-    got = kernels.dense(x, layer, null_bias=case.null_bias)
+    got = kernels.dense(x, layer, null_bias=case.null_bias, lead=int(case.misalign))
     np.testing.assert_array_equal(got, expected)
 
 
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: c.name)
 def test_conv2d_matches_reference(kernels: Kernels, case: Case):
     layer, x = make_layer(case)
-    expected = conv2d_s8(x[None], layer)[0]
-    got = kernels.conv2d(x, layer, null_bias=case.null_bias)
+    # The clamp is the last step, so a lower top applies on top of the reference's 127.
+    expected = np.minimum(conv2d_s8(x[None], layer)[0], case.act_max)
+    got = kernels.conv2d(x, layer, null_bias=case.null_bias, lead=int(case.misalign), act_max=case.act_max)
     np.testing.assert_array_equal(got, expected)
 
 
@@ -380,14 +449,36 @@ def test_fc_random_shapes(kernels: Kernels, case: Case):
     np.testing.assert_array_equal(got, dense_s8(x[None], layer)[0])
 
 
-@pytest.mark.parametrize(("shape", "pool"), POOL_CASES, ids=str)
-def test_maxpool2d_matches_reference(kernels: Kernels, shape: tuple[int, int, int], pool: int):
+@pytest.mark.parametrize(("shape", "pool", "lead"), POOL_CASES, ids=str)
+def test_maxpool2d_matches_reference(kernels: Kernels, shape: tuple[int, int, int], pool: int, lead: int):
     x = np.random.default_rng(sum(shape)).integers(-128, 128, size=shape).astype(np.int8)
+    np.testing.assert_array_equal(kernels.maxpool2d(x, pool, lead), maxpool2d(x[None], pool)[0])
+
+
+@pytest.mark.parametrize("pool", [2, 3])
+def test_maxpool2d_extreme_values(kernels: Kernels, pool: int):
+    """Byte-wise differences up to 127 - (-128) = 255: the signed compare must not wrap."""
+    values = np.array([-128, -127, -1, 0, 1, 126, 127], dtype=np.int8)
+    x = np.random.default_rng(pool).choice(values, size=(6, 6, 9)).astype(np.int8)
     np.testing.assert_array_equal(kernels.maxpool2d(x, pool), maxpool2d(x[None], pool)[0])
 
 
+def _dsp_conv_path(layer: QuantLayer) -> str:
+    """Which code path of firmware/kernels/dsp/conv2d_s8_dense.c a layer takes (mirrors the C)."""
+    if _conv_strip_bytes(layer) is None:
+        return "im2col"
+    _, k_h, k_w, in_c = layer.weights.shape
+    words = (k_h + 1) // 2 * k_w * in_c
+    if k_h == 3 and words == 6 and layer.stride * in_c == 1:
+        return "strip-pairs"
+    if words in ((4, 6, 8) if k_h == 3 else (2, 4, 6, 8)):
+        return f"strip-unrolled-{'odd-row' if k_h == 3 else 'plain'}-{words}"
+    return f"strip-generic-{'odd' if words % 2 else 'even'}"
+
+
 def test_cases_exercise_their_paths():
-    """The table keeps covering every tail: k % 4, odd rows/channels, odd pixel counts."""
+    """The table keeps covering every tail: k % 4, odd rows/channels, odd pixel counts, and every
+    path of the DSP conv, aligned and not."""
     layers = [make_layer(c)[0] for c in FC_CASES + CONV_CASES]
     fan_in = {int(np.prod(la.weights.shape[1:])) % 4 for la in layers}
     assert fan_in == {0, 1, 2, 3}
@@ -396,6 +487,29 @@ def test_cases_exercise_their_paths():
     assert any(np.prod(la.out_shape[:2]) % 2 for la in layers if la.op is Op.CONV2D)
     assert any(la.shift.max() > 0 for la in layers)
     assert any(la.weights.shape[-1] == 1 for la in layers if la.op is Op.CONV2D)
+    conv = [(c, make_layer(c)[0]) for c in CONV_CASES]
+    paths = {_dsp_conv_path(la) for _, la in conv}
+    assert paths == {
+        "im2col", "strip-pairs", "strip-generic-odd", "strip-generic-even",
+        *(f"strip-unrolled-odd-row-{n}" for n in (4, 6, 8)),
+        *(f"strip-unrolled-plain-{n}" for n in (2, 4, 6, 8)),
+    }  # fmt: skip
+    strip = [(c, la) for c, la in conv if _dsp_conv_path(la) != "im2col"]
+    assert any(c.misalign for c, la in conv if _dsp_conv_path(la) == "im2col")
+    assert any(c.misalign for c, _ in strip)
+    assert any(la.out_shape[1] > STRIP_PIXELS for _, la in strip)  # a row in several segments
+    assert any(la.out_shape[1] % 2 for c, la in strip if _dsp_conv_path(la) == "strip-pairs")
+    assert any(la.shift.max() > 0 for _, la in strip)  # the general requantization loop
+    assert any(c.act_max < 127 for c, _ in strip)
+    assert any(la.act_min > -128 for _, la in strip)
+
+
+def test_strip_constants_match_c():
+    """kernels.py mirrors the DSP conv's #defines; the scratch sizes depend on them."""
+    source = (KERNEL_DIR / "dsp" / "conv2d_s8_dense.c").read_text()
+    for name, value in [("STRIP_UNROLL_WORDS", STRIP_UNROLL_WORDS), ("STRIP_MAX_WORDS", STRIP_MAX_WORDS),
+                        ("STRIP_PIXELS", STRIP_PIXELS)]:  # fmt: skip
+        assert f"#define {name} {value}\n" in source
 
 
 @pytest.mark.parametrize("case", FC_CASES + CONV_CASES, ids=lambda c: c.name)
@@ -415,16 +529,27 @@ def test_scratch_bytes_matches_c(kernels: Kernels, case: Case):
 # --- Python side of the kernel registry --------------------------------------------------------
 
 
-def test_kernel_sources_falls_back_to_reference():
+def test_kernel_sources_one_per_op_in_op_order():
     dsp = kernel_sources("dsp", [Op.MAXPOOL2D, Op.DENSE, Op.CONV2D, Op.DENSE])
     assert [p.relative_to(KERNEL_DIR).as_posix() for p in dsp] == [
         "dsp/conv2d_s8_dense.c",  # one per op, in Op order
         "dsp/fc_s8_dense.c",
-        "reference/maxpool2d_s8.c",
+        "dsp/maxpool2d_s8.c",
     ]
     ref = kernel_sources("reference", ["conv2d"])
     assert [p.relative_to(KERNEL_DIR).as_posix() for p in ref] == ["reference/conv2d_s8_dense.c"]
     assert all(p.is_file() for p in dsp + ref)
+
+
+def test_kernel_sources_falls_back_to_reference(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A variant folder without an op's file builds that op's reference kernel."""
+    for variant, names in {"reference": ["conv2d_s8_dense.c", "maxpool2d_s8.c"], "dsp": ["conv2d_s8_dense.c"]}.items():
+        (tmp_path / variant).mkdir()
+        for name in names:
+            (tmp_path / variant / name).touch()
+    monkeypatch.setattr(mcuprune.kernels, "KERNEL_DIR", tmp_path)
+    dsp = kernel_sources("dsp", [Op.MAXPOOL2D, Op.CONV2D])
+    assert [p.relative_to(tmp_path).as_posix() for p in dsp] == ["dsp/conv2d_s8_dense.c", "reference/maxpool2d_s8.c"]
 
 
 def test_kernel_sources_rejects_unknown_variant():

@@ -1,10 +1,11 @@
 /*
- * bench.c - instructions per MAC of the mcuprune kernels on mps2-an386 (Cortex-M4) in QEMU.
+ * bench.c - instructions per MAC (per output for max-pool) of the mcuprune kernels on
+ * mps2-an386 (Cortex-M4) in QEMU.
  *
  * Built once per kernel variant (reference, dsp) by run.py, which also generates bench_data.h
- * (fixed random layers and inputs). QEMU has no DWT cycle counter, so time is read from SysTick
- * clocked by the core clock (25 MHz): under -icount shift=0 every instruction advances virtual
- * time by 1 ns, so one SysTick tick is 40 instructions. A calibration loop of known length
+ * (fixed random FC, conv and max-pool layers and inputs). QEMU has no DWT cycle counter, so
+ * time is read from SysTick clocked by the core clock (25 MHz): under -icount shift=0 every
+ * instruction advances virtual time by 1 ns, so one SysTick tick is 40 instructions. A calibration loop of known length
  * checks that ratio. Each line printed is parsed by run.py; the last one is a sentinel.
  */
 #include <stdint.h>
@@ -16,16 +17,18 @@
 #error "build with -DBENCH_VARIANT=\"reference\" or \"dsp\""
 #endif
 
-typedef enum { BENCH_FC, BENCH_CONV } bench_kind;
+typedef enum { BENCH_FC, BENCH_CONV, BENCH_POOL } bench_kind;
 
 typedef struct {
     const char *name;
     bench_kind kind;
-    const mcup_fc_params *fc;     /* BENCH_FC */
-    const mcup_conv2d_params *conv; /* BENCH_CONV */
+    const mcup_fc_params *fc;         /* BENCH_FC */
+    const mcup_conv2d_params *conv;   /* BENCH_CONV */
+    const mcup_maxpool2d_params *pool; /* BENCH_POOL */
     const int8_t *input;
+    int32_t out_lead; /* the output goes to output + out_lead (1: not word-aligned) */
     int32_t out_size;
-    uint32_t macs; /* nominal: every tap counts, padding included */
+    uint32_t work; /* MACs (nominal: every tap counts, padding included); outputs for pooling */
 } bench_case;
 
 #include "bench_data.h" /* bench_cases[], BENCH_SCRATCH_BYTES, BENCH_MAX_OUT */
@@ -38,7 +41,7 @@ typedef struct {
 #define SYST_CSR_COUNTFLAG (1u << 16)
 #define SYST_MASK 0xFFFFFFu
 
-static int8_t output[BENCH_MAX_OUT] __attribute__((aligned(4)));
+static int8_t output[BENCH_MAX_OUT + 1] __attribute__((aligned(4))); /* +1: out_lead */
 static int32_t scratch[BENCH_SCRATCH_BYTES / 4 + 1]; /* +1: never zero-sized */
 
 static void put_u32(uint32_t v)
@@ -107,22 +110,25 @@ static void run_case(const bench_case *c)
         bench_write("ERROR scratch too small\n");
         bench_exit(1);
     }
+    int8_t *out = output + c->out_lead;
     timer_start();
     const uint32_t start = SYST_CVR;
     if (c->kind == BENCH_FC) {
-        mcup_fc_s8_dense(c->fc, c->input, output, scratch);
+        mcup_fc_s8_dense(c->fc, c->input, out, scratch);
+    } else if (c->kind == BENCH_CONV) {
+        mcup_conv2d_s8_dense(c->conv, c->input, out, scratch);
     } else {
-        mcup_conv2d_s8_dense(c->conv, c->input, output, scratch);
+        mcup_maxpool2d_s8(c->pool, c->input, out);
     }
     const uint32_t ticks = ticks_since(start);
     bench_write("case ");
     bench_write(c->name);
-    bench_write(" variant=" BENCH_VARIANT " macs=");
-    put_u32(c->macs);
+    bench_write(" variant=" BENCH_VARIANT " work=");
+    put_u32(c->work);
     bench_write(" ticks=");
     put_u32(ticks);
     bench_write(" checksum=");
-    put_hex(fnv1a(output, c->out_size));
+    put_hex(fnv1a(out, c->out_size));
     bench_write("\n");
 }
 

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Kernel micro-benchmark: instructions per MAC of the reference and DSP kernels in QEMU.
 
-Generates fixed random layers (seeded) as C data, builds bench.c once per kernel variant for
-mps2-an386 (Cortex-M4, -O2), runs both under `qemu-system-arm -icount shift=0` and prints a
-table. Every output checksum must equal the numpy reference's (mcuprune.reference), so the
-figures come with an on-target bit-exactness check. Exit status 1 on any mismatch.
+Max-pool cases count instructions per output. Generates fixed random layers (seeded) as C data,
+builds bench.c once per kernel variant for mps2-an386 (Cortex-M4, -O2), runs both under
+`qemu-system-arm -icount shift=0` and prints a table. Every output checksum must equal the numpy
+reference's (mcuprune.reference), so the figures come with an on-target bit-exactness check.
+Exit status 1 on any mismatch.
 
     .venv/bin/python bench/kernels/run.py [--build-dir build/bench_kernels] [--markdown]
 """
@@ -27,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from mcuprune.fixedpoint import quantize_multipliers  # noqa: E402
 from mcuprune.ir import Op, QParams, QuantLayer, conv_out_hw  # noqa: E402
 from mcuprune.kernels import INCLUDE_DIR, kernel_sources, scratch_bytes  # noqa: E402
-from mcuprune.reference import conv2d_s8, dense_s8, im2col  # noqa: E402
+from mcuprune.reference import conv2d_s8, dense_s8, im2col, maxpool2d  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = ("reference", "dsp")
@@ -49,8 +50,9 @@ class BenchCase:
     stride: int = 1
     pad: int = 1
     in_zp: int = -128  # post-ReLU activations: zero point at the bottom of the range
-    misalign: bool = False  # weights and input start 1 byte past a word boundary
+    misalign: bool = False  # weights, input and output start 1 byte past a word boundary
     seed: int = 0
+    pool: int = 0  # MAXPOOL2D window (out_c is then the channel count)
 
 
 CASES = [
@@ -61,12 +63,30 @@ CASES = [
     # pointers, k % 4 tails, leftover rows/channels, an odd pixel count, stride 2.
     BenchCase("fc_1571x62_misaligned", Op.DENSE, (1571,), 62, in_zp=3, misalign=True, seed=4),
     BenchCase("conv_9x9x3_7_k3s2p1_misaligned", Op.CONV2D, (9, 9, 3), 7, stride=2, misalign=True, seed=5),
+    # The demo CNN's two max-pools; then unaligned words, an odd width and c % 4 = 2 on the target.
+    BenchCase("maxpool_28x28x16_p2", Op.MAXPOOL2D, (28, 28, 16), 16, pool=2, seed=6),
+    BenchCase("maxpool_14x14x32_p2", Op.MAXPOOL2D, (14, 14, 32), 32, pool=2, seed=7),
+    BenchCase("maxpool_9x7x6_p2_misaligned", Op.MAXPOOL2D, (9, 7, 6), 6, pool=2, misalign=True, seed=8),
 ]
 
 
 def make_layer(case: BenchCase) -> tuple[QuantLayer, np.ndarray]:
     """Random int8 weights/input; requantization spreads outputs over the int8 range (ReLU)."""
     rng = np.random.default_rng(case.seed)
+    if case.op is Op.MAXPOOL2D:
+        h, w, c = case.in_shape
+        x = rng.integers(-128, 128, size=case.in_shape).astype(np.int8)
+        q = QParams(0.05, -128)
+        layer = QuantLayer(
+            name=case.name,
+            op=case.op,
+            in_shape=case.in_shape,
+            out_shape=(h // case.pool, w // case.pool, c),
+            input_q=q,
+            output_q=q,
+            pool=case.pool,
+        )
+        return layer, x
     if case.op is Op.DENSE:
         in_shape, out_shape = case.in_shape, (case.out_c,)
         weights = rng.integers(-127, 128, size=(case.out_c, case.in_shape[0]), dtype=np.int8)
@@ -109,6 +129,15 @@ def layer_c(case: BenchCase, layer: QuantLayer, x: np.ndarray) -> tuple[str, str
     """C definitions of one case's data and its bench_cases[] entry."""
     n = case.name
     lead = 1 if case.misalign else 0
+    out_size = int(np.prod(layer.out_shape))
+    if case.op is Op.MAXPOOL2D:
+        h, w, c = layer.in_shape
+        parts = [
+            c_array("int8_t", f"{n}_input", x, lead),
+            f"static const mcup_maxpool2d_params {n}_params = {{{h}, {w}, {c}, {layer.pool}}};\n",
+        ]
+        entry = f'{{"{n}", BENCH_POOL, 0, 0, &{n}_params, {n}_input + {lead}, {lead}, {out_size}, {out_size}u}}'
+        return "\n".join(parts), entry
     parts = [
         c_array("int8_t", f"{n}_weights", layer.weights, lead),
         c_array("int32_t", f"{n}_bias", layer.bias),
@@ -121,25 +150,24 @@ def layer_c(case: BenchCase, layer: QuantLayer, x: np.ndarray) -> tuple[str, str
         f"{{{n}_bias, {n}_multiplier, {n}_shift, {-layer.input_q.zero_point}, "
         f"{layer.output_q.zero_point}, {layer.act_min}, {layer.act_max}}}"
     )
-    macs = int(np.prod(layer.out_shape)) * int(layer.weights[0].size)
-    out_size = int(np.prod(layer.out_shape))
+    macs = out_size * int(layer.weights[0].size)
     if case.op is Op.DENSE:
         out_f, in_f = layer.weights.shape
         parts.append(f"static const mcup_fc_params {n}_params = {{{in_f}, {out_f}, {weights}, {q}}};\n")
-        entry = f'{{"{n}", BENCH_FC, &{n}_params, 0, {x_ptr}, {out_size}, {macs}u}}'
+        entry = f'{{"{n}", BENCH_FC, &{n}_params, 0, 0, {x_ptr}, {lead}, {out_size}, {macs}u}}'
     else:
         out_c, k_h, k_w, in_c = layer.weights.shape
         (in_h, in_w, _), (out_h, out_w, _) = layer.in_shape, layer.out_shape
         dims = f"{in_h}, {in_w}, {in_c}, {out_h}, {out_w}, {out_c}, {k_h}, {k_w}, {layer.stride}, {layer.pad}"
         parts.append(f"static const mcup_conv2d_params {n}_params = {{{dims}, {weights}, {q}}};\n")
-        entry = f'{{"{n}", BENCH_CONV, 0, &{n}_params, {x_ptr}, {out_size}, {macs}u}}'
+        entry = f'{{"{n}", BENCH_CONV, 0, &{n}_params, 0, {x_ptr}, {lead}, {out_size}, {macs}u}}'
     return "\n".join(parts), entry
 
 
 def write_data(path: Path, variant: str, layers: list[tuple[BenchCase, QuantLayer, np.ndarray]]) -> None:
     defs, entries = zip(*(layer_c(case, layer, x) for case, layer, x in layers), strict=True)
     scratch = max(scratch_bytes(layer, variant) for _, layer, _ in layers)
-    max_out = max(int(np.prod(layer.out_shape)) for _, layer, _ in layers)
+    max_out = max(int(np.prod(layer.out_shape)) for _, layer, _ in layers)  # bench.c adds 1 for out_lead
     path.write_text(
         f"/* Generated by bench/kernels/run.py for the {variant} kernels: do not edit. */\n"
         f"#define BENCH_SCRATCH_BYTES {scratch} /* mcuprune.kernels.scratch_bytes, max over cases */\n"
@@ -159,7 +187,7 @@ def build(variant: str, build_dir: Path, layers) -> Path:
     out = build_dir / variant
     out.mkdir(parents=True, exist_ok=True)
     write_data(out / "bench_data.h", variant, layers)
-    sources = [HERE / "startup.c", HERE / "bench.c", *kernel_sources(variant, [Op.DENSE, Op.CONV2D])]
+    sources = [HERE / "startup.c", HERE / "bench.c", *kernel_sources(variant, [Op.DENSE, Op.CONV2D, Op.MAXPOOL2D])]
     elf = out / "bench.elf"
     cmd = [
         "arm-none-eabi-gcc", *CPU_FLAGS, *CFLAGS, f'-DBENCH_VARIANT="{variant}"',
@@ -179,7 +207,7 @@ def run_qemu(elf: Path) -> str:
     return result.stdout
 
 
-LINE = re.compile(r"case (\w+) variant=(\w+) macs=(\d+) ticks=(\d+) checksum=0x([0-9a-f]{8})")
+LINE = re.compile(r"case (\w+) variant=(\w+) work=(\d+) ticks=(\d+) checksum=0x([0-9a-f]{8})")
 CALIB = re.compile(r"calib instructions=(\d+) ticks=(\d+) empty_ticks=(\d+)")
 
 
@@ -195,8 +223,11 @@ def main() -> int:
     layers = [(case, *make_layer(case)) for case in CASES]
     expected = {}
     for case, layer, x in layers:
-        run = dense_s8 if case.op is Op.DENSE else conv2d_s8
-        expected[case.name] = fnv1a(run(x[None], layer)[0])
+        if case.op is Op.MAXPOOL2D:
+            expected[case.name] = fnv1a(maxpool2d(x[None], layer.pool)[0])
+        else:
+            run = dense_s8 if case.op is Op.DENSE else conv2d_s8
+            expected[case.name] = fnv1a(run(x[None], layer)[0])
 
     results: dict[tuple[str, str], tuple[int, int, int]] = {}
     ok = True
@@ -209,21 +240,23 @@ def main() -> int:
         if abs(per_tick - INSTRUCTIONS_PER_TICK) > 0.5:
             print(f"  expected {INSTRUCTIONS_PER_TICK} instructions/tick: is icount off?")
             ok = False
-        for name, _, macs, case_ticks, checksum in LINE.findall(stdout):
-            results[name, variant] = (int(macs), int(case_ticks) - int(empty), int(checksum, 16))
+        for name, _, work, case_ticks, checksum in LINE.findall(stdout):
+            results[name, variant] = (int(work), int(case_ticks) - int(empty), int(checksum, 16))
             if int(checksum, 16) != expected[name] or int(case_ticks) == 0:
                 print(f"  MISMATCH {name} {variant}: checksum 0x{checksum}, numpy 0x{expected[name]:08x}")
                 ok = False
 
-    header = ["kernel", "MACs", "reference instr", "instr/MAC", "dsp instr", "instr/MAC", "speed-up",
+    # work: MACs for FC and conv, outputs for max-pool; "per unit" divides by it
+    header = ["kernel", "work", "reference instr", "per unit", "dsp instr", "per unit", "speed-up",
               "checksum (both = numpy)"]  # fmt: skip
     rows = []
     for case in CASES:
-        macs, ref_ticks, checksum = results[case.name, "reference"]
+        work, ref_ticks, checksum = results[case.name, "reference"]
         _, dsp_ticks, _ = results[case.name, "dsp"]
         ref_i, dsp_i = ref_ticks * INSTRUCTIONS_PER_TICK, dsp_ticks * INSTRUCTIONS_PER_TICK
-        rows.append([case.name, f"{macs}", f"{ref_i}", f"{ref_i / macs:.2f}", f"{dsp_i}",
-                     f"{dsp_i / macs:.2f}", f"{ref_i / dsp_i:.2f}x", f"0x{checksum:08x}"])  # fmt: skip
+        unit = "outputs" if case.op is Op.MAXPOOL2D else "MACs"
+        rows.append([case.name, f"{work} {unit}", f"{ref_i}", f"{ref_i / work:.2f}", f"{dsp_i}",
+                     f"{dsp_i / work:.2f}", f"{ref_i / dsp_i:.2f}x", f"0x{checksum:08x}"])  # fmt: skip
     if args.markdown:
         print("| " + " | ".join(header) + " |")
         print("|" + "|".join("---" for _ in header) + "|")

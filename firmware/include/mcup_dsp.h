@@ -75,6 +75,37 @@ static inline int32_t __smlad(int32_t a, int32_t b, int32_t acc)
     return (int32_t)((uint32_t)acc + lo + hi);
 }
 
+/*
+ * The APSR.GE bits (bit i for byte i) that the last emulated byte-wise instruction set and
+ * __sel reads: one per translation unit, standing for the core's single flags register (host
+ * tests are single-threaded). As on the core, __sel must follow the instruction that set them.
+ */
+static uint32_t mcup_emu_ge;
+
+/* SSUB8: byte-wise a - b (wrapping); GE bit i set when a_i - b_i >= 0. */
+static inline int32_t __ssub8(int32_t a, int32_t b)
+{
+    uint32_t diff = 0, ge = 0;
+    for (int byte = 0; byte < 4; byte++) {
+        const int32_t d = mcup_emu_byte(a, byte) - mcup_emu_byte(b, byte);
+        diff |= ((uint32_t)d & 0xFFu) << (8 * byte);
+        ge |= (d >= 0 ? 1u : 0u) << byte;
+    }
+    mcup_emu_ge = ge;
+    return (int32_t)diff;
+}
+
+/* SEL: byte i from a where GE bit i is set, else from b. */
+static inline uint32_t __sel(uint32_t a, uint32_t b)
+{
+    uint32_t out = 0;
+    for (int byte = 0; byte < 4; byte++) {
+        const uint32_t from = ((mcup_emu_ge >> byte) & 1u) != 0 ? a : b;
+        out |= from & (0xFFu << (8 * byte));
+    }
+    return out;
+}
+
 #else
 #error "mcup_dsp.h needs a core with the DSP extension (or -DMCUP_EMULATE_DSP on the host)"
 #endif
@@ -96,6 +127,19 @@ static inline int32_t mcup_read_s8x4(const int8_t *p)
     int32_t w;
     memcpy(&w, p, sizeof w);
     return w;
+}
+
+/* Byte-wise signed maximum of two words of 4 int8: SSUB8 sets GE where a >= b, SEL picks. */
+static inline int32_t mcup_max_s8x4(int32_t a, int32_t b)
+{
+    (void)__ssub8(a, b);
+    return (int32_t)__sel((uint32_t)a, (uint32_t)b);
+}
+
+/* Stores the 4 int8 of w at any address (a single STR, which tolerates unaligned addresses). */
+static inline void mcup_write_s8x4(int8_t *p, int32_t w)
+{
+    memcpy(p, &w, sizeof w);
 }
 
 /*

@@ -3,9 +3,33 @@
  * Parameters and layout: see mcup_conv2d_params in mcup_nn.h; bit-identical to the reference
  * twin in firmware/kernels/reference/conv2d_s8_dense.c.
  *
- * Output pixels are taken two at a time. Both input patches (k = k_h * k_w * in_c values in the
- * weights' [k_h][k_w][in_c] order, padding taps as 0) are copied into scratch as int16 with
- * input_offset added (im2col), in the q15-pair layout of mcup_dsp.h with the two patches
+ * Two paths, chosen from the shape alone (so _get_buffer_size knows which one runs):
+ *
+ * Strip path, for small patches (first layers: in_c = 1..3 with 3x3 kernels, few-channel 1x1;
+ * see use_strips). With K = k_h * k_w * in_c around 9, requantization (~23 instructions per
+ * output at best with mcup_requantize_s8, ~50 with its parameters loaded per output) costs
+ * more than the MACs, so this path works channel by channel over a segment of up to
+ * STRIP_PIXELS output pixels (whole output rows when they fit): the channel's weights and
+ * requantization constants are loaded once per segment, not once per output.
+ *   - Kernel rows are paired vertically: a strip position pos (a value index along the input
+ *     row, x * in_c + c) holds one word [row 2i | row 2i+1] per pair i, plus, when k_h is odd,
+ *     one word [last row at pos | last row at pos + 1]. With S such words per position, the
+ *     patch of an output pixel is the contiguous window of S * k_w * in_c words starting at
+ *     its first position: no per-pixel im2col. The last row's words at odd offsets of the
+ *     window are unused and meet zero weights. Values are int16 with input_offset added; the
+ *     padding holds the input zero point, so it becomes 0.
+ *   - The weights are rearranged once per call into the same window order (scratch).
+ *   - Per channel: the window dot products of the segment go to an int32 buffer (__smlad,
+ *     unrolled for short windows, weights in registers; at 3x3x1 stride 1 two neighbouring
+ *     windows per pass share their overlapping loads), then one loop requantizes them with the
+ *     channel's constants hoisted, storing with stride out_c. Keeping the two loops apart keeps
+ *     each within the 14 registers; fused, GCC spills.
+ * 3x3x1 at stride 1 costs per output ~12 instructions of MACs (5 __smlad), ~23 of
+ * requantization and ~2 to build the strip (bench/kernels/README.md).
+ *
+ * im2col path, for everything else. Output pixels are taken two at a time. Both input patches
+ * (k values in the weights' [k_h][k_w][in_c] order, padding taps as 0) are copied into scratch
+ * as int16 with input_offset added, in the q15-pair layout of mcup_dsp.h with the two patches
  * interleaved word by word (stride 2): [a02 b02 a13 b13] per group of 4 values. Two output
  * channels are then computed for both pixels at once: per 16 MACs, 4 patch loads, 2 weight
  * loads, 2 rotates, 4 sign extensions and 8 __smlad. An odd pixel count ends with one plain
@@ -17,6 +41,58 @@
 #include "mcup_dsp.h"
 #include "mcup_nn.h"
 #include "mcup_requant.h"
+
+/*
+ * Which shapes take the strip path (measured in QEMU, bench/kernels/README.md): windows of up to
+ * STRIP_UNROLL_WORDS words (unrolled, weights in registers), and windows of up to
+ * STRIP_MAX_WORDS when in_c is not a multiple of 4 (the im2col path then stages every patch
+ * byte by byte). 3x3x1: 6 words, 3x3x3: 18. Past that, the im2col path's 2x2 blocking wins.
+ */
+#define STRIP_MAX_WORDS 24
+/* Output pixels per segment: whole output rows when they fit, else part of one row. */
+#define STRIP_PIXELS 128
+/* Windows of at most this many words get a fully unrolled dot product (weights in registers). */
+#define STRIP_UNROLL_WORDS 8
+
+/* Geometry of the strip path, all derived from the shape (see the file comment). */
+typedef struct {
+    int32_t slots;      /* words per strip position: k_h / 2 vertical pairs (+1 if k_h is odd) */
+    int32_t run;        /* values per kernel row: k_w * in_c */
+    int32_t words;      /* words of one window: slots * run */
+    int32_t cols;       /* output pixels per segment row: min(out_w, STRIP_PIXELS) */
+    int32_t rows;       /* output rows per segment: STRIP_PIXELS / out_w (1..out_h), else 1 */
+    int32_t positions;  /* positions of one row's strip: ((cols - 1) * stride + k_w) * in_c */
+    int32_t line_bytes; /* one int8 input line (positions + 1 bytes) + 3 bytes, rounded to words */
+} strip_geom;
+
+static strip_geom strip_geometry(const mcup_conv2d_params *p)
+{
+    strip_geom g;
+    g.slots = (p->k_h + 1) / 2;
+    g.run = p->k_w * p->in_c;
+    g.words = g.slots * g.run;
+    g.cols = p->out_w < STRIP_PIXELS ? p->out_w : STRIP_PIXELS;
+    const int32_t fit = STRIP_PIXELS / (g.cols > 0 ? g.cols : 1); /* output rows that fit */
+    g.rows = fit < p->out_h ? fit : p->out_h;
+    g.positions = ((g.cols - 1) * p->stride + p->k_w) * p->in_c;
+    g.line_bytes = (g.positions + 4 + 3) & ~3;
+    return g;
+}
+
+static int use_strips(const mcup_conv2d_params *p, const strip_geom *g)
+{
+    return g->words <= STRIP_UNROLL_WORDS ||
+           ((p->in_c & 3) != 0 && g->words <= STRIP_MAX_WORDS);
+}
+
+/* Scratch of the strip path, in this order: window-ordered weights (out_c * words), the
+ * accumulators of one segment (rows * cols), one strip per segment row (positions * slots
+ * words each), k_h int8 input lines. */
+static int32_t strip_scratch_bytes(const mcup_conv2d_params *p, const strip_geom *g)
+{
+    return 4 * (p->out_c * g->words + g->rows * g->cols + g->rows * g->positions * g->slots) +
+           p->k_h * g->line_bytes;
+}
 
 /* Words of one patch in scratch: k int16 values, padded to a word. */
 static int32_t patch_words(const mcup_conv2d_params *p)
@@ -32,6 +108,10 @@ static int32_t stage_bytes(const mcup_conv2d_params *p)
 
 int32_t mcup_conv2d_s8_dense_get_buffer_size(const mcup_conv2d_params *p)
 {
+    const strip_geom g = strip_geometry(p);
+    if (use_strips(p, &g)) {
+        return strip_scratch_bytes(p, &g);
+    }
     return 2 * 4 * patch_words(p) + stage_bytes(p); /* two int16 patches + int8 staging */
 }
 
@@ -99,6 +179,341 @@ static inline int32_t bias_of(const mcup_quant_params *q, int32_t c)
 {
     return q->bias != NULL ? q->bias[c] : 0;
 }
+
+/* ---- strip path -------------------------------------------------------------------------- */
+
+/*
+ * All channels' weights in window order: word j * slots + i of a channel holds
+ * [w(2i, j) | w(2i + 1, j)] for a vertical pair i and, for the odd last row (i = k_h / 2),
+ * [w(last, j) | w(last, j + 1)] at even j (0 past the row) and 0 at odd j; w(ky, j) is value j
+ * of kernel row ky.
+ */
+static void strip_weights(const mcup_conv2d_params *p, const strip_geom *g, int32_t *dst)
+{
+    const int32_t pairs = p->k_h / 2;
+    const int8_t *w = p->weights;
+    for (int32_t c = 0; c < p->out_c; c++, w += p->k_h * g->run, dst += g->words) {
+        for (int32_t j = 0; j < g->run; j++) {
+            for (int32_t i = 0; i < pairs; i++) {
+                const int8_t *top = w + 2 * i * g->run; /* kernel row 2i; row 2i + 1 follows */
+                dst[j * g->slots + i] = mcup_pack16(top[j], top[g->run + j]);
+            }
+            if (pairs < g->slots) {
+                const int8_t *last = w + (p->k_h - 1) * g->run;
+                const int32_t hi = j + 1 < g->run ? last[j + 1] : 0;
+                dst[j * g->slots + pairs] = (j & 1) == 0 ? mcup_pack16(last[j], hi) : 0;
+            }
+        }
+    }
+}
+
+/*
+ * n bytes of v4's (equal) bytes at dst, written as whole words, so up to 3 bytes past dst + n
+ * (a byte loop would become a memset call, costly for the few bytes of a padding run).
+ * Returns dst + n.
+ */
+static int8_t *fill_words(int8_t *dst, int32_t v4, int32_t n)
+{
+    for (int32_t i = (n + 3) >> 2; i > 0; i--) {
+        mcup_write_s8x4(dst + 4 * (i - 1), v4);
+    }
+    return dst + n;
+}
+
+/*
+ * Input row iy, columns x0 .. x0 + xs - 1, as int8 with the input zero point wherever the
+ * row or column is padding, plus one more zero-point byte (the odd row's last pair reads it).
+ * Rows are a few dozen bytes: word copies inline beat memcpy/memset calls. The fills may write
+ * up to 3 bytes further (line_bytes leaves room); the copy overwrites the left fill's.
+ */
+static void strip_line(const mcup_conv2d_params *p, const int8_t *input, int32_t iy, int32_t x0,
+                       int32_t xs, int8_t *line)
+{
+    const int32_t zero_points = (int32_t)(0x01010101u * (uint8_t)(-p->q.input_offset));
+    const int32_t c = p->in_c;
+    if (iy < 0 || iy >= p->in_h) {
+        fill_words(line, zero_points, xs * c + 1);
+        return;
+    }
+    int32_t left = x0 < 0 ? -x0 : 0; /* columns left of the image */
+    left = left < xs ? left : xs;
+    int32_t end = p->in_w - x0; /* first column right of the image */
+    end = end < xs ? end : xs;
+    end = end > left ? end : left;
+    line = fill_words(line, zero_points, left * c);
+    if (end > left) {
+        const int8_t *src = input + (iy * p->in_w + x0 + left) * c;
+        const int32_t n = (end - left) * c;
+        for (int32_t i = n >> 2; i > 0; i--, src += 4, line += 4) {
+            mcup_write_s8x4(line, mcup_read_s8x4(src));
+        }
+        for (int32_t i = n & 3; i > 0; i--) {
+            *line++ = *src++;
+        }
+    }
+    fill_words(line, zero_points, (xs - end) * c + 1);
+}
+
+/*
+ * dst[pos * stride] = [a[pos] + offset | b[pos] + offset] for pos < n (int8 in, int16 pairs
+ * out), four positions per pass: per 4 words, 2 loads, 2 rotates, 4 __sxtab16 (which sign-extend
+ * bytes 0 and 2 and add the offset to each half), 4 half-word packs and 4 stores.
+ */
+static void pair_bytes(const int8_t *a, const int8_t *b, int32_t n, int32_t offset2, int32_t *dst,
+                       int32_t stride)
+{
+    for (int32_t i = n >> 2; i > 0; i--) {
+        const int32_t va = mcup_read_s8x4(a);
+        const int32_t vb = mcup_read_s8x4(b);
+        a += 4;
+        b += 4;
+        const uint32_t a02 = (uint32_t)__sxtab16(offset2, va); /* [a0 | a2] */
+        const uint32_t a13 = (uint32_t)__sxtab16(offset2, mcup_ror8(va));
+        const uint32_t b02 = (uint32_t)__sxtab16(offset2, vb);
+        const uint32_t b13 = (uint32_t)__sxtab16(offset2, mcup_ror8(vb));
+        dst[0] = (int32_t)((a02 & 0xFFFFu) | (b02 << 16));
+        dst[stride] = (int32_t)((a13 & 0xFFFFu) | (b13 << 16));
+        dst[2 * stride] = (int32_t)((a02 >> 16) | (b02 & 0xFFFF0000u));
+        dst[3 * stride] = (int32_t)((a13 >> 16) | (b13 & 0xFFFF0000u));
+        dst += 4 * stride;
+    }
+    for (int32_t i = n & 3; i > 0; i--, dst += stride) {
+        *dst = __sxtab16(offset2, (int32_t)((uint8_t)*a++ | ((uint32_t)(uint8_t)*b++ << 16)));
+    }
+}
+
+/* The strip of the `count` output pixels from (oy, ox0) on: int8 lines first, then pair words. */
+static void strip_build(const mcup_conv2d_params *p, const strip_geom *g, const int8_t *input,
+                        int32_t oy, int32_t ox0, int32_t count, int32_t *strip, int8_t *lines)
+{
+    const int32_t xs = (count - 1) * p->stride + p->k_w; /* input columns the segment reads */
+    const int32_t positions = xs * p->in_c;
+    const int32_t y0 = oy * p->stride - p->pad;
+    const int32_t x0 = ox0 * p->stride - p->pad;
+    const int32_t line_bytes = g->line_bytes;
+    for (int32_t ky = 0; ky < p->k_h; ky++) {
+        strip_line(p, input, y0 + ky, x0, xs, lines + ky * line_bytes);
+    }
+    const int32_t offset2 = mcup_pack16(p->q.input_offset, p->q.input_offset);
+    const int32_t pairs = p->k_h / 2;
+    for (int32_t i = 0; i < pairs; i++) { /* rows 2i and 2i + 1 */
+        const int8_t *a = lines + 2 * i * line_bytes;
+        pair_bytes(a, a + line_bytes, positions, offset2, strip + i, g->slots);
+    }
+    if (pairs < g->slots) { /* odd k_h: the last row paired with itself one position on */
+        const int8_t *h = lines + (p->k_h - 1) * line_bytes;
+        pair_bytes(h, h + 1, positions, offset2, strip + pairs, g->slots);
+    }
+}
+
+/* Whether word j of a window is used: with skip = slots (k_h odd), the odd last row's words
+ * at odd positions are not (their weight is 0); skip = 0 uses every word. */
+#define STRIP_WORD_USED(j, skip) \
+    ((skip) == 0 || (j) % (skip) != (skip) - 1 || ((j) / (skip)) % 2 == 0)
+
+/*
+ * acc = bias + dot(window, w) over n words for the windows of `rows` strips `pitch` words apart,
+ * `cols` windows `step` words apart in each. Called with constant n and skip (strip_dot below):
+ * the loops over n unroll and the weights stay in registers, 1 load + 1 __smlad per used word.
+ */
+static inline __attribute__((always_inline)) void strip_dot_fixed(
+    const int32_t *x, int32_t step, int32_t pitch, const int32_t *w, const int32_t n,
+    const int32_t skip, int32_t bias, int32_t *acc, int32_t rows, int32_t cols)
+{
+    int32_t wr[STRIP_UNROLL_WORDS];
+#pragma GCC unroll 8
+    for (int32_t j = 0; j < n; j++) {
+        wr[j] = w[j];
+    }
+    for (; rows > 0; rows--, x += pitch) {
+        const int32_t *xp = x;
+        for (int32_t i = cols; i > 0; i--, xp += step) {
+            int32_t a = bias;
+#pragma GCC unroll 8
+            for (int32_t j = 0; j < n; j++) {
+                if (STRIP_WORD_USED(j, skip)) {
+                    a = __smlad(xp[j], wr[j], a);
+                }
+            }
+            *acc++ = a;
+        }
+    }
+}
+
+/* bias + dot(x, w) over n words, any n. */
+static int32_t __attribute__((noinline)) dot_one(const int32_t *x, const int32_t *w, int32_t n,
+                                                 int32_t bias)
+{
+    for (int32_t j = 0; j < n; j++) {
+        bias = __smlad(x[j], w[j], bias);
+    }
+    return bias;
+}
+
+/*
+ * strip_dot_fixed for a constant step as well, two neighbouring windows per pass: when step < n
+ * they overlap, and each shared word is loaded once (3x3x1 at stride 1: 8 loads for 10 __smlad).
+ * An odd last window of a row goes through dot_one.
+ */
+static inline __attribute__((always_inline)) void strip_dot_pairs(
+    const int32_t *x, const int32_t step, int32_t pitch, const int32_t *w, const int32_t n,
+    const int32_t skip, int32_t bias, int32_t *acc, int32_t rows, int32_t cols)
+{
+    int32_t wr[STRIP_UNROLL_WORDS];
+#pragma GCC unroll 8
+    for (int32_t j = 0; j < n; j++) {
+        wr[j] = w[j];
+    }
+    for (; rows > 0; rows--, x += pitch) {
+        const int32_t *xp = x;
+        for (int32_t i = cols >> 1; i > 0; i--, xp += 2 * step, acc += 2) {
+            int32_t a = bias, b = bias;
+#pragma GCC unroll 8
+            for (int32_t j = 0; j < n; j++) {
+                if (STRIP_WORD_USED(j, skip)) {
+                    a = __smlad(xp[j], wr[j], a);
+                    b = __smlad(xp[j + step], wr[j], b);
+                }
+            }
+            acc[0] = a;
+            acc[1] = b;
+        }
+        if ((cols & 1) != 0) {
+            *acc++ = dot_one(xp, w, n, bias);
+        }
+    }
+}
+
+/* acc[0] = bias + dot(xa, w), acc[1] = bias + dot(xb, w) over n words, any n. */
+static inline __attribute__((always_inline)) void dot_two(const int32_t *xa, const int32_t *xb,
+                                                          const int32_t *w, int32_t n,
+                                                          int32_t bias, int32_t *acc)
+{
+    int32_t a = bias, b = bias;
+    for (int32_t j = n >> 1; j > 0; j--) {
+        const int32_t w0 = *w++;
+        const int32_t w1 = *w++;
+        a = __smlad(*xa++, w0, a);
+        b = __smlad(*xb++, w0, b);
+        a = __smlad(*xa++, w1, a);
+        b = __smlad(*xb++, w1, b);
+    }
+    if ((n & 1) != 0) {
+        a = __smlad(*xa, *w, a);
+        b = __smlad(*xb, *w, b);
+    }
+    acc[0] = a;
+    acc[1] = b;
+}
+
+/* The same as strip_dot_fixed for any n: two windows per pass share each weight load. */
+static void strip_dot_any(const int32_t *x, int32_t step, int32_t pitch, const int32_t *w,
+                          int32_t n, int32_t bias, int32_t *acc, int32_t rows, int32_t cols)
+{
+    for (; rows > 0; rows--, x += pitch) {
+        const int32_t *xp = x;
+        for (int32_t i = cols >> 1; i > 0; i--, xp += 2 * step, acc += 2) {
+            dot_two(xp, xp + step, w, n, bias, acc);
+        }
+        if ((cols & 1) != 0) {
+            *acc++ = dot_one(xp, w, n, bias);
+        }
+    }
+}
+
+static void strip_dot(const mcup_conv2d_params *p, const strip_geom *g, const int32_t *x,
+                      int32_t pitch, const int32_t *w, int32_t bias, int32_t *acc, int32_t rows,
+                      int32_t cols)
+{
+    const int32_t step = p->stride * p->in_c * g->slots; /* words from one window to the next */
+#define DOT(n, skip) strip_dot_fixed(x, step, pitch, w, n, skip, bias, acc, rows, cols)
+    /* Unrolled variants for the common small windows only (each costs ~150 bytes of code). */
+    if (p->k_h == 3) { /* 3 x k_w x in_c: the last row's odd words are unused */
+        switch (g->words) {
+        case 4: DOT(4, 2); return;
+        case 6:
+            if (step == 2) { /* 3x3x1 at stride 1 */
+                strip_dot_pairs(x, 2, pitch, w, 6, 2, bias, acc, rows, cols);
+            } else {
+                DOT(6, 2); /* 3x1x3, or stride 2 */
+            }
+            return;
+        case 8: DOT(8, 2); return;
+        default: break;
+        }
+    } else {
+        switch (g->words) {
+        case 2: DOT(2, 0); return;
+        case 4: DOT(4, 0); return;
+        case 6: DOT(6, 0); return;
+        case 8: DOT(8, 0); return;
+        default: break;
+        }
+    }
+#undef DOT
+    strip_dot_any(x, step, pitch, w, g->words, bias, acc, rows, cols);
+}
+
+/* out[i * stride] = requantized acc[i] for `count` accumulators of one channel. */
+static inline __attribute__((always_inline)) void requant_run_with(
+    const int32_t *acc, int32_t count, int8_t *out, int32_t stride, int32_t multiplier,
+    int32_t shift, int32_t output_offset, int32_t act_min, int32_t act_max)
+{
+    for (const int32_t *end = acc + count; acc != end; acc++, out += stride) {
+        *out = mcup_requantize_s8(*acc, multiplier, shift, output_offset, act_min, act_max);
+    }
+}
+
+static void requant_run(const mcup_quant_params *q, int32_t c, const int32_t *acc, int32_t count,
+                        int8_t *out, int32_t stride)
+{
+    const int32_t multiplier = q->multiplier[c];
+    const int32_t shift = q->shift[c];
+    /*
+     * The same routine either way. In the usual case (a right shift, the clamp's top at 127,
+     * any multiplier but INT32_MIN, which mcup_nn.h rules out anyway) the compiler sees those
+     * facts and drops the left shift, the overflow test and a register: about 7 instructions
+     * less per output.
+     */
+    if (shift <= 0 && multiplier != INT32_MIN && q->act_max == 127) {
+        requant_run_with(acc, count, out, stride, multiplier, shift, q->output_offset,
+                         q->act_min, 127);
+    } else {
+        requant_run_with(acc, count, out, stride, multiplier, shift, q->output_offset,
+                         q->act_min, q->act_max);
+    }
+}
+
+static void __attribute__((noinline)) conv_strips(const mcup_conv2d_params *p,
+                                                  const strip_geom *g, const int8_t *input,
+                                                  int8_t *output, int32_t *scratch)
+{
+    const mcup_quant_params *q = &p->q;
+    const int32_t pitch = g->positions * g->slots; /* words of one row's strip */
+    int32_t *weights = scratch;
+    int32_t *acc = weights + p->out_c * g->words;
+    int32_t *strips = acc + g->rows * g->cols;
+    int8_t *lines = (int8_t *)(strips + g->rows * pitch);
+    strip_weights(p, g, weights);
+    for (int32_t oy = 0; oy < p->out_h; oy += g->rows) {
+        const int32_t rows = p->out_h - oy < g->rows ? p->out_h - oy : g->rows;
+        for (int32_t ox = 0; ox < p->out_w; ox += g->cols) {
+            const int32_t cols = p->out_w - ox < g->cols ? p->out_w - ox : g->cols;
+            for (int32_t r = 0; r < rows; r++) {
+                strip_build(p, g, input, oy + r, ox, cols, strips + r * pitch, lines);
+            }
+            /* rows > 1 only when cols == out_w: the segment's outputs are contiguous */
+            int8_t *out = output + (oy * p->out_w + ox) * p->out_c;
+            const int32_t *w = weights;
+            for (int32_t c = 0; c < p->out_c; c++, w += g->words) {
+                strip_dot(p, g, strips, pitch, w, bias_of(q, c), acc, rows, cols);
+                requant_run(q, c, acc, rows * cols, out + c, p->out_c);
+            }
+        }
+    }
+}
+
+/* ---- im2col path ------------------------------------------------------------------------- */
 
 /* Weights w[j], w[j + 1] (0 past the tail) as an int16 pair. */
 static int32_t tail_pair(const int8_t *w, int32_t j, int32_t tail)
@@ -206,6 +621,11 @@ static void one_pixel(const mcup_conv2d_params *p, const int32_t *x, int8_t *out
 void mcup_conv2d_s8_dense(const mcup_conv2d_params *p, const int8_t *input, int8_t *output,
                           void *scratch)
 {
+    const strip_geom g = strip_geometry(p);
+    if (use_strips(p, &g)) {
+        conv_strips(p, &g, input, output, scratch);
+        return;
+    }
     int32_t *cols = scratch;
     int8_t *stage = (int8_t *)(cols + 2 * patch_words(p));
     const int32_t pixels = p->out_h * p->out_w;

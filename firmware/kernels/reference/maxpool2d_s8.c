@@ -1,8 +1,8 @@
 /*
  * maxpool2d_s8.c - max pooling int8 kernel (window == stride == pool, no padding).
  * Parameters and layout: see mcup_maxpool2d_params in mcup_nn.h. Trailing rows and columns
- * that do not fill a window are dropped (out_h = in_h / pool). There is no DSP twin: the
- * compare loop is already load/store bound.
+ * that do not fill a window are dropped (out_h = in_h / pool). The DSP twin
+ * (firmware/kernels/dsp/maxpool2d_s8.c) compares four channels per word.
  */
 #include "mcup_nn.h"
 
