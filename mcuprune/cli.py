@@ -73,6 +73,39 @@ def _print_evaluations(evs: list) -> None:
         print("  ".join(cell.rjust(w) for cell, w in zip(line, widths, strict=True)))
 
 
+def cmd_prune(args: argparse.Namespace) -> None:
+    from mcuprune.prune import prune_run
+
+    run = Path(args.run)
+    out = Path(args.out) if args.out else run.with_name(f"{run.name}-{args.method}")
+    report = prune_run(run, args.method, args.flash_budget, args.kl_budget, args.finetune_epochs, out, seed=args.seed)
+    if args.json:
+        _print_json(report)
+        return
+    for layer in report["layers"]:
+        print(f"{layer['name']:10} sparsity {layer['sparsity']:.3f}  {layer['format']:7} {layer['bytes']:>8} B  "
+              f"tau {layer['tau']:.4g}  KL {layer['kl']:.4g}")
+    print(f"model {report['model_bytes']} B, fp32 {report['fp32_bytes']} B, {report['ratio_vs_fp32']:.1f}x smaller "
+          f"-> {out}")
+
+
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from mcuprune.sweep import sweep_run
+    from mcuprune.train import read_run_meta
+
+    run = Path(args.run)
+    if args.budgets:
+        budgets = args.budgets
+    else:  # fractions of the fp32 model: 8x .. 24x smaller
+        fp32 = 4 * int(read_run_meta(run)["param_count"])
+        budgets = [fp32 // k for k in (8, 12, 16, 20, 24)]
+    out = Path(args.out) if args.out else run.with_name(f"{run.name}-sweep")
+    sweep_run(run, budgets, args.methods, out, finetune_epochs=args.finetune_epochs, board=args.board,
+              limit=args.limit, seed=args.seed)
+    print((out / "sweep.md").read_text())
+    print(f"table: {out / 'sweep.md'}, plot: {out / 'sweep.png'}")
+
+
 def cmd_boards(args: argparse.Namespace) -> None:
     from mcuprune.boards import list_boards
 
@@ -149,6 +182,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how inputs reach the device: over the UART (default), or read from a host file through "
                    "semihosting (emulator only, ~20x faster under QEMU)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("prune", help="prune a run (QSAE-guided or magnitude) and fine-tune it into a new run")
+    p.add_argument("run")
+    p.add_argument("--method", choices=("qsae", "magnitude", "magnitude-oneshot"), default="qsae")
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--flash-budget", type=int, metavar="BYTES",
+                        help="packed model size to reach (weights, indices, biases, requantization constants)")
+    budget.add_argument("--kl-budget", type=float, metavar="EPS",
+                        help="largest KL divergence allowed per layer output (largest threshold within it)")
+    p.add_argument("--finetune-epochs", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="pruned run directory (default: RUN-METHOD next to RUN)")
+    p.add_argument("--json", action="store_true", help="print the pruning report as one JSON object")
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("sweep", help="prune at several budgets with each method; table and plot of device "
+                       "accuracy vs model flash")
+    p.add_argument("run")
+    p.add_argument("--budgets", type=int, nargs="+", metavar="BYTES", help="default: fp32 size / 8, 12, 16, 20, 24")
+    p.add_argument("--methods", nargs="+", default=["qsae", "magnitude"],
+                   choices=("qsae", "magnitude", "magnitude-oneshot"))
+    p.add_argument("--finetune-epochs", type=int, default=3)
+    p.add_argument("--board", default="mps2-an386")
+    p.add_argument("--limit", type=int, default=None, help="test images per evaluation (default: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="output directory (default: RUN-sweep next to RUN)")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("boards", help="list known boards")
     p.set_defaults(func=cmd_boards)
