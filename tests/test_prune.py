@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import time
 
 import numpy as np
 import pytest
@@ -381,9 +380,7 @@ def test_digits_qsae_prune_end_to_end(digits_run, tmp_path) -> None:
 
     run_dir, ds = digits_run
     budget = 6000  # fp32 is 54,824 B, dense int8 about 15 KB
-    t0 = time.time()
     report = prune_run(run_dir, "qsae", budget, None, 10, tmp_path / "p", qsae_steps=400)
-    assert time.time() - t0 < 30
     meta = json.loads((tmp_path / "p" / "run.json").read_text())
     assert meta["pruning"]["model_bytes"] == report["model_bytes"] <= budget
     assert report["model_bytes"] == sum(layer["bytes"] for layer in report["layers"])
