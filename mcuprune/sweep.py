@@ -81,7 +81,7 @@ def sweep_run(run_dir: Path, budgets: Sequence[int], methods: Sequence[str], out
             "seed": seed, "limit": limit, "fp32_bytes": fp32_bytes, "prune_options": prune_options}
     (out_dir / "sweep.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     (out_dir / "sweep.md").write_text(markdown_table(rows) + "\n")
-    plot(rows, out_dir / "sweep.png", title=f"{run_dir.name} on {board}")
+    plot(rows, out_dir / "sweep.png", title=f"{run_dir.name} on {board}", fp32_bytes=fp32_bytes)
     return rows
 
 
@@ -105,8 +105,9 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], path: Path, title: str = "") -> None:
-    """Device accuracy (%) vs ELF model flash bytes (log scale), one line per method."""
+def plot(rows: list[dict], path: Path, title: str = "", fp32_bytes: int | None = None) -> None:
+    """Device accuracy (%) vs ELF model flash bytes (log scale), one line per method; with `fp32_bytes`,
+    guides at 16x smaller than fp32 and at the unpruned float accuracy − 0.5 pp."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -123,12 +124,16 @@ def plot(rows: list[dict], path: Path, title: str = "") -> None:
         if r["method"] == "unpruned":
             ax.scatter([r["model_flash_bytes"]], [100 * r["device_accuracy"]], marker="*", s=150, color="k",
                        label="unpruned int8", zorder=3)
+            if fp32_bytes:
+                ax.axhline(100 * r["float_accuracy"] - 0.5, color="grey", ls="--", lw=1, label="fp32 acc − 0.5 pp")
+    if fp32_bytes:
+        ax.axvline(fp32_bytes / 16, color="grey", ls=":", lw=1, label="16× smaller than fp32")
     ax.set_xscale("log")
     ax.set_xlabel("model flash bytes (ELF, parameters)")
     ax.set_ylabel("device accuracy (%)")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
