@@ -202,20 +202,32 @@ def _masks(model: FloatModel, caps: dict[str, LayerCapture], chosen: dict[str, C
 
 def _plan_flash(model: FloatModel, caps: dict[str, LayerCapture], fronts: dict[str, list[Candidate]],
                 budget: int) -> dict[str, Candidate]:
-    """The knapsack's plan, re-solved with a tighter internal budget until the plan fits as the code
-    generator emits it (budget.plan_bytes may exceed the per-layer sum the knapsack adds up)."""
+    """The knapsack's plan for the largest internal budget whose plan fits `budget` as the code
+    generator emits it (budget.plan_bytes, which may exceed the per-layer sum the knapsack adds up).
+    The internal budget is found by bisection between the per-layer minimum and `budget`."""
     smallest_plan = {name: min(front, key=lambda c: c.bytes) for name, front in fronts.items()}
     smallest = plan_bytes(model, _masks(model, caps, smallest_plan))
     if smallest > budget:
         raise UserError(f"flash budget {budget} B is unreachable: the smallest reachable model is {smallest} B")
-    target = budget
-    while target >= min_bytes(fronts):
+
+    def fits(plan: dict[str, Candidate]) -> bool:
+        return plan_bytes(model, _masks(model, caps, plan)) <= budget
+
+    chosen = choose_by_bytes(fronts, budget)
+    if fits(chosen):
+        return chosen
+    best = smallest_plan
+    lo, hi = min_bytes(fronts), budget - 1
+    while lo <= hi:
+        target = (lo + hi) // 2
         chosen = choose_by_bytes(fronts, target)
-        over = plan_bytes(model, _masks(model, caps, chosen)) - budget
-        if over <= 0:
-            return chosen
-        target -= over
-    return smallest_plan
+        if fits(chosen):
+            if sum(c.kl for c in chosen.values()) < sum(c.kl for c in best.values()):
+                best = chosen
+            lo = target + 1
+        else:
+            hi = target - 1
+    return best
 
 
 def _magnitude_chosen(model: FloatModel, caps: dict, ir_masks: dict, tau: float) -> dict[str, Candidate]:

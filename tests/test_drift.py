@@ -202,6 +202,24 @@ def test_window_test_on_categories_is_a_test_of_class_frequencies() -> None:
         det.update(4)
 
 
+def test_category_t2_under_the_exact_multinomial_null_matches_its_level() -> None:
+    """For one-hot categories the window mean is multinomial, not normal: its T² still keeps the
+    Hotelling/F levels (W = 200, 10 classes of about 20 expected counts each)."""
+    rng = np.random.default_rng(9)
+    p = np.array([0.107, 0.097, 0.097, 0.103, 0.105, 0.099, 0.091, 0.098, 0.105, 0.098])
+    p = p / p.sum()
+    det = HistogramWindowTest(WindowTestConfig(field="top1", window=200, categories=10)).fit(
+        rng.choice(10, size=5000, p=p))
+    assert det.keep == list(range(1, 10))  # class 0 is implied
+    ref_p = np.concatenate([[1.0 - det.ref_mean.sum()], det.ref_mean])  # the null: the reference frequencies
+    counts = rng.multinomial(200, ref_p, size=400_000)[:, det.keep] / 200.0
+    d = counts - det.ref_mean
+    t2 = np.einsum("ij,jk,ik->i", d, det.ref_inv, d) / (1 / 200 + 1 / det.ref_n)
+    for level in (1e-2, 1e-3):
+        observed = np.mean(t2 > hotelling_threshold(len(det.keep), det.ref_n, level))
+        assert 0.5 * level < observed < 1.3 * level, (level, observed)
+
+
 def test_detectors_round_trip_through_json_mid_stream() -> None:
     rng = np.random.default_rng(4)
     hist = HistogramWindowTest(WindowTestConfig(window=30, stride=3)).fit(_histograms(400, PROBS, rng))

@@ -232,6 +232,20 @@ def test_larger_tau_prunes_more_and_the_front_trades_bytes_for_kl(digits_capture
         assert np.all(np.diff([c.bytes for c in front]) <= 0)
 
 
+@pytest.mark.parametrize("budget", [3000, 4500, 6000, 9000])
+def test_flash_plan_fits_as_the_code_generator_emits_it(digits_capture, budget) -> None:
+    from mcuprune.prune import _masks, _plan_flash
+
+    model, caps = digits_capture
+    fronts = {layer.name: layer_front(layer, caps[layer.name]) for layer in model.layers if layer.weights is not None}
+    plan = _plan_flash(model, caps, fronts, budget)
+    used = plan_bytes(model, _masks(model, caps, plan))
+    assert used <= budget
+    assert used >= 0.9 * budget  # the bisection uses the budget, not just any plan that fits
+    with pytest.raises(UserError, match="smallest reachable model is"):
+        _plan_flash(model, caps, fronts, 1000)
+
+
 def test_pareto_drops_exactly_the_dominated_candidates() -> None:
     cands = [Candidate(0.0, 0.0, 100, 0.0), Candidate(1.0, 0.5, 60, 0.3), Candidate(2.0, 0.6, 70, 0.1),
              Candidate(3.0, 0.7, 50, 0.2), Candidate(4.0, 0.9, 20, 0.9)]

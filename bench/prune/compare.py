@@ -65,11 +65,14 @@ def main() -> None:
                          "layers": [{k: layer[k] for k in ("name", "shape", "sparsity", "format", "bytes")}
                                     for layer in r["layers"]]})
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "layers"}), flush=True)
-    out = Path(args.out)
+    write_results(rows, specs, {"run": args.run, "budget": args.budget, "epochs": args.epochs}, Path(args.out))
+
+
+def write_results(rows: list[dict], specs: list[str], meta: dict, out: Path) -> None:
+    """compare.json (meta + every row) and compare.md (one line per method spec, over seeds)."""
     out.mkdir(parents=True, exist_ok=True)
     lines = ["| method | seeds | model B (max) | per-layer smallest B (max) | int8 ref acc mean ± sd | min | max "
-             "| prune s |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| prune s |", "|---|---|---|---|---|---|---|---|"]
     for spec in specs:
         mine = [r for r in rows if r["method"] == spec]
         acc = np.array([r["int8_accuracy"] for r in mine]) * 100
@@ -77,8 +80,7 @@ def main() -> None:
         lines.append(f"| {spec} | {len(mine)} | {max(r['model_bytes'] for r in mine):,} | "
                      f"{max(r['smallest_bytes'] for r in mine):,} | {acc.mean():.2f} ± {sd:.2f} % | "
                      f"{acc.min():.2f} % | {acc.max():.2f} % | {np.mean([r['seconds'] for r in mine]):.0f} |")
-    doc = {"run": args.run, "budget": args.budget, "epochs": args.epochs, "rows": rows}
-    (out / "compare.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (out / "compare.json").write_text(json.dumps({**meta, "rows": rows}, indent=2) + "\n")
     (out / "compare.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
