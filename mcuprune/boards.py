@@ -56,6 +56,29 @@ class Renode:
     uart: str  # the Renode peripheral wired to [uart], e.g. "sysbus.usart2"
 
 
+SLOT_PERSISTENCE = ("qemu-memory-backend",)  # how a [slots] region survives a reset / power cut
+SLOT_HEADER_BYTES = 4096  # the two slot records; the data areas start after them (docs/protocol.md)
+SLOT_ALIGN = 4096  # slot data areas are whole multiples of this
+
+
+@dataclass(frozen=True)
+class SlotsRegion:
+    """Persistent memory for the two model-blob slots of --params blob firmware (docs/protocol.md).
+
+    ``qemu-memory-backend``: the QEMU machine's RAM, backed by a file through
+    ``-object memory-backend-file``, so stores survive a killed QEMU.
+    """
+
+    base: int  # bytes
+    size: int  # bytes
+    persistence: str  # one of SLOT_PERSISTENCE
+
+    @property
+    def capacity(self) -> int:
+        """Bytes per slot data area: half of what follows the records, rounded down to SLOT_ALIGN."""
+        return (self.size - SLOT_HEADER_BYTES) // 2 // SLOT_ALIGN * SLOT_ALIGN
+
+
 @dataclass(frozen=True)
 class Board:
     name: str
@@ -74,6 +97,7 @@ class Board:
     renode: Renode | None = None  # None for boards Renode does not model
     qemu_wait_for_banner: bool = False  # QEMU's UART model drops input sent before the firmware is up
     flash_command: str | None = None  # shell command template for real hardware, "{elf}" is the ELF path
+    slots: SlotsRegion | None = None  # None: no persistent blob slots, so no --params blob firmware
 
     def flash_command_for(self, elf: Path) -> str | None:
         """The command that programs `elf` into a real board of this kind (None: not a real board)."""
@@ -109,8 +133,12 @@ _SCHEMA: dict[str, tuple[str, bool]] = {
     "renode.platform": ("str", False),
     "renode.uart": ("str", False),
     "flash_command": ("str", False),
+    "slots.base": ("int", False),
+    "slots.size": ("int", False),
+    "slots.persistence": ("str", False),
 }
-_TABLES = {"memory", "memory.flash", "memory.ram", "uart", "qemu", "renode"}
+_TABLES = {"memory", "memory.flash", "memory.ram", "uart", "qemu", "renode", "slots"}
+_SLOT_KEYS = ("slots.base", "slots.size", "slots.persistence")
 
 
 def boards_dir() -> Path:
@@ -182,7 +210,32 @@ def _validate(path: Path, data: dict[str, Any]) -> dict[str, Any]:
                         f"got {flat['renode.uart']!r}")
     if "flash_command" in flat and "{elf}" not in flat["flash_command"]:
         raise UserError(f"board file {path}: field `flash_command` must contain {{elf}}, got {flat['flash_command']!r}")
+    if any(key in flat for key in _SLOT_KEYS) or isinstance(data.get("slots"), dict):
+        _validate_slots(path, flat)
     return flat
+
+
+def _validate_slots(path: Path, flat: dict[str, Any]) -> None:
+    """[slots]: all three fields, page-aligned, room for two slots, clear of FLASH and RAM."""
+    for key in _SLOT_KEYS:
+        if key not in flat:
+            raise UserError(f"board file {path}: table [slots] needs field `{key}`")
+    base, size, persistence = (flat[key] for key in _SLOT_KEYS)
+    if persistence not in SLOT_PERSISTENCE:
+        raise UserError(f"board file {path}: field `slots.persistence` must be one of "
+                        f"{', '.join(SLOT_PERSISTENCE)}, got {persistence!r}")
+    if not 0 <= base < 2**32 or base % SLOT_ALIGN:
+        raise UserError(f"board file {path}: field `slots.base` must be a 32-bit address aligned to "
+                        f"{SLOT_ALIGN}, got {base:#x}")
+    minimum = SLOT_HEADER_BYTES + 2 * SLOT_ALIGN
+    if size < minimum or base + size > 2**32:
+        raise UserError(f"board file {path}: field `slots.size` must be at least {minimum} and end below 4 GiB, "
+                        f"got {size:#x}")
+    for region in ("flash", "ram"):
+        origin, length = flat[f"memory.{region}.origin"], flat[f"memory.{region}.length"]
+        if base < origin + length and origin < base + size:
+            raise UserError(f"board file {path}: [slots] {base:#x}+{size:#x} overlaps the {region.upper()} "
+                            f"region {origin:#x}+{length:#x}")
 
 
 def _read_board(path: Path) -> Board:
@@ -216,6 +269,7 @@ def _read_board(path: Path) -> Board:
         renode=Renode(f["renode.platform"], f["renode.uart"]) if "renode.platform" in f else None,
         flash_command=f.get("flash_command"),
         qemu_wait_for_banner=f.get("qemu.wait_for_banner", False),
+        slots=SlotsRegion(f["slots.base"], f["slots.size"], f["slots.persistence"]) if "slots.base" in f else None,
     )
 
 

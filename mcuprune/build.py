@@ -29,6 +29,9 @@ LINKER_DIR = REPO_ROOT / "firmware" / "linker"
 TEMPLATES_DIR = REPO_ROOT / "templates"
 
 PARAM_SYMBOL_PREFIX = "mcup_param_"  # model weights/constants; their sizes add up to model_flash_bytes
+# Runtime sources only --params blob firmware compiles (model blob, slots, telemetry, mcup_bind's checks).
+BLOB_ONLY_SOURCES = ("blob.c", "slots.c", "telemetry.c", "bind_check.c")
+PARAMS_MODES = ("static", "blob")
 _MANIFEST = ".mcuprune-files"  # what prepare_project copied, so a re-prepare can remove stale copies
 
 
@@ -42,14 +45,17 @@ class BuildResult:
     log: str = ""  # make's output
 
 
-def _runtime_sources(board: Board) -> list[Path]:
-    """Runtime C/H files for the board: all of them, but only the UART driver of its UART type."""
+def _runtime_sources(board: Board, params: str = "static") -> list[Path]:
+    """Runtime C/H files for the board: all of them, but only the UART driver of its UART type,
+    and the BLOB_ONLY_SOURCES only for blob firmware (every header is copied either way)."""
     driver = RUNTIME_DIR / f"uart_{board.uart.type}.c"
     if not driver.is_file():
         known = sorted(p.stem.removeprefix("uart_") for p in RUNTIME_DIR.glob("uart_*.c"))
         raise UserError(f"board {board.name}: no UART driver for type {board.uart.type!r} "
                         f"(have: {', '.join(known)})")
     files = [p for p in sorted(RUNTIME_DIR.iterdir()) if p.suffix in (".c", ".h")]
+    if params != "blob":
+        files = [p for p in files if p.name not in BLOB_ONLY_SOURCES]
     return [p for p in files if not p.name.startswith("uart_") or p == driver]
 
 
@@ -63,12 +69,18 @@ def _render(template: str, **context: object) -> str:
     return env.get_template(template).render(version=__version__, **context)
 
 
-def prepare_project(fw_dir: Path, board: Board, kernel_sources: list[Path]) -> None:
+def prepare_project(fw_dir: Path, board: Board, kernel_sources: list[Path], params: str = "static") -> None:
     """Copy runtime, headers, kernels and linker scripts into fw_dir and render Makefile and memory.ld.
 
     Files the code generator wrote into fw_dir/src (model.*) are left alone; files a previous
     prepare_project copied are removed first, so switching kernels or boards leaves nothing stale.
+    `params` "blob" adds the blob-only runtime sources and the board's [slots] region
+    (-DMCUP_SLOTS_BASE, -DMCUP_SLOTS_SIZE) to the build.
     """
+    if params not in PARAMS_MODES:
+        raise UserError(f"unknown params mode '{params}': choose one of {', '.join(PARAMS_MODES)}")
+    if params == "blob" and board.slots is None:
+        raise UserError(f"board {board.name} has no [slots] region: it cannot hold --params blob firmware")
     fw_dir = Path(fw_dir)
     src = fw_dir / "src"
     src.mkdir(parents=True, exist_ok=True)
@@ -79,7 +91,7 @@ def prepare_project(fw_dir: Path, board: Board, kernel_sources: list[Path]) -> N
             (fw_dir / name).unlink(missing_ok=True)
 
     copies: dict[str, Path] = {}  # destination relative to fw_dir -> source
-    for path in _runtime_sources(board) + sorted(INCLUDE_DIR.glob("*.h")):
+    for path in _runtime_sources(board, params) + sorted(INCLUDE_DIR.glob("*.h")):
         copies[f"src/{path.name}"] = path
     for path in kernel_sources:
         path = Path(path)
@@ -94,7 +106,8 @@ def prepare_project(fw_dir: Path, board: Board, kernel_sources: list[Path]) -> N
 
     for dest, path in copies.items():
         shutil.copyfile(path, fw_dir / dest)
-    context = {"board": board, "board_file": f"boards/{board.path.name}"}
+    context = {"board": board, "board_file": f"boards/{board.path.name}",
+               "slots": board.slots if params == "blob" else None}
     (fw_dir / "Makefile").write_text(_render("Makefile.j2", **context), encoding="utf-8")
     (fw_dir / "memory.ld").write_text(_render("memory.ld.j2", **context), encoding="utf-8")
     manifest.write_text("\n".join(sorted(copies)) + "\n", encoding="utf-8")

@@ -36,11 +36,13 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_compile(args: argparse.Namespace) -> None:
     from mcuprune.compiler import compile_run
 
-    result = compile_run(Path(args.run), args.board, Path(args.out), args.kernels, args.objective, args.renode)
+    result = compile_run(Path(args.run), args.board, Path(args.out), args.kernels, args.objective, args.renode,
+                         params=args.params)
     b = result.build
     sparse = {name: fmt for name, fmt in result.generated.formats.items() if fmt != "dense"}
     formats = f", sparse layers: {', '.join(f'{k}={v}' for k, v in sparse.items())}" if sparse else ""
-    print(f"built {b.elf} for {result.board.name} ({result.variant} kernels{formats}): flash {b.flash_bytes} B "
+    blob = f", parameters in a {len(result.generated.blob)} B model blob" if result.generated.blob else ""
+    print(f"built {b.elf} for {result.board.name} ({result.variant} kernels{formats}{blob}): flash {b.flash_bytes} B "
           f"(model parameters {b.model_flash_bytes} B), RAM {b.ram_bytes} B")
 
 
@@ -169,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objective", choices=("fastest", "smallest"), default="fastest",
                    help="weight format per pruned layer: the smallest that is no slower than dense (fastest, "
                    "default) or the smallest regardless of speed")
+    p.add_argument("--params", choices=("static", "blob"), default="static",
+                   help="static: parameters compiled in (default); blob: parameters in an updatable model blob "
+                   "with on-device telemetry (boards with a [slots] region)")
     p.add_argument("--out", required=True, help="firmware directory to create")
     p.set_defaults(func=cmd_compile)
 

@@ -24,20 +24,35 @@ from tqdm import tqdm
 from mcuprune.boards import Board
 from mcuprune.errors import UserError, require_tool
 from mcuprune.protocol import (
+    CaptureReply,
+    CaptureWhich,
     DeviceInfo,
+    ErrorCode,
     Frame,
     FrameError,
     FrameReader,
     InferResult,
     MsgType,
+    SlotSwitch,
+    UpdateBeginReply,
     encode_frame,
+    pack_capture_request,
+    pack_telemetry_request,
+    pack_update_begin,
+    pack_update_chunk,
+    pack_update_commit,
     printable,
+    unpack_capture_reply,
     unpack_error,
     unpack_info,
     unpack_result,
+    unpack_slot_switch,
+    unpack_telemetry_reply,
+    unpack_update_begin_reply,
+    unpack_update_chunk_reply,
 )
 
-__all__ = ["Device", "DeviceError", "DeviceTimeout", "InferResult", "QemuDevice"]
+__all__ = ["Device", "DeviceError", "DeviceRejected", "DeviceTimeout", "InferResult", "QemuDevice"]
 
 DEFAULT_TIMEOUT = 10.0  # seconds to wait for one reply
 MAX_FILE_BATCH = 30_000  # inputs per INFER_FILE: their seqs must not wrap onto the request's
@@ -50,6 +65,31 @@ class DeviceError(UserError):
 
 class DeviceTimeout(DeviceError):
     """No reply in time. The message ends with the last UART output."""
+
+
+class DeviceRejected(DeviceError):
+    """The device answered a request with an ERROR frame; `code` is its ErrorCode (an int)."""
+
+    def __init__(self, message: str, code: int, offending_type: int) -> None:
+        super().__init__(message)
+        self.code = code
+        self.offending_type = offending_type
+
+
+REFLASH_HINT = "re-flash the device with firmware built for the new model (`--update reflash`)"
+
+# What an ERROR means for the user, appended to DeviceRejected messages.
+ERROR_HINTS: dict[int, str] = {
+    ErrorCode.UNKNOWN_TYPE: "the firmware does not know this message (a --params static build, or older firmware)",
+    ErrorCode.MODEL_FAILED: "the model failed to initialize or run on the device",
+    ErrorCode.ARCH_MISMATCH: "the blob is for another architecture than the firmware on the device, so it cannot be "
+                             f"loaded as a parameter update: {REFLASH_HINT}",
+    ErrorCode.BAD_BLOB: "the blob is malformed (header, array table or array contents); the old model keeps serving",
+    ErrorCode.BAD_BLOB_CRC: "the blob's data does not match its CRC; the old model keeps serving",
+    ErrorCode.NO_UPDATE: "no update of this blob is open on the device (did it restart?): begin the update again",
+    ErrorCode.INCOMPLETE: "the device has not received the whole blob yet",
+    ErrorCode.NO_ROLLBACK: "there is no other valid model on the device to roll back to",
+}
 
 
 class Device:
@@ -81,6 +121,7 @@ class Device:
         self._info: DeviceInfo | None = None
         self.broken = False  # a timeout or disconnect happened: the state of the line is unknown
         self.stray_frames = 0  # frames whose seq matched nothing we were waiting for
+        self._capture_bytes: dict[int, int] = {}  # CaptureWhich -> bytes per capture, from CAPTURE replies
 
     # --- public API -----------------------------------------------------------------------------
 
@@ -120,13 +161,53 @@ class Device:
                 oldest = next(iter(in_flight))
                 reply = self._wait_for(set(in_flight), f"INFER seq {oldest}")
                 index = in_flight.pop(reply.seq)
-                self._check_reply(reply, MsgType.INFER)
-                try:
-                    results[index] = unpack_result(reply.payload, info.output_size, info.num_layers)
-                except FrameError as exc:
-                    raise DeviceError(f"bad RESULT reply: {exc}") from None
+                self.check_reply(reply, MsgType.INFER)
+                results[index] = self._result(reply, info)
                 bar.update(1)
         return [r for r in results if r is not None]
+
+    def telemetry(self, mode: int) -> dict:
+        """TELEMETRY: switch per-RESULT telemetry on (1) or off (0); returns the record of the last
+        inference (Telemetry.record()'s keys). Blob firmware only."""
+        reply = self.request(MsgType.TELEMETRY, pack_telemetry_request(int(mode)))
+        got_mode, record = self._parse(unpack_telemetry_reply, reply, "TELEMETRY")
+        if got_mode != int(mode):
+            raise DeviceError(f"device answered TELEMETRY mode {mode} with mode {got_mode}")
+        return record
+
+    def capture(self, which: int, count: int) -> CaptureReply:
+        """CAPTURE: the next `count` RESULTs carry the input (which=0) or the penultimate
+        activations (which=1) in their capture section. Blob firmware only."""
+        reply = self.request(MsgType.CAPTURE, pack_capture_request(which, count))
+        answer = self._parse(unpack_capture_reply, reply, "CAPTURE")
+        if (answer.which, answer.count) != (which, count):
+            raise DeviceError(f"device answered CAPTURE ({which}, {count}) with ({answer.which}, {answer.count})")
+        if which == CaptureWhich.INPUT and self._info is not None and answer.bytes_per_capture != self._info.input_size:
+            raise DeviceError(f"device captures {answer.bytes_per_capture}-byte inputs, INFO says "
+                              f"{self._info.input_size}")
+        self._capture_bytes[answer.which] = answer.bytes_per_capture
+        return answer
+
+    def update_begin(self, header: bytes) -> UpdateBeginReply:
+        """UPDATE_BEGIN with a blob's 32-byte header: where to continue (32, or the watermark of an
+        interrupted update of the same blob) and the largest chunk the device takes."""
+        reply = self.request(MsgType.UPDATE_BEGIN, pack_update_begin(header))
+        return self._parse(unpack_update_begin_reply, reply, "UPDATE_BEGIN")
+
+    def update_chunk(self, offset: int, data: bytes) -> int:
+        """UPDATE_CHUNK: `data` at blob offset `offset`; returns the device's watermark."""
+        reply = self.request(MsgType.UPDATE_CHUNK, pack_update_chunk(offset, data))
+        return self._parse(unpack_update_chunk_reply, reply, "UPDATE_CHUNK")
+
+    def update_commit(self, blob_id: int) -> SlotSwitch:
+        """UPDATE_COMMIT: verify the received blob and switch to it."""
+        reply = self.request(MsgType.UPDATE_COMMIT, pack_update_commit(blob_id))
+        return self._parse(unpack_slot_switch, reply, "UPDATE_COMMIT")
+
+    def rollback(self) -> SlotSwitch:
+        """ROLLBACK: serve the other slot's blob again (if it is valid)."""
+        reply = self.request(MsgType.ROLLBACK, b"")
+        return self._parse(unpack_slot_switch, reply, "ROLLBACK")
 
     def infer_file(self, path: Path, count: int, progress: bool = False) -> list[InferResult]:
         """INFER_FILE: the device reads `count` inputs of input_size bytes from host file `path`
@@ -143,13 +224,10 @@ class Device:
             for i in range(count):
                 item = (seq + 1 + i) & 0xFFFF
                 reply = self._wait_for({item, seq}, f"INFER_FILE result {i} (seq {item})")
-                self._check_reply(reply, MsgType.INFER)  # an ERROR for the request itself lands here too
-                try:
-                    results.append(unpack_result(reply.payload, info.output_size, info.num_layers))
-                except FrameError as exc:
-                    raise DeviceError(f"bad RESULT reply: {exc}") from None
+                self.check_reply(reply, MsgType.INFER)  # an ERROR for the request itself lands here too
+                results.append(self._result(reply, info))
                 bar.update(1)
-        self._check_reply(self._wait_for({seq}, f"INFER_FILE seq {seq}"), MsgType.INFER_FILE)
+        self.check_reply(self._wait_for({seq}, f"INFER_FILE seq {seq}"), MsgType.INFER_FILE)
         return results
 
     def exit(self, code: int = 0) -> None:
@@ -162,7 +240,7 @@ class Device:
         """Send one request and return its reply frame; an ERROR reply raises DeviceError."""
         seq = self.send(msg_type, payload)
         reply = self.receive(seq, timeout)
-        self._check_reply(reply, msg_type)
+        self.check_reply(reply, msg_type)
         return reply
 
     def send(self, msg_type: int, payload: bytes, seq: int | None = None) -> int:
@@ -175,9 +253,19 @@ class Device:
         """The next frame carrying `seq`, whatever its type (ERROR included)."""
         return self._wait_for({seq}, f"reply to seq {seq}", timeout)
 
+    def receive_any(self, seqs: set[int], what: str, timeout: float | None = None) -> Frame:
+        """The next frame whose seq is in `seqs` (for pipelined requests); frames for other seqs are
+        counted in stray_frames and dropped. `what` names the wait in a timeout message."""
+        return self._wait_for(set(seqs), what, timeout)
+
     def write_raw(self, data: bytes) -> None:
         """Send bytes as they are (tests use this to put garbage on the line)."""
         self._write(data)
+
+    @property
+    def port(self) -> serial.SerialBase:
+        """The open serial port this Device talks through."""
+        return self._ser
 
     def last_output(self, limit: int = 200) -> str:
         """Recent UART output that was not a frame (banner, fault lines), printable and bounded."""
@@ -208,16 +296,40 @@ class Device:
                             f"{info.input_size}")
         return np.ascontiguousarray(x).tobytes()
 
-    def _check_reply(self, reply: Frame, msg_type: int) -> None:
+    def check_reply(self, reply: Frame, msg_type: int) -> None:
+        """DeviceRejected if `reply` is an ERROR, DeviceError if it is not `msg_type`'s reply."""
         if reply.type == MsgType.ERROR:
             try:
-                what = unpack_error(reply.payload).describe()
+                err = unpack_error(reply.payload)
             except FrameError:
-                what = f"malformed ERROR {reply.payload.hex()}"
-            raise DeviceError(f"device rejected {_type_name(msg_type)} seq {reply.seq}: {what}")
+                raise DeviceError(f"device rejected {_type_name(msg_type)} seq {reply.seq}: "
+                                  f"malformed ERROR {reply.payload.hex()}") from None
+            hint = ERROR_HINTS.get(err.code)
+            raise DeviceRejected(f"device rejected {_type_name(msg_type)} seq {reply.seq}: {err.describe()}"
+                                 + (f" ({hint})" if hint else ""), err.code, err.offending_type)
         if reply.type != msg_type | 0x80:
             raise DeviceError(f"device answered {_type_name(msg_type)} seq {reply.seq} "
                               f"with type 0x{reply.type:02x}")
+
+    @staticmethod
+    def _parse(unpack: Callable, reply: Frame, what: str):  # noqa: ANN205 - returns what `unpack` returns
+        try:
+            return unpack(reply.payload)
+        except FrameError as exc:
+            raise DeviceError(f"bad {what} reply: {exc}") from None
+
+    def _result(self, reply: Frame, info: DeviceInfo) -> InferResult:
+        try:
+            result = unpack_result(reply.payload, info.output_size, info.num_layers)
+        except FrameError as exc:
+            raise DeviceError(f"bad RESULT reply: {exc}") from None
+        if result.capture is not None:
+            which, tensor = result.capture
+            expected = info.input_size if which == CaptureWhich.INPUT else self._capture_bytes.get(which)
+            if expected is not None and tensor.size != expected:
+                raise DeviceError(f"RESULT seq {reply.seq} captured {tensor.size} bytes of "
+                                  f"{CaptureWhich(which).name.lower()}, expected {expected}")
+        return result
 
     def _write(self, data: bytes) -> None:
         try:
@@ -267,6 +379,11 @@ def _type_name(msg_type: int) -> str:
         return f"type 0x{msg_type:02x}"
 
 
+def _qemu_option_value(path: Path) -> str:
+    """A path as a QEMU -object option value: commas are doubled (QEMU's escape)."""
+    return str(Path(path).resolve()).replace(",", ",,")
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -283,6 +400,11 @@ class QemuDevice:
     connected and no output is lost. close() (also on leaving the `with`) sends EXIT and waits for
     QEMU's exit status (killing it after `exit_timeout`); an unexpected status raises DeviceError
     with QEMU's stderr.
+
+    With `memory_file`, the machine's RAM (on the MPS2 boards the PSRAM holding the board's
+    `[slots]`) is that file, mapped shared: every guest store lands in it, so it survives kill(),
+    the power cut, and a later start() on the same file boots from what was stored. QEMU creates
+    the file (zero-filled: no valid slots) if it does not exist.
     """
 
     def __init__(
@@ -292,9 +414,13 @@ class QemuDevice:
         timeout: float = DEFAULT_TIMEOUT,
         exit_timeout: float = 5.0,
         extra_args: Sequence[str] = (),
+        memory_file: Path | None = None,
     ) -> None:
         if board.qemu_machine is None:
             raise UserError(f"board {board.name} has no [qemu] machine: it cannot be emulated")
+        self.memory_file = None if memory_file is None else Path(memory_file)
+        if self.memory_file is not None and getattr(board, "slots", None) is None:
+            raise UserError(f"board {board.name} has no [slots] table: it has no persistent memory to put in a file")
         self.elf = Path(elf)
         if not self.elf.is_file():
             raise UserError(f"firmware {self.elf} does not exist: build it first")
@@ -312,8 +438,13 @@ class QemuDevice:
     # --- lifecycle ------------------------------------------------------------------------------
 
     def command(self, port: int) -> list[str]:
+        machine = [str(self.board.qemu_machine)]
+        if self.memory_file is not None:
+            machine = [f"{self.board.qemu_machine},memory-backend=mem", "-object",
+                       f"memory-backend-file,id=mem,size={self.board.slots.size},"
+                       f"mem-path={_qemu_option_value(self.memory_file)},share=on"]
         return [
-            self._qemu, "-M", str(self.board.qemu_machine), "-display", "none", "-monitor", "none",
+            self._qemu, "-M", *machine, "-display", "none", "-monitor", "none",
             "-kernel", str(self.elf), "-semihosting-config", "enable=on,target=native",
             "-icount", "shift=0", "-serial", f"tcp:127.0.0.1:{port},server=on,wait=on,nodelay=on",
             *self.extra_args,
@@ -442,6 +573,25 @@ class QemuDevice:
         if self._proc is not None and self._proc.poll() is None:
             self._proc.kill()
             self._proc.wait()
+
+    def kill(self) -> None:
+        """Power cut: SIGKILL QEMU at once (the guest stops between two instructions), drop the
+        connection. start() afterwards boots the same ELF again, on the same memory file if any."""
+        if self._proc is not None:
+            self._kill()
+        device, self._device = self._device, None
+        if device is not None:
+            device.broken = True
+            device.close()
+        self._status, self._proc = None, None
+
+    def signal_kill(self) -> None:
+        """Only the SIGKILL of kill(), safe to call from another thread (a power-cut timer) while this
+        one talks to the device: that thread then sees the connection drop (DeviceError) and should
+        call kill() to clean up before start()."""
+        proc = self._proc
+        if proc is not None:
+            proc.kill()  # SIGKILL; Popen skips it if the process has already been reaped
 
     def __enter__(self) -> QemuDevice:
         self.start()

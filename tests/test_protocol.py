@@ -3,6 +3,8 @@ The C side is checked against these through QEMU in test_emulate.py."""
 
 from __future__ import annotations
 
+import re
+import struct
 import subprocess
 from pathlib import Path
 
@@ -13,8 +15,12 @@ from hypothesis import strategies as st
 
 from mcuprune.protocol import (
     MAX_BODY,
+    MAX_CHUNK_DATA,
     MAX_ENCODED,
     MAX_PAYLOAD,
+    TELEMETRY_BYTES,
+    CaptureReply,
+    CaptureWhich,
     DeviceInfo,
     ErrorCode,
     ErrorReply,
@@ -23,6 +29,11 @@ from mcuprune.protocol import (
     FrameReader,
     InferResult,
     MsgType,
+    ParamsMode,
+    SlotState,
+    SlotStatus,
+    SlotSwitch,
+    UpdateBeginReply,
     cobs_decode,
     cobs_encode,
     cobs_max_encoded,
@@ -30,14 +41,38 @@ from mcuprune.protocol import (
     decode_body,
     decode_frame,
     encode_frame,
+    pack_capture_reply,
+    pack_capture_request,
     pack_error,
     pack_info,
     pack_result,
+    pack_slot_switch,
+    pack_telemetry_record,
+    pack_telemetry_reply,
+    pack_telemetry_request,
+    pack_update_begin,
+    pack_update_begin_reply,
+    pack_update_chunk,
+    pack_update_chunk_reply,
+    pack_update_commit,
     printable,
+    unpack_capture_reply,
+    unpack_capture_request,
     unpack_error,
     unpack_info,
     unpack_result,
+    unpack_rollback,
+    unpack_slot_switch,
+    unpack_telemetry_record,
+    unpack_telemetry_reply,
+    unpack_telemetry_request,
+    unpack_update_begin,
+    unpack_update_begin_reply,
+    unpack_update_chunk,
+    unpack_update_chunk_reply,
+    unpack_update_commit,
 )
+from mcuprune.telemetry import Telemetry
 
 
 def test_crc32_check_value() -> None:
@@ -199,14 +234,14 @@ def test_parsers_fuzz_raise_only_frame_error(data: bytes) -> None:
 def test_info_round_trip() -> None:
     info = DeviceInfo(1, (0, 1), 0x1234ABCD, 25_000_000, 784, 10, 7, "mps2-an386", "fashion-mnist-cnn")
     payload = pack_info(info)
-    assert payload[-len(b"fashion-mnist-cnn\x00") :] == b"fashion-mnist-cnn\x00"
+    assert payload[-len(b"fashion-mnist-cnn\x00\x00") :] == b"fashion-mnist-cnn\x00\x00"  # name, params mode 0
     assert unpack_info(payload) == info
 
 
 def test_info_rejects_missing_terminator() -> None:
     info = DeviceInfo(1, (0, 1), 1, 2, 3, 4, 5, "board", "model")
     with pytest.raises(FrameError, match="NUL"):
-        unpack_info(pack_info(info)[:-1])
+        unpack_info(pack_info(info)[:-2])  # the model name's NUL and the params mode byte gone
 
 
 def test_result_round_trip() -> None:
@@ -226,6 +261,215 @@ def test_error_round_trip_and_description() -> None:
     assert unpack_error(pack_error(err)) == err
     assert err.describe() == "BAD_CRC for INFER"
     assert ErrorReply(99, 0x42).describe() == "error 99 for 0x42"
+
+
+# --- the updatable-firmware messages (docs/protocol.md, second part) ----------------------------
+
+DOC = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
+
+
+def test_message_types_and_error_codes_match_the_doc() -> None:
+    types = {name: int(code, 16) for code, name in re.findall(r"^\| `(0x[0-9A-F]{2})` \| (\w+) \|", DOC, re.M)}
+    assert {name: int(MsgType[name]) for name in types} == types
+    assert {"TELEMETRY", "CAPTURE", "UPDATE_BEGIN", "UPDATE_CHUNK", "UPDATE_COMMIT", "ROLLBACK"} <= set(types)
+    codes = {name: int(code) for code, name in re.findall(r"^\| (\d+) \| ([A-Z_]+) \|", DOC, re.M)}
+    assert {name: int(ErrorCode[name]) for name in codes} == codes
+    assert len(codes) == 14
+
+
+SLOTS = (SlotState(SlotStatus.VALID, 3, 5000, 0xDEADBEEF, 5000), SlotState(SlotStatus.WRITING, 2, 6000, 0x1234, 2080))
+BLOB_INFO = DeviceInfo(1, (0, 2), 0xA1B2C3D4, 25_000_000, 64, 10, 5, "mps2-an386", "digits-cnn",
+                       params_mode=ParamsMode.BLOB, active_slot=0, slots=SLOTS, slot_capacity=8_384_512)
+
+
+def test_info_without_params_mode_is_static_firmware() -> None:
+    old = DeviceInfo(1, (0, 1), 7, 8, 9, 10, 11, "b", "m")
+    legacy = pack_info(old)[:-1]  # firmware before params modes: nothing after the names
+    assert legacy.endswith(b"m\x00")
+    for payload in (legacy, legacy + b"\x00"):
+        info = unpack_info(payload)
+        assert info == old and info.params_mode == ParamsMode.STATIC and not info.updatable
+        assert info.active_slot is None and info.slots == () and info.active_blob_id is None
+
+
+def test_info_blob_mode_wire_layout() -> None:
+    payload = pack_info(BLOB_INFO)
+    head = struct.pack("<BBBIIHHB", 1, 0, 2, 0xA1B2C3D4, 25_000_000, 64, 10, 5) + b"mps2-an386\x00digits-cnn\x00"
+    slot_a = struct.pack("<BIIII", 2, 3, 5000, 0xDEADBEEF, 5000)
+    slot_b = struct.pack("<BIIII", 1, 2, 6000, 0x1234, 2080)
+    assert payload == head + b"\x01\x00" + slot_a + slot_b + struct.pack("<I", 8_384_512)
+    info = unpack_info(payload)
+    assert info == BLOB_INFO and info.updatable
+    assert info.active == SLOTS[0] and info.active_blob_id == 0xDEADBEEF
+    assert isinstance(info.slots[1].state, SlotStatus) and info.slots[1].state is SlotStatus.WRITING
+
+
+def test_info_no_active_slot_and_names_with_zero_bytes_after() -> None:
+    """0xff is 'no active slot'; binary slot fields full of zero bytes do not confuse the name parsing."""
+    empty = SlotState(SlotStatus.EMPTY, 0, 0, 0, 0)
+    info = DeviceInfo(1, (0, 2), 0, 0, 1, 1, 0, "", "", ParamsMode.BLOB, None, (empty, empty), 0)
+    assert unpack_info(pack_info(info)) == info
+    assert pack_info(info)[_fixed_len() + 3] == 0xFF
+
+
+def _fixed_len() -> int:
+    return struct.calcsize("<BBBIIHHB")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda p: p + b"\x00", "slot section"),  # one byte too many
+        (lambda p: p[:-1], "slot section"),  # capacity cut short
+        (lambda p: p[: p.index(b"digits-cnn\x00") + 11] + b"\x02", "params mode 2"),
+        (lambda p: p[: p.index(b"digits-cnn\x00") + 11] + b"\x00\x00", "after params mode 0"),
+        (lambda p: p.replace(b"digits-cnn\x00\x01\x00", b"digits-cnn\x00\x01\x02"), "active slot 2"),
+        (lambda p: p.replace(b"digits-cnn\x00\x01\x00\x02", b"digits-cnn\x00\x01\x00\x09"), "unknown state 9"),
+        (lambda p: p.replace(b"mps2", b"\xffps2"), "UTF-8"),
+    ],
+)
+def test_info_rejects_malformed_tails(mutate, message: str) -> None:  # noqa: ANN001
+    with pytest.raises(FrameError, match=message):
+        unpack_info(mutate(pack_info(BLOB_INFO)))
+
+
+def test_pack_info_blob_mode_needs_two_slots() -> None:
+    with pytest.raises(ValueError, match="2 slots"):
+        pack_info(DeviceInfo(1, (0, 2), 0, 0, 1, 1, 0, "b", "m", ParamsMode.BLOB, 0, SLOTS[:1], 0))
+
+
+def _telemetry_batch() -> Telemetry:
+    hist = np.arange(32, dtype=np.int64).reshape(2, 16)
+    return Telemetry(count=np.array([7, 2**32 - 1]), top1=np.array([3, 9]), confidence_q15=np.array([32768, 123]),
+                     recon_error=np.array([0, 2**32 - 1]), histogram=hist)
+
+
+def test_telemetry_record_wire_layout_and_telemetry_py_keys() -> None:
+    record = _telemetry_batch().record(1)
+    raw = pack_telemetry_record(record)
+    assert len(raw) == TELEMETRY_BYTES == 43
+    assert raw == (struct.pack("<IBHI", 2**32 - 1, 9, 123, 2**32 - 1) + struct.pack("<16H", *range(16, 32)))
+    assert unpack_telemetry_record(raw) == record  # same keys and values as Telemetry.record()
+    with pytest.raises(FrameError, match="43"):
+        unpack_telemetry_record(raw[:-1])
+    with pytest.raises(ValueError, match="15 bins, expected 16"):
+        pack_telemetry_record({**record, "histogram": [0] * 15})
+
+
+def test_telemetry_request_and_reply() -> None:
+    assert pack_telemetry_request(1) == b"\x01" and unpack_telemetry_request(b"\x00") == 0
+    record = _telemetry_batch().record(0)
+    assert unpack_telemetry_reply(pack_telemetry_reply(1, record)) == (1, record)
+    with pytest.raises(ValueError):
+        pack_telemetry_request(2)
+    for bad in (b"", b"\x02", b"\x01\x01"):
+        with pytest.raises(FrameError):
+            unpack_telemetry_request(bad)
+    with pytest.raises(FrameError, match="mode 5"):
+        unpack_telemetry_reply(b"\x05" + pack_telemetry_record(record))
+
+
+def test_capture_messages() -> None:
+    assert pack_capture_request(CaptureWhich.PENULTIMATE, 1000) == b"\x01\xe8\x03"
+    assert unpack_capture_request(b"\x00\xff\xff") == (0, 65535)
+    reply = CaptureReply(CaptureWhich.INPUT, 50, 784)
+    assert pack_capture_reply(reply) == b"\x00\x32\x00\x10\x03"
+    assert unpack_capture_reply(pack_capture_reply(reply)) == reply
+    with pytest.raises(ValueError):
+        pack_capture_request(2, 1)
+    with pytest.raises(FrameError, match="capture target 3"):
+        unpack_capture_request(b"\x03\x01\x00")
+    with pytest.raises(FrameError, match="expected 5"):
+        unpack_capture_reply(b"\x00\x01\x00\x10")
+
+
+def test_update_messages_wire_layout() -> None:
+    header = bytes(range(32))
+    assert pack_update_begin(header) == header and unpack_update_begin(header) == header
+    begin = UpdateBeginReply(slot=1, next_offset=4128, max_chunk=2044)
+    assert pack_update_begin_reply(begin) == b"\x01" + struct.pack("<IH", 4128, 2044)
+    assert unpack_update_begin_reply(pack_update_begin_reply(begin)) == begin
+    chunk = pack_update_chunk(0x12345678, b"abc")
+    assert chunk == b"\x78\x56\x34\x12abc" and unpack_update_chunk(chunk) == (0x12345678, b"abc")
+    assert unpack_update_chunk_reply(pack_update_chunk_reply(96)) == 96
+    assert pack_update_commit(0xCAFEF00D) == b"\x0d\xf0\xfe\xca"
+    assert unpack_update_commit(b"\x0d\xf0\xfe\xca") == 0xCAFEF00D
+    switch = SlotSwitch(slot=0, generation=9, blob_id=0xCAFEF00D)
+    assert pack_slot_switch(switch) == b"\x00" + struct.pack("<II", 9, 0xCAFEF00D)
+    assert unpack_slot_switch(pack_slot_switch(switch)) == switch
+    unpack_rollback(b"")
+    assert len(pack_update_chunk(32, bytes(MAX_CHUNK_DATA))) == MAX_PAYLOAD  # the largest chunk fills a frame
+
+
+@pytest.mark.parametrize(
+    ("parse", "payload", "message"),
+    [
+        (unpack_update_begin, bytes(31), "expected 32"),
+        (unpack_update_begin_reply, b"\x02" + struct.pack("<IH", 32, 100), "slot 2"),
+        (unpack_update_begin_reply, b"\x00" + struct.pack("<IH", 32, 0), "chunks of 0"),
+        (unpack_update_begin_reply, b"\x00" + struct.pack("<IH", 32, MAX_CHUNK_DATA + 1), "chunks of"),
+        (unpack_update_begin_reply, b"\x00" + struct.pack("<IH", 31, 64), "inside the header"),
+        (unpack_update_chunk, b"\x20\x00\x00\x00", "expected 5"),
+        (unpack_update_chunk, bytes(4 + MAX_CHUNK_DATA + 1), "expected 5"),
+        (unpack_update_chunk_reply, b"\x20\x00\x00", "expected 4"),
+        (unpack_update_commit, b"", "expected 4"),
+        (unpack_rollback, b"\x00", "expected none"),
+        (unpack_slot_switch, b"\x07" + bytes(8), "slot 7"),
+        (unpack_slot_switch, bytes(8), "expected 9"),
+    ],
+)
+def test_update_messages_reject_malformed(parse, payload: bytes, message: str) -> None:  # noqa: ANN001
+    with pytest.raises(FrameError, match=message):
+        parse(payload)
+
+
+def test_pack_update_chunk_checks_its_arguments() -> None:
+    for offset, data in ((32, b""), (32, bytes(MAX_CHUNK_DATA + 1)), (-1, b"x"), (2**32, b"x")):
+        with pytest.raises(ValueError):
+            pack_update_chunk(offset, data)
+    with pytest.raises(ValueError, match="32-byte"):
+        pack_update_begin(bytes(33))
+
+
+def _plain_result() -> InferResult:
+    return InferResult(np.array([-128, 127, 0], np.int8), 1, 99, np.array([5, 6], np.uint32))
+
+
+def test_result_sections_wire_layout_and_round_trip() -> None:
+    record = _telemetry_batch().record(0)
+    tensor = np.arange(-3, 61, dtype=np.int8)
+    full = InferResult(np.array([-128, 127, 0], np.int8), 1, 99, np.array([5, 6], np.uint32), record,
+                       (CaptureWhich.INPUT, tensor))
+    payload = pack_result(full)
+    plain = pack_result(_plain_result())
+    assert payload == (plain + b"\x01" + struct.pack("<H", 43) + pack_telemetry_record(record)
+                       + b"\x02" + struct.pack("<H", 65) + b"\x00" + tensor.tobytes())
+    back = unpack_result(payload, 3, 2)
+    assert back.telemetry == record
+    assert back.capture is not None and back.capture[0] == CaptureWhich.INPUT
+    np.testing.assert_array_equal(back.capture[1], tensor)
+    assert back.capture[1].dtype == np.int8
+    only_capture = unpack_result(plain + b"\x02\x02\x00\x01\x7f", 3, 2)
+    assert only_capture.telemetry is None and only_capture.capture[0] == CaptureWhich.PENULTIMATE
+    assert unpack_result(plain, 3, 2).telemetry is None and unpack_result(plain, 3, 2).capture is None
+
+
+@pytest.mark.parametrize(
+    ("tail", "message"),
+    [
+        (b"\x02\x02\x00\x00\x01" + b"\x01\x2b\x00" + bytes(43), "out of order"),  # capture before telemetry
+        (b"\x01\x2b\x00" + bytes(43) + b"\x01\x2b\x00" + bytes(43), "out of order or repeated"),
+        (b"\x01\x2a\x00" + bytes(42), "43"),  # telemetry of the wrong size
+        (b"\x03\x01\x00\x00", "unknown section tag 3"),
+        (b"\x02\x05\x00\x00\x01", "runs past the end"),
+        (b"\x02\x01\x00\x00", "no tensor"),
+        (b"\x02\x02\x00\x04\x01", "capture target 4"),
+        (b"\x01\x2b", "stray bytes"),
+    ],
+)
+def test_result_rejects_malformed_sections(tail: bytes, message: str) -> None:
+    with pytest.raises(FrameError, match=message):
+        unpack_result(pack_result(_plain_result()) + tail, 3, 2)
 
 
 # --- the C side, compiled for the host under AddressSanitizer -----------------------------------

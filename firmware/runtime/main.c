@@ -1,5 +1,6 @@
 /*
- * main.c - boot banner, model init, then serve frames from the UART forever.
+ * main.c - boot banner, model init (--params blob: bind the active slot first), then serve
+ * frames from the UART forever.
  * Garbage on the line never stops the loop: the COBS decoder cannot overrun its buffer and
  * mcup_proto_handle() answers or drops every frame.
  */
@@ -19,6 +20,15 @@ static const char banner[] = "mcuprune fw " STR(MCUP_FW_VERSION_MAJOR) "." STR(M
                              " model " MCUP_MODEL_NAME "\r\n";
 static const char init_failed[] = "mcuprune: mcup_init failed, INFER will answer ERROR\r\n";
 
+#ifdef MCUP_PARAMS_BLOB
+#include "slots.h"
+
+#if !defined(MCUP_SLOTS_BASE) || !defined(MCUP_SLOTS_SIZE)
+#error "--params blob firmware needs MCUP_SLOTS_BASE and MCUP_SLOTS_SIZE (the board file's [slots])"
+#endif
+static const char no_blob[] = "mcuprune: no model blob could be bound, INFER will answer ERROR\r\n";
+#endif
+
 /* One byte more than the largest body: a frame that fills it is too long. Aligned for INFER. */
 static uint8_t rx_body[MCUP_MAX_BODY + 1u] __attribute__((aligned(4)));
 
@@ -33,6 +43,14 @@ int main(void)
     mcup_uart_write(banner, sizeof banner - 1u);
     mcup_uart_write(&delimiter, 1u);
 
+#ifdef MCUP_PARAMS_BLOB
+    /* Bind first: mcup_init may look at the bound layers. */
+    mcup_slots_init_region((uint8_t *)MCUP_SLOTS_BASE, MCUP_SLOTS_SIZE);
+    if (mcup_slots_boot() != 0) {
+        mcup_uart_write(no_blob, sizeof no_blob - 1u); /* an UPDATE can still install one */
+        mcup_uart_write(&delimiter, 1u);
+    }
+#endif
     state.model_ready = mcup_init() == 0;
     if (!state.model_ready) {
         mcup_uart_write(init_failed, sizeof init_failed - 1u);

@@ -1,6 +1,8 @@
 /*
  * protocol.c - frame validation, the message dispatch table and the message handlers.
- * New messages are one handler and one table row.
+ * New messages are one handler and one table row. --params blob firmware (model.h defines
+ * MCUP_PARAMS_BLOB) adds TELEMETRY, CAPTURE, the update messages (on slots.c) and the RESULT
+ * sections; static builds answer those types UNKNOWN_TYPE and report params mode 0 in INFO.
  */
 #include "protocol.h"
 
@@ -21,13 +23,39 @@
 #define INFO_FIXED_BYTES 16u /* version, fw major, fw minor, hash, clock, in, out, layers */
 #define RESULT_BYTES (4u + 1u + (uint32_t)MCUP_OUTPUT_SIZE + 4u * (uint32_t)MCUP_NUM_LAYERS)
 
+#ifdef MCUP_PARAMS_BLOB
+#include "slots.h"
+
+#define SECTION_TELEMETRY 1u
+#define SECTION_CAPTURE 2u
+#define SECTION_HEADER_BYTES 3u /* u8 tag, u16 length */
+#define CAPTURE_INPUT 0u
+#define CAPTURE_PENULTIMATE 1u
+#define CAPTURE_MAX_BYTES \
+    ((uint32_t)MCUP_INPUT_SIZE > (uint32_t)MCUP_PENULTIMATE_SIZE ? (uint32_t)MCUP_INPUT_SIZE \
+                                                                   : (uint32_t)MCUP_PENULTIMATE_SIZE)
+#define RESULT_MAX_BYTES \
+    (RESULT_BYTES + SECTION_HEADER_BYTES + MCUP_TELEMETRY_BYTES + SECTION_HEADER_BYTES + 1u + CAPTURE_MAX_BYTES)
+#define INFO_SLOT_BYTES 17u /* state, generation, length, blob id, watermark */
+#define INFO_PARAMS_BYTES (1u + 1u + 2u * INFO_SLOT_BYTES + 4u) /* mode, active, slots, capacity */
+#define LARGEST_CHUNK (MCUP_MAX_PAYLOAD - 4u)                   /* UPDATE_CHUNK: u32 offset, data */
+
+_Static_assert(MCUP_PENULTIMATE_SIZE > 0, "capture needs the penultimate activations");
+_Static_assert(RESULT_MAX_BYTES <= MCUP_MAX_PAYLOAD,
+               "RESULT with telemetry and capture sections must fit in MCUP_MAX_PAYLOAD");
+_Static_assert(MCUP_BLOB_HEADER_BYTES == 32u, "UPDATE_BEGIN carries the 32-byte header");
+#else
+#define INFO_PARAMS_BYTES 1u /* mode 0 */
+#endif
+
 _Static_assert(MCUP_INPUT_SIZE > 0 && MCUP_INPUT_SIZE <= MCUP_MAX_PAYLOAD,
                "INFER payload (MCUP_INPUT_SIZE) must fit in MCUP_MAX_PAYLOAD");
 _Static_assert(MCUP_INPUT_SIZE <= 0xFFFF && MCUP_OUTPUT_SIZE > 0 && MCUP_OUTPUT_SIZE <= 0xFFFF,
                "INFO carries the sizes as u16");
 _Static_assert(MCUP_NUM_LAYERS <= 0xFF, "INFO carries the layer count as u8");
 _Static_assert(RESULT_BYTES <= MCUP_MAX_PAYLOAD, "RESULT payload must fit in MCUP_MAX_PAYLOAD");
-_Static_assert(INFO_FIXED_BYTES + sizeof(MCUP_BOARD_NAME) + sizeof(MCUP_MODEL_NAME) <= MCUP_MAX_PAYLOAD,
+_Static_assert(INFO_FIXED_BYTES + sizeof(MCUP_BOARD_NAME) + sizeof(MCUP_MODEL_NAME) + INFO_PARAMS_BYTES <=
+                   MCUP_MAX_PAYLOAD,
                "INFO payload must fit in MCUP_MAX_PAYLOAD");
 
 /* Returns the reply payload length written to `reply`, or -(mcup_error_code). */
@@ -76,6 +104,87 @@ static uint32_t get_u32(const uint8_t *p)
 
 static void send_error(uint16_t seq, uint8_t code, uint8_t offending_type);
 
+#ifdef MCUP_PARAMS_BLOB
+
+static int params_bound(void)
+{
+    return mcup_is_bound();
+}
+
+/* INFO tail: mode 1, active slot, per slot state, generation, length, blob id, watermark; capacity. */
+static uint32_t put_params_info(uint8_t *r)
+{
+    uint32_t n = 0;
+    r[n++] = MCUP_PARAMS_MODE_BLOB;
+    r[n++] = mcup_slots_active();
+    for (uint32_t slot = 0; slot < 2u; slot++) {
+        mcup_slot_record rec;
+        mcup_slots_record(slot, &rec);
+        r[n++] = (uint8_t)rec.state;
+        n += put_u32(r + n, rec.generation);
+        n += put_u32(r + n, rec.length);
+        n += put_u32(r + n, rec.blob_id);
+        n += put_u32(r + n, rec.watermark);
+    }
+    n += put_u32(r + n, mcup_slots_capacity());
+    return n;
+}
+
+static uint32_t capture_bytes(uint8_t which)
+{
+    return which == CAPTURE_INPUT ? (uint32_t)MCUP_INPUT_SIZE : (uint32_t)MCUP_PENULTIMATE_SIZE;
+}
+
+/* After a successful mcup_run: update the telemetry record, append the enabled RESULT sections. */
+static uint32_t after_inference(mcup_proto_state *st, const int8_t *input, uint8_t *r)
+{
+    const uint32_t count = st->telemetry.count + 1u; /* mcup_monitor fills all but the count */
+    mcup_monitor(logits, &st->telemetry);
+    st->telemetry.count = count;
+
+    uint32_t n = 0;
+    if (st->telemetry_on) {
+        r[n++] = SECTION_TELEMETRY;
+        n += put_u16(r + n, MCUP_TELEMETRY_BYTES);
+        n += mcup_telemetry_pack(&st->telemetry, r + n);
+    }
+    if (st->capture_left > 0u) {
+        const int8_t *tensor = st->capture_which == CAPTURE_INPUT ? input : mcup_penultimate();
+        const uint32_t bytes = capture_bytes(st->capture_which);
+        r[n++] = SECTION_CAPTURE;
+        n += put_u16(r + n, 1u + bytes);
+        r[n++] = st->capture_which;
+        for (uint32_t i = 0; i < bytes; i++) {
+            r[n++] = (uint8_t)tensor[i];
+        }
+        st->capture_left--;
+    }
+    return n;
+}
+
+#else /* static parameters: always bound, no sections */
+
+static int params_bound(void)
+{
+    return 1;
+}
+
+static uint32_t put_params_info(uint8_t *r)
+{
+    r[0] = MCUP_PARAMS_MODE_STATIC;
+    return 1u;
+}
+
+static uint32_t after_inference(mcup_proto_state *st, const int8_t *input, uint8_t *r)
+{
+    (void)st;
+    (void)input;
+    (void)r;
+    return 0u;
+}
+
+#endif /* MCUP_PARAMS_BLOB */
+
 static int32_t handle_info(mcup_proto_state *st, uint16_t seq, const uint8_t *payload, uint32_t len,
                            uint8_t *r)
 {
@@ -94,13 +203,14 @@ static int32_t handle_info(mcup_proto_state *st, uint16_t seq, const uint8_t *pa
     r[n++] = (uint8_t)MCUP_NUM_LAYERS;
     n += put_str(r + n, MCUP_BOARD_NAME);
     n += put_str(r + n, MCUP_MODEL_NAME);
+    n += put_params_info(r + n);
     return (int32_t)n;
 }
 
 /* Run the model on `input` and write the RESULT payload into `r`. */
 static int32_t run_model(mcup_proto_state *st, const int8_t *input, uint8_t *r)
 {
-    if (!st->model_ready) {
+    if (!st->model_ready || !params_bound()) {
         return -MCUP_ERR_MODEL;
     }
     uint32_t start = mcup_ticks_now();
@@ -123,6 +233,7 @@ static int32_t run_model(mcup_proto_state *st, const int8_t *input, uint8_t *r)
     for (uint32_t i = 0; i < (uint32_t)MCUP_NUM_LAYERS; i++) {
         n += put_u32(r + n, mcup_layer_ticks[i]);
     }
+    n += after_inference(st, input, r + n);
     return (int32_t)n;
 }
 
@@ -187,9 +298,127 @@ static int32_t handle_exit(mcup_proto_state *st, uint16_t seq, const uint8_t *pa
     return 0;
 }
 
+#ifdef MCUP_PARAMS_BLOB
+
+static int32_t handle_telemetry(mcup_proto_state *st, uint16_t seq, const uint8_t *payload, uint32_t len,
+                                uint8_t *r)
+{
+    (void)seq;
+    (void)len;
+    if (payload[0] > 1u) {
+        return -MCUP_ERR_BAD_LENGTH; /* modes are 0 (off) and 1 (on) */
+    }
+    st->telemetry_on = payload[0];
+    r[0] = st->telemetry_on;
+    return (int32_t)(1u + mcup_telemetry_pack(&st->telemetry, r + 1));
+}
+
+static int32_t handle_capture(mcup_proto_state *st, uint16_t seq, const uint8_t *payload, uint32_t len,
+                              uint8_t *r)
+{
+    (void)seq;
+    (void)len;
+    const uint8_t which = payload[0];
+    if (which != CAPTURE_INPUT && which != CAPTURE_PENULTIMATE) {
+        return -MCUP_ERR_BAD_LENGTH;
+    }
+    st->capture_which = which;
+    st->capture_left = (uint16_t)(payload[1] | (payload[2] << 8));
+    uint32_t n = 0;
+    r[n++] = which;
+    n += put_u16(r + n, st->capture_left);
+    n += put_u16(r + n, capture_bytes(which));
+    return (int32_t)n;
+}
+
+static int32_t handle_update_begin(mcup_proto_state *st, uint16_t seq, const uint8_t *payload, uint32_t len,
+                                   uint8_t *r)
+{
+    (void)st;
+    (void)seq;
+    (void)len;
+    uint8_t slot = 0;
+    uint32_t next_offset = 0;
+    int rc = mcup_slots_begin(payload, &slot, &next_offset);
+    if (rc != 0) {
+        return -rc;
+    }
+    uint32_t n = 0;
+    r[n++] = slot;
+    n += put_u32(r + n, next_offset);
+    n += put_u16(r + n, LARGEST_CHUNK);
+    return (int32_t)n;
+}
+
+static int32_t handle_update_chunk(mcup_proto_state *st, uint16_t seq, const uint8_t *payload, uint32_t len,
+                                   uint8_t *r)
+{
+    (void)st;
+    (void)seq;
+    if (len < 5u) {
+        return -MCUP_ERR_BAD_LENGTH; /* u32 offset and at least one byte */
+    }
+    uint32_t watermark = 0;
+    int rc = mcup_slots_chunk(get_u32(payload), payload + 4, len - 4u, &watermark);
+    if (rc != 0) {
+        return -rc;
+    }
+    return (int32_t)put_u32(r, watermark);
+}
+
+/* COMMIT and ROLLBACK reply: u8 active slot, u32 generation, u32 blob id. */
+static int32_t put_active(uint8_t *r)
+{
+    const uint8_t slot = mcup_slots_active();
+    mcup_slot_record rec;
+    mcup_slots_record(slot, &rec);
+    uint32_t n = 0;
+    r[n++] = slot;
+    n += put_u32(r + n, rec.generation);
+    n += put_u32(r + n, rec.blob_id);
+    return (int32_t)n;
+}
+
+static int32_t handle_update_commit(mcup_proto_state *st, uint16_t seq, const uint8_t *payload, uint32_t len,
+                                    uint8_t *r)
+{
+    (void)st;
+    (void)seq;
+    (void)len;
+    int rc = mcup_slots_commit(get_u32(payload));
+    if (rc != 0) {
+        return -rc;
+    }
+    return put_active(r);
+}
+
+static int32_t handle_rollback(mcup_proto_state *st, uint16_t seq, const uint8_t *payload, uint32_t len,
+                               uint8_t *r)
+{
+    (void)st;
+    (void)seq;
+    (void)payload;
+    (void)len;
+    int rc = mcup_slots_rollback();
+    if (rc != 0) {
+        return -rc;
+    }
+    return put_active(r);
+}
+
+#endif /* MCUP_PARAMS_BLOB */
+
 static const mcup_handler handlers[] = {
     {MCUP_MSG_INFO, 0, handle_info},
     {MCUP_MSG_INFER, MCUP_INPUT_SIZE, handle_infer},
+#ifdef MCUP_PARAMS_BLOB
+    {MCUP_MSG_TELEMETRY, 1, handle_telemetry},
+    {MCUP_MSG_CAPTURE, 3, handle_capture},
+    {MCUP_MSG_UPDATE_BEGIN, MCUP_BLOB_HEADER_BYTES, handle_update_begin},
+    {MCUP_MSG_UPDATE_CHUNK, -1, handle_update_chunk},
+    {MCUP_MSG_UPDATE_COMMIT, 4, handle_update_commit},
+    {MCUP_MSG_ROLLBACK, 0, handle_rollback},
+#endif
     {MCUP_MSG_INFER_FILE, -1, handle_infer_file},
     {MCUP_MSG_EXIT, 1, handle_exit},
 };

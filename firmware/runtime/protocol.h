@@ -11,6 +11,8 @@
 
 #include <stdint.h>
 
+#include "telemetry.h"
+
 /* No integer suffixes: main.c also turns these into the banner text. */
 #define MCUP_PROTO_VERSION 1
 #define MCUP_FW_VERSION_MAJOR 0
@@ -24,6 +26,13 @@
 enum mcup_msg_type {
     MCUP_MSG_INFO = 0x01,  /* () -> version, sizes, hash, names */
     MCUP_MSG_INFER = 0x02, /* (int8 input[MCUP_INPUT_SIZE]) -> RESULT */
+    /* 0x03..0x08: --params blob firmware only (static builds answer UNKNOWN_TYPE). */
+    MCUP_MSG_TELEMETRY = 0x03,     /* (u8 mode) -> u8 mode, last telemetry record */
+    MCUP_MSG_CAPTURE = 0x04,       /* (u8 which, u16 count) -> u8 which, u16 count, u16 bytes */
+    MCUP_MSG_UPDATE_BEGIN = 0x05,  /* (blob header[32]) -> u8 slot, u32 next offset, u16 largest chunk */
+    MCUP_MSG_UPDATE_CHUNK = 0x06,  /* (u32 offset, data[1..2044]) -> u32 watermark */
+    MCUP_MSG_UPDATE_COMMIT = 0x07, /* (u32 blob id) -> u8 active slot, u32 generation, u32 blob id */
+    MCUP_MSG_ROLLBACK = 0x08,      /* () -> as UPDATE_COMMIT */
     MCUP_MSG_INFER_FILE = 0x0E, /* (u32 count, host path\0) -> count RESULTs, then u32 done.
                                  * Emulation only: inputs come through semihosting file reads. */
     MCUP_MSG_EXIT = 0x0F,  /* (u8 code) -> ack, then semihosting exit(code) */
@@ -39,12 +48,28 @@ enum mcup_error_code {
     MCUP_ERR_TOO_LONG = 5,
     MCUP_ERR_MODEL = 6, /* mcup_init() or mcup_run() returned non-zero */
     MCUP_ERR_IO = 7,    /* INFER_FILE: the host file could not be opened or was too short */
+    MCUP_ERR_ARCH_MISMATCH = 8, /* UPDATE_BEGIN: blob for another architecture (re-flash needed) */
+    MCUP_ERR_BAD_BLOB = 9,      /* header invalid, or array table/contents invalid at commit */
+    MCUP_ERR_BAD_BLOB_CRC = 10, /* UPDATE_COMMIT: data CRC mismatch */
+    MCUP_ERR_NO_UPDATE = 11,    /* UPDATE_CHUNK/COMMIT with no update open, or another blob id */
+    MCUP_ERR_INCOMPLETE = 12,   /* UPDATE_COMMIT before the watermark reached the length */
+    MCUP_ERR_NO_ROLLBACK = 13,  /* ROLLBACK with no other valid slot */
+    MCUP_ERR_NO_MONITOR = 14,   /* reserved */
 };
 
+/* Params modes in INFO. */
+#define MCUP_PARAMS_MODE_STATIC 0u
+#define MCUP_PARAMS_MODE_BLOB 1u
+
 typedef struct {
-    int model_ready;     /* mcup_init() succeeded */
+    int model_ready;     /* mcup_init() succeeded (blob builds also need a bound blob to infer) */
     int exit_requested;  /* an EXIT was acknowledged: main leaves with exit_code */
     int exit_code;
+    /* --params blob firmware only: */
+    uint8_t telemetry_on;      /* RESULTs carry the telemetry section */
+    uint8_t capture_which;     /* 0 input, 1 penultimate activations */
+    uint16_t capture_left;     /* RESULTs still to carry the capture section */
+    mcup_telemetry telemetry;  /* the last inference's record; count = inferences since boot */
 } mcup_proto_state;
 
 /*

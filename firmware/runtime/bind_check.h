@@ -1,0 +1,76 @@
+/*
+ * bind_check.h - checks of a model blob's array table and contents against the architecture,
+ * used by the generated mcup_bind() of --params blob firmware (docs/protocol.md, "Model blob").
+ *
+ * blob.c has already checked the header and the data CRC; what is checked here is everything a
+ * kernel relies on to stay inside its arrays: table bounds, array lengths, sparse indices, and
+ * the ranges mcup_requant.h and the kernels assume for the quantization constants.
+ *
+ * Per weighted layer the blob holds, in this order: the weight arrays of its format (dense:
+ * weights; bitmask: mask, values; csr8/csr4: values, deltas, row_ptr, empty ones included),
+ * then bias int32[rows], multiplier int32[rows], shift int32[rows] and
+ * quant int32[4] = {input_offset, output_offset, act_min, act_max}.
+ */
+#ifndef MCUP_BIND_CHECK_H
+#define MCUP_BIND_CHECK_H
+
+#include <stdint.h>
+
+#include "blob.h"
+#include "mcup_nn.h"
+
+/* Weight formats (mcuprune/sparse.py FORMATS, same order). */
+#define MCUP_FMT_DENSE 0
+#define MCUP_FMT_BITMASK 1
+#define MCUP_FMT_CSR8 2
+#define MCUP_FMT_CSR4 3
+
+#define MCUP_BIND_QUANT_ARRAYS 4 /* bias, multiplier, shift, quant */
+
+/* One array of the blob: where it is and how many bytes (bounds already checked). */
+typedef struct {
+    const uint8_t *data;
+    uint32_t length;
+} mcup_blob_array;
+
+/* What the architecture fixes about one weighted layer: W is rows x cols in `format`. */
+typedef struct {
+    int32_t format; /* MCUP_FMT_* */
+    int32_t rows;   /* output channels */
+    int32_t cols;   /* in_features, or k_h * k_w * in_c */
+} mcup_bind_layer;
+
+/* One layer's parameters found valid in a blob, ready to be pointed at by its params struct. */
+typedef struct {
+    const int8_t *weights;  /* dense */
+    const uint8_t *mask;    /* bitmask */
+    const int8_t *values;   /* bitmask, csr (NULL when empty) */
+    const uint8_t *deltas;  /* csr (NULL when empty) */
+    const void *row_ptr;    /* csr */
+    int32_t row_ptr_bytes;  /* csr: 1, 2 or 4 */
+    mcup_quant_params q;
+} mcup_bound_layer;
+
+/* Arrays a layer of this format takes in the blob (weights + MCUP_BIND_QUANT_ARRAYS), 0 if unknown. */
+int32_t mcup_bind_arrays_of(int32_t format);
+
+/*
+ * Read the blob's table: exactly `n` entries, each 4-aligned, after the table and inside
+ * h->length. The blob itself must be 4-aligned (the int32 arrays are read in place).
+ * Fills out[0..n-1]; 0 if valid, -1 otherwise.
+ */
+int mcup_bind_table(const uint8_t *blob, const mcup_blob_header *h, uint32_t n, mcup_blob_array *out);
+
+/*
+ * Check the mcup_bind_arrays_of(d->format) arrays starting at `a` against `d` and fill `out`;
+ * 0 if valid, -1 otherwise (out is then unspecified).
+ */
+int mcup_bind_check_layer(const mcup_bind_layer *d, const mcup_blob_array *a, mcup_bound_layer *out);
+
+/* 0 if `a` is exactly `bytes` long, -1 otherwise. */
+int mcup_bind_check_exact(const mcup_blob_array *a, uint32_t bytes);
+
+/* The confidence table: uint16[256] with entry 0 = 32768 (exp(0) in Q15); 0 if so, -1 otherwise. */
+int mcup_bind_check_exp_table(const mcup_blob_array *a);
+
+#endif /* MCUP_BIND_CHECK_H */
