@@ -43,8 +43,10 @@ output scales. bench/drift/adapt_offline.py measures what each step buys (bench/
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -54,10 +56,15 @@ from mcuprune.ir import FloatLayer, FloatModel, Op, QParams, QuantLayer, QuantMo
 from mcuprune.quantize import activation_qparams, quantize_layer
 from mcuprune.reference import run_s8, trace_f32
 
+if TYPE_CHECKING:
+    from mcuprune.drift import DriftMonitor
+    from mcuprune.drift_offline import MonitorSpec
+    from mcuprune.monitor_qsae import MonitorQSAE
+
 STEPS = ("input", "calibrate", "reprune", "monitor")
 DEFAULT_STEPS = ("input", "calibrate", "monitor")  # reprune loses accuracy here (bench/drift/README.md)
 INPUT_METHODS = ("quantiles", "moments")
-MAX_GAIN = 4.0  # |log gain| limit of the input correction: beyond it the capture is not a lighting change
+MAX_GAIN = 4.0  # the gain stays in [1/4, 4]: beyond that the capture is not a lighting change
 MIN_CAPTURED = 20
 QUANTILES = np.linspace(0.01, 0.99, 99)
 PRIOR_ITERATIONS = 3  # class-weighted reference <-> predictions on the corrected input; converges in 2-3
@@ -68,8 +75,8 @@ _BATCH = 500
 @dataclass(frozen=True, eq=False)
 class AdaptResult:
     model: QuantModel  # the adapted int8 network (same architecture as the deployed one)
-    monitor_qsae: object | None  # monitor_qsae.MonitorQSAE for the new model (None without "monitor")
-    monitor: object | None  # drift.DriftMonitor fitted on the new model's telemetry (None without "monitor")
+    monitor_qsae: MonitorQSAE | None  # the monitor QSAE for the new model (None without "monitor")
+    monitor: DriftMonitor | None  # fitted on the new model's telemetry of the capture (None without "monitor")
     report: dict
 
 
@@ -95,7 +102,7 @@ def pixel_histograms(x_uint8: np.ndarray, y: np.ndarray, num_classes: int, chunk
     """Per-class histograms (num_classes, 256) of the pixel values of labelled uint8 images."""
     x = np.asarray(x_uint8)
     hist = np.zeros((num_classes, 256), dtype=np.int64)
-    for s in range(0, len(x), chunk):  # chunks: one int64 index per pixel would not fit otherwise
+    for s in range(0, len(x), chunk):  # chunks: an int64 index per pixel of 60,000 images is 376 MB
         px = x[s : s + chunk].reshape(len(x[s : s + chunk]), -1).astype(np.int64)
         idx = (np.asarray(y[s : s + chunk], dtype=np.int64)[:, None] * 256 + px).ravel()
         hist += np.bincount(idx, minlength=num_classes * 256).reshape(num_classes, 256)
@@ -158,13 +165,14 @@ def input_qparams(m: InputMap) -> tuple[QParams, bool]:
     return QParams(scale=m.gain / 255.0, zero_point=zc), bool(np.round(z) != zc)
 
 
-def estimate_input_q(captured_uint8: np.ndarray, class_hist: np.ndarray, predict, method: str = "quantiles",
+def estimate_input_q(captured_uint8: np.ndarray, class_hist: np.ndarray,
+                     predict: Callable[[QParams | None], np.ndarray], method: str = "quantiles",
                      iterations: int = PRIOR_ITERATIONS) -> tuple[QParams, dict]:
     """The corrected input quantization for the captured images, and what was estimated.
 
-    `predict(input_q) -> predicted classes` of the captured images under that input quantization;
-    the reference is the training pixel distribution weighted by the predicted class frequencies,
-    iterated `iterations` times from the deployed input quantization's predictions."""
+    `predict(input_q) -> predicted classes` of the captured images under that input quantization
+    (None: the deployed one); the reference is the training pixel distribution weighted by the
+    predicted class frequencies, iterated `iterations` times from the deployed predictions."""
     captured_hist = np.bincount(np.asarray(captured_uint8).ravel(), minlength=256)
     k = len(class_hist)
     q, clamped, m = None, False, InputMap(1.0, 0.0)
@@ -392,11 +400,17 @@ def reconstruct(source: FloatModel, pruned: FloatModel, x_float: np.ndarray, see
     rng = np.random.default_rng(seed)
     x_src = x_pr = np.asarray(x_float, dtype=np.float32)
     layers = []
+    changed = False  # has any layer so far lost a weight? Until then the ridge would only shrink weights
     for src, layer in zip(source.layers, pruned.layers, strict=True):
         if layer.weights is None:
             layers.append(layer)
             x_src, x_pr = run_layer_f32(x_src, src), run_layer_f32(x_pr, layer)
             continue
+        if not changed and np.array_equal(weight_matrix(layer), weight_matrix(src)):
+            layers.append(layer)
+            x_src = x_pr = run_layer_f32(x_src, src).astype(np.float32)
+            continue
+        changed = True
         rows_src, rows_pr = layer_rows(x_src, src), layer_rows(x_pr, layer)
         pick = None
         if layer.op is Op.CONV2D:
@@ -487,7 +501,7 @@ def _check_arguments(deployed: QuantModel, formats: dict[str, str], captured: np
 def adapt(run_dir: Path, deployed: QuantModel, formats: dict[str, str], captured_uint8: np.ndarray, *,
           steps: tuple[str, ...] = DEFAULT_STEPS, seed: int = 0, input_method: str = "quantiles",
           train_images: np.ndarray | None = None, train_labels: np.ndarray | None = None,
-          compensation: str = "lstsq", qsae_steps: int = 2000, monitor_spec=None) -> AdaptResult:
+          compensation: str = "lstsq", qsae_steps: int = 2000, monitor_spec: MonitorSpec | None = None) -> AdaptResult:
     """New parameters for the deployed architecture from unlabeled captured inputs (module docstring).
 
     run_dir: the run the deployed model was compiled from (its dataset gives the training pixel

@@ -148,6 +148,96 @@ def cmd_demo(args: argparse.Namespace) -> None:
                         f"{bad[0].mismatches} mismatching samples")
 
 
+DEFAULT_PRUNE_BUDGET = 26_000  # bytes: the QSAE acceptance point of issue 3 (bench/RESULTS.md)
+
+
+def _blob_firmware(args: argparse.Namespace) -> tuple[Path, Path]:
+    """(firmware dir, training run): --firmware as given, else the default pipeline in --workdir
+    (Fashion-MNIST CNN as `demo` trains it, QSAE-pruned to 26,000 B, compiled with --params blob),
+    each stage reused when its directory already exists."""
+    from mcuprune.monitor import resolve_firmware
+
+    if args.firmware:
+        fw, run_dir = resolve_firmware(Path(args.firmware), None)
+        return fw.path, run_dir
+    from mcuprune.compiler import compile_run
+    from mcuprune.data import load_dataset
+    from mcuprune.prune import prune_run
+    from mcuprune.train import train_run
+
+    work = Path(args.workdir)
+    run_dir, pruned, fw_dir = work / "run", work / "run-qsae", work / f"fw-blob-{args.board}"
+    if not (run_dir / "run.json").exists():
+        print(f"[setup] training the CNN on Fashion-MNIST for {DEFAULT_EPOCHS['fashion-mnist']} epochs -> {run_dir}")
+        train_run(load_dataset("fashion-mnist"), "fashion-mnist", "cnn", DEFAULT_EPOCHS["fashion-mnist"], run_dir)
+    if not (pruned / "run.json").exists():
+        print(f"[setup] QSAE pruning to {DEFAULT_PRUNE_BUDGET} B -> {pruned}")
+        prune_run(run_dir, "qsae", DEFAULT_PRUNE_BUDGET, None, 3, pruned)
+    if not (fw_dir / "firmware.json").exists():
+        print(f"[setup] compiling blob firmware for {args.board} -> {fw_dir}")
+        compile_run(pruned, args.board, fw_dir, params="blob")
+    return fw_dir, pruned
+
+
+def cmd_monitor(args: argparse.Namespace) -> None:
+    from mcuprune.monitor import MonitorConfig, resolve_firmware, run_monitor
+
+    fw, run_dir = resolve_firmware(Path(args.run), Path(args.firmware) if args.firmware else None)
+    cfg = MonitorConfig(update=args.update, scenario=args.scenario, shift_at=args.shift_at, samples=args.samples,
+                        capture_samples=args.capture, feed=args.feed, seed=args.seed)
+    log = Path(args.log) if args.log else fw.path / "monitor.jsonl"
+    summary = run_monitor(args.port, fw, run_dir, cfg, log)
+    if args.json:
+        _print_json(summary)
+        return
+    print(f"{summary['samples']} samples, accuracy {100 * summary['accuracy']:.2f} %, alarms at "
+          f"{summary['alarms'] or 'none'}, {len(summary['updates'])} update(s), mismatches {summary['mismatches']}, "
+          f"serving {summary['serving']} ({summary['blob_id']}); log {log}")
+
+
+def cmd_drift_demo(args: argparse.Namespace) -> None:
+    from mcuprune.compiler import load_firmware_dir
+    from mcuprune.data import load_dataset
+    from mcuprune.drift_demo import NONE, DemoConfig, run_drift_demo
+    from mcuprune.scenarios import SCENARIOS
+
+    unknown = [s for s in args.scenarios if s != "none" and s not in SCENARIOS]
+    if unknown:
+        raise UserError(f"unknown scenario(s) {', '.join(unknown)}: choose from none, {', '.join(SCENARIOS)}")
+    fw_dir, run_dir = _blob_firmware(args)
+    fw = load_firmware_dir(fw_dir)
+    cfg = DemoConfig(shift_at=args.shift_at, length=args.length, false_alarm_samples=args.false_alarm_samples,
+                     capture_samples=args.capture, feed=args.feed, update=args.update, seed=args.seed)
+    out = Path(args.out) if args.out else Path(args.workdir) / "drift-demo"
+    quiet = (lambda _msg: None) if args.json else print
+    results = run_drift_demo(run_dir, fw_dir, load_dataset(fw.model.meta.get("dataset", "fashion-mnist")), cfg, out,
+                             [NONE if s == "none" else SCENARIOS[s] for s in args.scenarios], progress=quiet)
+    if args.json:
+        _print_json(results)
+        return
+    print((out / "drift_demo.md").read_text())
+    print(f"timeline {out / 'drift_demo.png'}, events {out / 'events.jsonl'}")
+    bad = [s["name"] for s in results["scenarios"] if s["mismatches"]]
+    if bad:
+        raise UserError(f"device output differed from the int8 reference in scenario(s) {', '.join(bad)}")
+
+
+def cmd_powercut_test(args: argparse.Namespace) -> None:
+    from mcuprune.powercut import run_powercut_trials
+
+    if args.trials < 1:
+        raise UserError("--trials must be at least 1")
+    fw_dir, _ = _blob_firmware(args)
+    result = run_powercut_trials(fw_dir, args.trials, seed=args.seed,
+                                 progress=None if args.json else print)
+    if args.json:
+        _print_json(result)
+        return
+    print(f"{result['recovered']}/{result['trials']} trials recovered")
+    if result["recovered"] != result["trials"]:
+        raise UserError(f"{result['trials'] - result['recovered']} power-cut trial(s) did not recover")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mcuprune", description=__doc__)
     parser.add_argument("--version", action="version", version=f"mcuprune {__version__}")
@@ -225,6 +315,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scalar-limit", type=int, default=1000, help="test images on the scalar mps2-an385")
     p.add_argument("--retrain", action="store_true")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("monitor", help="host controller: feed a device, watch its telemetry, adapt and update on drift")
+    p.add_argument("--port", required=True, help="pyserial URL or device: /dev/ttyACM0, socket://HOST:PORT, rfc2217://...")
+    p.add_argument("--run", required=True, help="the blob firmware directory (or a training run, with --firmware)")
+    p.add_argument("--firmware", default=None, help="blob firmware directory the device runs (default: --run)")
+    p.add_argument("--update", choices=("stream", "reflash", "none"), default="stream",
+                   help="on drift: stream the new blob into the spare slot (default), re-flash, or only report")
+    p.add_argument("--scenario", default="none", help="drift applied to the fed test images: none (default), "
+                   "brightness_contrast, gaussian_noise, rotation, class_prior")
+    p.add_argument("--shift-at", type=int, default=1000)
+    p.add_argument("--samples", type=int, default=4000)
+    p.add_argument("--capture", type=int, default=1000, help="inputs captured from the device for adapting")
+    p.add_argument("--feed", choices=("uart", "semihosting"), default="uart",
+                   help="how inputs reach the device (semihosting: emulators only)")
+    p.add_argument("--log", default=None, help="JSONL event log (default: FWDIR/monitor.jsonl)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_monitor)
+
+    for name, helptext in (("drift-demo", "drift scenarios against the blob firmware in QEMU: static vs dynamic"),
+                           ("powercut-test", "kill QEMU at random points of streamed updates, check recovery")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--firmware", default=None, help="blob firmware directory (default: build the Fashion-MNIST "
+                       "pipeline in --workdir)")
+        p.add_argument("--workdir", default="runs/demo")
+        p.add_argument("--board", default="mps2-an386")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--trials", type=int, default=20)
+    p.set_defaults(func=cmd_powercut_test)
+    p = sub.choices["drift-demo"]
+    p.add_argument("--scenarios", nargs="+", default=["brightness_contrast", "gaussian_noise", "rotation",
+                                                      "class_prior", "none"])
+    p.add_argument("--update", choices=("stream", "reflash"), default="stream")
+    p.add_argument("--shift-at", type=int, default=1000)
+    p.add_argument("--length", type=int, default=4000, help="samples per shifted stream")
+    p.add_argument("--false-alarm-samples", type=int, default=10_000, help="samples of the unshifted stream")
+    p.add_argument("--capture", type=int, default=1000)
+    p.add_argument("--feed", choices=("uart", "semihosting"), default="semihosting",
+                   help="how inputs reach the device (default semihosting: QEMU's UART input is slow)")
+    p.add_argument("--out", default=None, help="output directory (default: WORKDIR/drift-demo)")
+    p.set_defaults(func=cmd_drift_demo)
     return parser
 
 

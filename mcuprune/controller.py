@@ -127,7 +127,7 @@ class HostController:
                  adapt: Callable[[np.ndarray], AdaptOutcome] | None,
                  update: Callable[[AdaptOutcome], tuple[int, dict]] | None,
                  capture_samples: int = 1000, feed: str = "uart", batch: int = 50,
-                 max_updates: int | None = None) -> None:
+                 max_updates: int | None = None, on_update: Callable[[ServingModel], None] | None = None) -> None:
         if feed not in FEEDS:
             raise UserError(f"unknown feed '{feed}': choose one of {', '.join(FEEDS)}")
         self.device = device
@@ -140,7 +140,9 @@ class HostController:
         self.feed = feed
         self.batch = batch
         self.max_updates = max_updates
+        self.on_update = on_update  # e.g. save the installed model, so a later session knows the device's blob
         self._captured: list[np.ndarray] = []
+        self.alarms_seen: list[int] = []  # sample indices of every drift alarm, across updates
         self._capturing = False
         self._capture_from = 0
         self._tmp = tempfile.TemporaryDirectory(prefix="mcuprune-feed-")
@@ -165,6 +167,7 @@ class HostController:
                     self._take_capture(index, res, xb[i])
                 elif self.drift.update(record):
                     report.alarms.append(index)
+                    self.alarms_seen.append(index)
                     self.log.write("drift", sample=index, **_drift_fields(self.drift.event()))
                     self._start_capture(index, start + len(results), report)
                 if on_sample is not None:
@@ -239,6 +242,8 @@ class HostController:
                  "adapt_seconds": round(adapt_s, 2), "update_seconds": round(update_s, 3), **info}
         report.updates.append(entry)
         self.log.write("updated", **entry)
+        if self.on_update is not None:
+            self.on_update(self.serving)
 
 
 def _value(v: object) -> object:
@@ -265,9 +270,8 @@ def reference_images(x_train: np.ndarray, samples: int = 5000, seed: int = 1) ->
     used = np.random.default_rng(0).choice(n, size=CALIBRATION_SAMPLES, replace=False) if n > CALIBRATION_SAMPLES \
         else np.arange(n)  # exactly quantize.calibration_subset's choice
     free = np.setdiff1d(np.arange(n), used)
-    if len(free) == 0:
-        raise UserError(f"the training split has only {n} images, all used for calibration: none left for the "
-                        "drift detectors' reference")
+    if len(free) == 0:  # a small dataset (digits): all of it calibrated; the reference is then optimistic
+        free = np.arange(n)
     pick = np.random.default_rng(seed).choice(free, size=min(samples, len(free)), replace=False)
     return x_train[np.sort(pick)]
 

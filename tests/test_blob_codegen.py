@@ -528,3 +528,16 @@ def test_compile_blob_firmware_directory(models, tmp_path: Path) -> None:
     other = replace(model, layers=model.layers[:-1] + (replace(model.layers[-1], relu=True),))
     with pytest.raises(UserError, match="re-flash"):
         fw.update_blob(other, monitor)
+
+
+def test_cli_compile_params(digits_run, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mcuprune.cli import build_parser, main
+
+    run_dir, _ = digits_run
+    assert build_parser().parse_args(["compile", "run", "--out", "fw"]).params == "static"
+    assert build_parser().parse_args(["compile", "run", "--out", "fw", "--params", "blob"]).params == "blob"
+    out = str(tmp_path / "fw")
+    code = main(["compile", str(run_dir), "--board", "nucleo-f446re", "--params", "blob", "--out", out])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "board nucleo-f446re has no [slots] region" in err and "mps2-an386" in err

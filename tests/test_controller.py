@@ -1,0 +1,133 @@
+"""The host controller end to end: drift-demo, monitor over a socket:// URL, powercut-test (CLI),
+against the digits CNN's blob firmware in QEMU; and the report arithmetic in isolation."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mcuprune.blob import parse_header
+from mcuprune.cli import main
+from mcuprune.compiler import compile_run, load_firmware_dir
+from mcuprune.controller import StreamReport
+from mcuprune.drift_demo import summarize
+from mcuprune.emulate import Device, QemuDevice, _free_port
+
+BOARD = "mps2-an386"
+JSON_KEYS = {"name", "detection_delay", "false_alarms", "static_accuracy", "dynamic_accuracy", "update_bytes",
+             "update_seconds"}
+
+
+@pytest.fixture(scope="module")
+def blob_fw(digits_run, tmp_path_factory):
+    run_dir, _ = digits_run
+    fw_dir = tmp_path_factory.mktemp("controller-fw")
+    compile_run(run_dir, BOARD, fw_dir, params="blob")
+    return load_firmware_dir(fw_dir)
+
+
+def test_summary_counts_delay_false_alarms_and_the_served_segment() -> None:
+    y = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+    report = StreamReport(predictions=[0, 1, 2, 3, 0, 0, 0, 7, 8, 9], alarms=[1, 5],
+                          updates=[{"after_sample": 7, "update_bytes": 100, "update_seconds": 0.5, "adapt_seconds": 2}])
+    static = np.array([0, 1, 2, 3, 0, 0, 0, 0, 0, 9])
+    s = summarize("x", report, static, y, shift_at=4)
+    assert s["detection_delay"] == 2  # shifted samples 4 and 5 seen when the alarm at 5 fired
+    assert s["false_alarms"] == 1  # the alarm at sample 1 came before the shift
+    assert s["evaluated_from"] == 7
+    assert s["static_accuracy"] == pytest.approx(1 / 3, abs=1e-4) and s["dynamic_accuracy"] == 1.0
+    assert s["static_accuracy_after_shift"] == pytest.approx(1 / 6, abs=1e-4)
+    assert s["dynamic_accuracy_after_shift"] == pytest.approx(3 / 6, abs=1e-4)
+
+
+@pytest.mark.qemu
+@pytest.mark.slow
+def test_drift_demo_cli_detects_adapts_and_streams_the_update(blob_fw, tmp_path: Path, capsys) -> None:
+    """Brightness/contrast drift on the digits stream: detected within 300 samples, no alarm before
+    the shift, the adapted blob streamed into slot B, every logit and telemetry record equal to the
+    int8 reference of the model the device was serving at the time."""
+    out = tmp_path / "demo"
+    code = main(["drift-demo", "--firmware", str(blob_fw.path), "--scenarios", "brightness_contrast",
+                 "--shift-at", "300", "--length", "1000", "--capture", "200", "--out", str(out), "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    (s,) = result["scenarios"]
+    assert JSON_KEYS <= set(s)
+    assert s["mismatches"] == 0
+    assert s["false_alarms"] == 0
+    assert s["detection_delay"] is not None and 1 <= s["detection_delay"] <= 300
+    assert s["update_bytes"] > 0 and s["update_seconds"] > 0
+    (update,) = s["updates"]
+    assert update["slot"] == 1 and update["generation"] == 2
+    assert update["blob_id"] != parse_header(blob_fw.blob_path.read_bytes()).blob_id
+    events = [json.loads(line)["event"] for line in (out / "events.jsonl").read_text().splitlines()]
+    assert events.index("drift") < events.index("capture") < events.index("adapted") < events.index("updated")
+    assert (out / "drift_demo.png").stat().st_size > 0
+
+
+def _wait_listening(port: int, limit: float = 10.0) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"QEMU did not listen on port {port}")
+
+
+@pytest.mark.qemu
+@pytest.mark.slow
+def test_monitor_over_a_socket_url_updates_the_device_and_logs_every_step(blob_fw, tmp_path: Path, capsys) -> None:
+    """`mcuprune monitor --port socket://...` against a QEMU it did not start: drift → capture →
+    adapt → streamed update, confirmed by a fresh connection's INFO; the update survives a restart."""
+    memory = tmp_path / "slots.mem"
+    qemu = QemuDevice(blob_fw.board, blob_fw.elf, memory_file=memory)
+    port = _free_port()
+    proc = subprocess.Popen(qemu.command(port), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        _wait_listening(port)  # this probe connection releases QEMU's wait=on; the guest boots
+        log = tmp_path / "monitor.jsonl"
+        code = main(["monitor", "--port", f"socket://127.0.0.1:{port}", "--run", str(blob_fw.path),
+                     "--scenario", "brightness_contrast", "--shift-at", "300", "--samples", "900",
+                     "--capture", "200", "--feed", "semihosting", "--log", str(log), "--json"])
+        assert code == 0
+        summary = json.loads(capsys.readouterr().out)
+        assert summary["mismatches"] == 0 and len(summary["updates"]) == 1
+        assert summary["alarms"] and 300 <= summary["alarms"][0] < 600
+        lines = [json.loads(line) for line in log.read_text().splitlines()]
+        assert [e["event"] for e in lines if e["event"] in ("drift", "capture", "adapted", "updated")] == \
+            ["drift", "capture", "adapted", "updated"]
+        new_id = summary["updates"][0]["blob_id"]
+        with Device(f"socket://127.0.0.1:{port}") as dev:
+            info = dev.info()
+        assert info.active_blob_id == new_id and info.active_slot == 1
+        assert (blob_fw.path / "updates" / f"{new_id:08x}" / "model").is_dir()
+    finally:
+        proc.kill()
+        proc.wait()
+    with QemuDevice(blob_fw.board, blob_fw.elf, memory_file=memory) as again:  # power cycle: still the update
+        assert again.info().active_blob_id == new_id
+
+
+@pytest.mark.qemu
+@pytest.mark.slow
+def test_powercut_test_cli_reports_trials_and_recovered(blob_fw, capsys) -> None:
+    code = main(["powercut-test", "--firmware", str(blob_fw.path), "--trials", "2", "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["trials"] == 2 and result["recovered"] == 2
+
+
+def test_monitor_refuses_a_static_firmware_dir_with_one_line(digits_run, tmp_path: Path, capsys) -> None:
+    run_dir, _ = digits_run
+    code = main(["monitor", "--port", "loop://", "--run", str(run_dir)])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and "\n" not in err and "not a firmware directory" in err
