@@ -401,7 +401,7 @@ class QemuDevice:
     QEMU's exit status (killing it after `exit_timeout`); an unexpected status raises DeviceError
     with QEMU's stderr.
 
-    With `memory_file`, the machine's RAM (on the MPS2 boards the PSRAM holding the board's
+    With `memory_file`, the machine's RAM (the memory holding the board's
     `[slots]`) is that file, mapped shared: every guest store lands in it, so it survives kill(),
     the power cut, and a later start() on the same file boots from what was stored. QEMU creates
     the file (zero-filled: no valid slots) if it does not exist.

@@ -73,10 +73,10 @@ def test_moment_matching_recovers_a_known_brightness_contrast_transform(digits_r
     assert np.abs(float_inputs(shifted, q) - ds.x_train / 255.0).max() <= 0.01
 
 
-def test_the_moments_method_recovers_it_too(digits_run) -> None:
+def test_the_quantiles_method_recovers_it_too(digits_run) -> None:
     _, ds = digits_run
     shifted = brightness_contrast(ds.x_train, brightness=30.0, contrast=0.7)
-    m = fit_input_map(_hist(shifted), _hist(ds.x_train), method="moments")
+    m = fit_input_map(_hist(shifted), _hist(ds.x_train), method="quantiles")
     assert m.gain == pytest.approx(1 / 0.7, rel=0.02) and m.offset == pytest.approx(-30 / 0.7, abs=2.0)
 
 
