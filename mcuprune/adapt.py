@@ -11,28 +11,32 @@ switchable (``steps``):
 
 * ``input``: moment matching of the pixel distribution. An affine map p_train ≈ gain · p + offset
   from the captured pixels to the training pixels is fitted (mean and standard deviation by
-  default; a least-squares fit of the quantiles is the alternative: it ignores clipped pixels but
-  was noisier on unshifted captures, bench/drift/README.md) and folded
-  into the input quantization: the device still receives q = p − 128, and the first layer reads
-  it with scale gain/255 and zero point −128 − offset/gain, i.e. it computes on the corrected
-  image. Padding holds the zero point, i.e. a corrected 0, as in training. The zero point must
-  stay an int8, so the offset is limited to what a zero point in [−128, 127] can express (the
-  gain is then refitted with that offset; the report says so), and the gain to [1/4, 4]. The
-  training reference is the *class-weighted* training pixel distribution, weighted by the
-  classes the model predicts on the captured data (iterated): a change of class mix changes
-  the pixel statistics too (Fashion-MNIST footwear is darker than shirts), and must not be
+  default; a least-squares fit of the quantiles ignores clipped pixels but was noisier on
+  unshifted captures) and folded into the input quantization: the device still receives
+  q = p − 128, and the first layer reads it with scale gain/255 and zero point
+  −128 − offset/gain, i.e. it computes on the corrected image. Padding holds the zero point, a
+  corrected 0, as in training. The zero point must stay an int8, so the offset is limited to what
+  a zero point in [−128, 127] can express (darkening cannot be undone: the gain is refitted with
+  the offset the clamped zero point allows, and the report says ``limited``), and the gain to
+  [1/4, 4]. The reference is the *class-weighted* training pixel distribution, weighted by the
+  classes the model predicts on the captured data (iterated): a change of class mix changes the
+  pixel statistics too (Fashion-MNIST footwear is darker than shirts) and must not be
   "corrected" as a brightness change.
 * ``calibrate``: every layer's activation range (min/max) on the captured data, after the input
   correction. Without it each layer keeps the deployed output quantization.
 * ``reprune``: masks chosen again by KL (importance.py / budget.py) on the captured activations,
   from the *dense parent* weights (the run's ``pruned_from``, shrunk by the run's own recorded
   structured removals, so the shapes are the deployed ones), under a byte budget equal to the
-  deployed parameter bytes, each layer's bytes counted in its forced format. Why the parent:
-  the deployed weights are already zero outside the deployed masks, so re-masking them under the
-  same budget can only return the deployed masks (KL 0, same bytes): a no-op. A pruned weight's
-  contribution at the captured mean input is folded into its bias (label-free bias correction;
-  there is no fine-tuning, since there are no labels). A dense-format layer's bytes do not depend
-  on its mask, so the knapsack keeps it unpruned (KL 0).
+  deployed parameter bytes, each layer's bytes counted in its forced format (and CSR row pointers
+  kept in their compiled C type). Why the parent: the deployed weights are already zero outside
+  the deployed masks, so re-masking them under the same budget can only return the deployed
+  masks (KL 0, same bytes): a no-op. A dense-format layer's bytes do not depend on its mask, so
+  the knapsack keeps it whole (KL 0). There are no labels, so no fine-tuning; instead the kept
+  weights and biases are refitted layer by layer by ridge least squares to reproduce the dense
+  parent's pre-activations on the captured data (``reconstruct``). Without that, re-pruning the
+  parent costs the fine-tuning the deployed run had (≈ 6 points on Fashion-MNIST); with it,
+  re-pruning still loses ~1 point on unshifted data and gains ~1 under rotation, so it is not a
+  default step (bench/drift/README.md).
 * ``monitor``: the monitor QSAE (monitor_qsae.build_monitor_qsae) is retrained for the new model on
   one half of the captured data and the drift monitor (drift_offline.build_monitor) is fitted on
   the new model's telemetry of the other half: the adapted distribution becomes the new normal.
@@ -64,7 +68,7 @@ if TYPE_CHECKING:
     from mcuprune.monitor_qsae import MonitorQSAE
 
 STEPS = ("input", "calibrate", "reprune", "monitor")
-DEFAULT_STEPS = ("input", "calibrate", "monitor")  # reprune loses accuracy here (bench/drift/README.md)
+DEFAULT_STEPS = ("input", "calibrate", "monitor")  # reprune: see the module docstring
 INPUT_METHODS = ("moments", "quantiles")
 MAX_GAIN = 4.0  # the gain stays in [1/4, 4]: beyond that the capture is not a lighting change
 MIN_CAPTURED = 20

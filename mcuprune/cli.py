@@ -148,6 +148,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
                         f"{bad[0].mismatches} mismatching samples")
 
 
+ADAPT_STEPS = ("input", "calibrate", "reprune", "monitor")  # controller.ADAPT_STEPS (kept import-light)
 DEFAULT_PRUNE_BUDGET = 26_000  # bytes: the QSAE acceptance point of issue 3 (bench/RESULTS.md)
 
 
@@ -184,7 +185,8 @@ def cmd_monitor(args: argparse.Namespace) -> None:
 
     fw, run_dir = resolve_firmware(Path(args.run), Path(args.firmware) if args.firmware else None)
     cfg = MonitorConfig(update=args.update, scenario=args.scenario, shift_at=args.shift_at, samples=args.samples,
-                        capture_samples=args.capture, feed=args.feed, seed=args.seed)
+                        capture_samples=args.capture, feed=args.feed, seed=args.seed,
+                        adapt_steps=tuple(args.adapt_steps))
     log = Path(args.log) if args.log else fw.path / "monitor.jsonl"
     summary = run_monitor(args.port, fw, run_dir, cfg, log)
     if args.json:
@@ -207,7 +209,8 @@ def cmd_drift_demo(args: argparse.Namespace) -> None:
     fw_dir, run_dir = _blob_firmware(args)
     fw = load_firmware_dir(fw_dir)
     cfg = DemoConfig(shift_at=args.shift_at, length=args.length, false_alarm_samples=args.false_alarm_samples,
-                     capture_samples=args.capture, feed=args.feed, update=args.update, seed=args.seed)
+                     capture_samples=args.capture, feed=args.feed, update=args.update, seed=args.seed,
+                     adapt_steps=tuple(args.adapt_steps))
     out = Path(args.out) if args.out else Path(args.workdir) / "drift-demo"
     quiet = (lambda _msg: None) if args.json else print
     results = run_drift_demo(run_dir, fw_dir, load_dataset(fw.model.meta.get("dataset", "fashion-mnist")), cfg, out,
@@ -333,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_monitor)
+    adapt_help = "adaptation steps on drift (default: all of input calibrate reprune monitor; see mcuprune/adapt.py)"
+    p.add_argument("--adapt-steps", nargs="+", choices=ADAPT_STEPS, default=list(ADAPT_STEPS), help=adapt_help)
 
     for name, helptext in (("drift-demo", "drift scenarios against the blob firmware in QEMU: static vs dynamic"),
                            ("powercut-test", "kill QEMU at random points of streamed updates, check recovery")):
@@ -356,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feed", choices=("uart", "semihosting"), default="semihosting",
                    help="how inputs reach the device (default semihosting: QEMU's UART input is slow)")
     p.add_argument("--out", default=None, help="output directory (default: WORKDIR/drift-demo)")
+    p.add_argument("--adapt-steps", nargs="+", choices=ADAPT_STEPS, default=list(ADAPT_STEPS), help=adapt_help)
     p.set_defaults(func=cmd_drift_demo)
     return parser
 

@@ -292,12 +292,16 @@ def factory_drift_monitor(serving: ServingModel, x_train: np.ndarray, num_classe
     return build_monitor(device_telemetry(serving.model, serving.monitor, reference_images(x_train)), num_classes)
 
 
-def make_adapter(run_dir: Path, fw: FirmwareDir, seed: int = 0) -> Callable[[np.ndarray], AdaptOutcome]:
-    """Captured uint8 inputs -> new parameters for `fw`'s architecture (adapt.adapt, all steps)."""
+ADAPT_STEPS = ("input", "calibrate", "reprune", "monitor")  # adapt.STEPS: the issue's full re-prune by default
+
+
+def make_adapter(run_dir: Path, fw: FirmwareDir, seed: int = 0,
+                 steps: tuple[str, ...] = ADAPT_STEPS) -> Callable[[np.ndarray], AdaptOutcome]:
+    """Captured uint8 inputs -> new parameters for `fw`'s architecture (adapt.adapt with `steps`)."""
     from mcuprune.adapt import adapt
 
     def run(captured: np.ndarray) -> AdaptOutcome:
-        result = adapt(run_dir, fw.model, fw.formats, captured, seed=seed)
+        result = adapt(run_dir, fw.model, fw.formats, captured, seed=seed, steps=steps)
         return AdaptOutcome(result.model, result.monitor_qsae.model, result.monitor, result.report)
 
     return run

@@ -24,6 +24,7 @@ import numpy as np
 
 from mcuprune.compiler import FirmwareDir, load_firmware_dir
 from mcuprune.controller import (
+    ADAPT_STEPS,
     AdaptOutcome,
     HostController,
     JsonlLog,
@@ -52,6 +53,7 @@ class DemoConfig:
     feed: str = "semihosting"
     update: str = "stream"
     seed: int = 0
+    adapt_steps: tuple[str, ...] = ADAPT_STEPS
 
 
 def static_predictions(model, x_uint8: np.ndarray) -> np.ndarray:
@@ -246,7 +248,7 @@ def run_drift_demo(run_dir: Path, fw_dir: Path, dataset: Dataset, cfg: DemoConfi
     progress(f"[drift-demo] fitting the drift detectors on {fw.model.name}'s telemetry of held-out training images")
     monitor_state = factory_drift_monitor(factory, dataset.x_train, dataset.num_classes).state()
     log = JsonlLog(out_dir / "events.jsonl", append=False)
-    adapter = make_adapter(run_dir, fw, seed=cfg.seed)
+    adapter = make_adapter(run_dir, fw, seed=cfg.seed, steps=cfg.adapt_steps)
     summaries, timelines = [], {}
     try:
         for scenario in scenarios:

@@ -22,6 +22,7 @@ import numpy as np
 
 from mcuprune.compiler import FirmwareDir, compile_model, load_firmware_dir
 from mcuprune.controller import (
+    ADAPT_STEPS,
     AdaptOutcome,
     HostController,
     JsonlLog,
@@ -50,6 +51,7 @@ class MonitorConfig:
     capture_samples: int = 1000
     feed: str = "uart"
     seed: int = 0
+    adapt_steps: tuple[str, ...] = ADAPT_STEPS
 
 
 def resolve_firmware(run: Path, firmware: Path | None) -> tuple[FirmwareDir, Path]:
@@ -191,7 +193,8 @@ def run_monitor(port: str, fw: FirmwareDir, run_dir: Path, cfg: MonitorConfig, l
     log = JsonlLog(log_path)
     log.write("start", port=port, firmware=str(fw.path), serving=serving.label, blob_id=serving.blob_id,
               scenario=scenario.name, shift_at=cfg.shift_at, samples=cfg.samples, update=cfg.update)
-    controller = HostController(device, serving, drift, log, make_adapter(run_dir, fw, cfg.seed) if updater else None,
+    adapter = make_adapter(run_dir, fw, cfg.seed, cfg.adapt_steps) if updater else None
+    controller = HostController(device, serving, drift, log, adapter,
                                 updater, capture_samples=cfg.capture_samples, feed=cfg.feed,
                                 on_update=lambda s: save_installed(fw, s))
     view = LiveView(controller)

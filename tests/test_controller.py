@@ -131,3 +131,23 @@ def test_monitor_refuses_a_static_firmware_dir_with_one_line(digits_run, tmp_pat
     code = main(["monitor", "--port", "loop://", "--run", str(run_dir)])
     err = capsys.readouterr().err.strip()
     assert code != 0 and "\n" not in err and "not a firmware directory" in err
+
+
+@pytest.mark.qemu
+@pytest.mark.slow
+def test_drift_demo_reflash_boots_the_adapted_firmware_on_erased_slots(blob_fw, tmp_path: Path, capsys) -> None:
+    """--update reflash: the adapted model is compiled into a new ELF whose factory blob is that model;
+    QEMU restarts with it on erased slots, and the results after the re-flash still match the int8
+    reference of the adapted model sample for sample."""
+    out = tmp_path / "demo"
+    code = main(["drift-demo", "--firmware", str(blob_fw.path), "--scenarios", "brightness_contrast",
+                 "--shift-at", "300", "--length", "1000", "--capture", "200", "--update", "reflash",
+                 "--out", str(out), "--json"])
+    assert code == 0
+    (s,) = json.loads(capsys.readouterr().out)["scenarios"]
+    assert s["mismatches"] == 0 and s["detection_delay"] is not None
+    (update,) = s["updates"]
+    assert update["mode"] == "reflash"
+    fw2 = load_firmware_dir(out / "reflash" / "fw-reflash-1")
+    assert update["blob_id"] == parse_header(fw2.blob_path.read_bytes()).blob_id
+    assert s["update_bytes"] == fw2.info["firmware_flash_bytes"]  # a re-flash sends the whole image
