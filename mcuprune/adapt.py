@@ -72,9 +72,13 @@ DEFAULT_STEPS = ("input", "calibrate", "monitor")  # reprune: see the module doc
 INPUT_METHODS = ("moments", "quantiles")
 MAX_GAIN = 4.0  # the gain stays in [1/4, 4]: beyond that the capture is not a lighting change
 MIN_CAPTURED = 20
+MIN_CAPTURED_MONITOR = 100
 QUANTILES = np.linspace(0.01, 0.99, 99)
 PRIOR_ITERATIONS = 3  # class-weighted reference <-> predictions on the corrected input; converges in 2-3
 VARIANTS = ("dsp", "reference")
+COMPENSATIONS = ("lstsq", "bias", "none")
+RIDGE = 1e-3  # of the mean Gram diagonal: a few hundred kept weights per row stay stable on ~500 samples
+RECONSTRUCT_POSITIONS = 16  # output pixels per image a conv layer's least squares sees
 _BATCH = 500
 
 
@@ -183,7 +187,7 @@ def estimate_input_q(captured_uint8: np.ndarray, class_hist: np.ndarray,
     predicted class frequencies, iterated `iterations` times from the deployed predictions."""
     captured_hist = np.bincount(np.asarray(captured_uint8).ravel(), minlength=256)
     k = len(class_hist)
-    q, clamped, m = None, False, InputMap(1.0, 0.0)
+    q, clamped, limited, m = None, False, False, InputMap(1.0, 0.0)
     prior = np.full(k, 1.0 / k)
     for _ in range(max(1, iterations)):
         pred = np.asarray(predict(q))
@@ -200,9 +204,9 @@ def estimate_input_q(captured_uint8: np.ndarray, class_hist: np.ndarray,
             m = fit_input_map(captured_hist, reference, method, pivot=pivot)
             m = InputMap(float(np.clip(m.gain, 1.0 / MAX_GAIN, MAX_GAIN)), 0.0).with_pivot(pivot)
             q = QParams(scale=m.gain / 255.0, zero_point=q.zero_point)
-        clamped = clamped or limited
     info = {"method": method, "gain": round(m.gain, 5), "offset": round(m.offset, 3),
-            "scale": q.scale, "zero_point": q.zero_point, "zero_point_wanted": round(wanted, 2), "limited": clamped,
+            "scale": q.scale, "zero_point": q.zero_point, "zero_point_wanted": round(wanted, 2),
+            "zero_point_clamped": clamped, "gain_limited": limited, "limited": clamped or limited,
             "predicted_prior": [round(float(p), 4) for p in prior],
             "captured_mean_std": [round(v, 2) for v in _moments(captured_hist)]}
     return q, info
@@ -316,11 +320,6 @@ def forced_bytes(mask: np.ndarray, fmt: str) -> int:
 
     m = np.asarray(mask, dtype=bool)
     return format_bytes(m.astype(np.int8), fmt) + QUANT_BYTES_PER_CHANNEL * int(m.shape[0])
-
-
-COMPENSATIONS = ("lstsq", "bias", "none")
-RIDGE = 1e-3  # of the mean Gram diagonal: a few hundred kept weights per row stay stable on ~500 samples
-RECONSTRUCT_POSITIONS = 16  # output pixels per image a conv layer's least squares sees
 
 
 def _levels_near(sparsity: float) -> tuple[float, ...]:
@@ -483,7 +482,7 @@ def check_same_architecture(deployed: QuantModel, new: QuantModel, formats: dict
 
 
 def _check_arguments(deployed: QuantModel, formats: dict[str, str], captured: np.ndarray, steps: tuple[str, ...],
-                     input_method: str) -> np.ndarray:
+                     input_method: str, compensation: str) -> np.ndarray:
     from mcuprune.sparse import FORMATS
 
     bad = [s for s in steps if s not in STEPS]
@@ -491,12 +490,17 @@ def _check_arguments(deployed: QuantModel, formats: dict[str, str], captured: np
         raise UserError(f"unknown adaptation step(s) {', '.join(bad)}: choose from {', '.join(STEPS)}")
     if input_method not in INPUT_METHODS:
         raise UserError(f"unknown input method '{input_method}': choose one of {', '.join(INPUT_METHODS)}")
+    if compensation not in COMPENSATIONS:
+        raise UserError(f"unknown compensation '{compensation}': choose one of {', '.join(COMPENSATIONS)}")
     x = np.asarray(captured)
     if x.dtype != np.uint8 or tuple(x.shape[1:]) != tuple(deployed.input_shape):
         raise UserError(f"captured inputs must be uint8 images {tuple(deployed.input_shape)}, got {x.dtype} "
                         f"{tuple(x.shape[1:])}")
     if len(x) < MIN_CAPTURED:
         raise UserError(f"adaptation needs at least {MIN_CAPTURED} captured inputs, got {len(x)}")
+    if "monitor" in steps and len(x) < MIN_CAPTURED_MONITOR:
+        raise UserError(f"refitting the drift monitor needs at least {MIN_CAPTURED_MONITOR} captured inputs "
+                        f"(half train its QSAE, half are its reference), got {len(x)}")
     weighted = {ql.name for ql in deployed.layers if ql.has_weights}
     if set(formats) != weighted or any(f not in FORMATS for f in formats.values()):
         raise UserError(f"formats must give one of {', '.join(FORMATS)} for each of {', '.join(sorted(weighted))}")
@@ -508,8 +512,9 @@ def _check_arguments(deployed: QuantModel, formats: dict[str, str], captured: np
 
 def adapt(run_dir: Path, deployed: QuantModel, formats: dict[str, str], captured_uint8: np.ndarray, *,
           steps: tuple[str, ...] = DEFAULT_STEPS, seed: int = 0, input_method: str = "moments",
-          train_images: np.ndarray | None = None, train_labels: np.ndarray | None = None,
-          compensation: str = "lstsq", qsae_steps: int = 2000, monitor_spec: MonitorSpec | None = None) -> AdaptResult:
+          compensation: str = "lstsq", train_images: np.ndarray | None = None,
+          train_labels: np.ndarray | None = None, qsae_steps: int = 2000,
+          monitor_spec: MonitorSpec | None = None) -> AdaptResult:
     """New parameters for the deployed architecture from unlabeled captured inputs (module docstring).
 
     run_dir: the run the deployed model was compiled from (its dataset gives the training pixel
@@ -517,7 +522,7 @@ def adapt(run_dir: Path, deployed: QuantModel, formats: dict[str, str], captured
     of each weighted layer. train_images/train_labels: the training set, to avoid loading it again."""
     t0 = time.perf_counter()
     steps = tuple(steps)
-    x = _check_arguments(deployed, formats, captured_uint8, steps, input_method)
+    x = _check_arguments(deployed, formats, captured_uint8, steps, input_method, compensation)
     seconds: dict[str, float] = {}
     report: dict = {"steps": list(steps), "captured": int(len(x)), "seed": seed}
     base = dequantize_model(deployed)

@@ -15,6 +15,7 @@ after the update, update size and transfer time, and logit/telemetry mismatches 
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -250,10 +251,10 @@ def run_drift_demo(run_dir: Path, fw_dir: Path, dataset: Dataset, cfg: DemoConfi
     log = JsonlLog(out_dir / "events.jsonl", append=False)
     adapter = make_adapter(run_dir, fw, seed=cfg.seed, steps=cfg.adapt_steps)
     summaries, timelines = [], {}
+    scratch = tempfile.TemporaryDirectory(prefix="mcuprune-slots-")  # 16 MB memory files, one per board
     try:
         for scenario in scenarios:
-            memory = out_dir / f"slots-{scenario.name}.mem"
-            memory.unlink(missing_ok=True)  # a fresh board: it installs the factory blob
+            memory = Path(scratch.name) / f"slots-{scenario.name}.mem"  # a fresh board: it installs the factory blob
             session = QemuSession(fw, memory)
             device = session.start()
             updater = (stream_updater(lambda s=session: s.device, fw) if cfg.update == "stream"
@@ -277,6 +278,7 @@ def run_drift_demo(run_dir: Path, fw_dir: Path, dataset: Dataset, cfg: DemoConfi
             timelines[scenario.name] = timeline
     finally:
         log.close()
+        scratch.cleanup()
     results = {"run": str(run_dir), "firmware": str(fw_dir), "board": fw.board.name, "config": asdict(cfg),
                "scenarios": summaries}
     write_report(results, out_dir)

@@ -204,15 +204,17 @@ def test_adaptation_on_unshifted_data_changes_accuracy_little(digits_deployed) -
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(steps=("input", "finetune")), "unknown adaptation step"),
-    (dict(captured=np.zeros((50, 8, 8, 1), np.float32)), "uint8 images"),
-    (dict(captured=np.zeros((50, 9, 8, 1), np.uint8)), "uint8 images"),
-    (dict(captured=np.zeros((5, 8, 8, 1), np.uint8)), "at least"),
+    (dict(captured=np.zeros((120, 8, 8, 1), np.float32)), "uint8 images"),
+    (dict(captured=np.zeros((120, 9, 8, 1), np.uint8)), "uint8 images"),
+    (dict(captured=np.zeros((5, 8, 8, 1), np.uint8)), "at least 20"),
     (dict(formats={"conv2d0": "dense"}), "formats must give"),
     (dict(input_method="median"), "unknown input method"),
+    (dict(compensation="finetune"), "unknown compensation"),
+    (dict(steps=("monitor",), captured=np.zeros((50, 8, 8, 1), np.uint8)), "needs at least 100"),
 ])
 def test_bad_arguments_give_one_clear_line(digits_deployed, kwargs, message) -> None:
     run_dir, ds, model, formats = digits_deployed
-    captured = kwargs.pop("captured", ds.x_train[:50])
+    captured = kwargs.pop("captured", ds.x_train[:120])
     formats = kwargs.pop("formats", formats)
     with pytest.raises(UserError, match=message) as err:
         adapt(run_dir, model, formats, captured, train_images=ds.x_train, train_labels=ds.y_train, **kwargs)
@@ -222,7 +224,7 @@ def test_bad_arguments_give_one_clear_line(digits_deployed, kwargs, message) -> 
 def test_constant_captures_are_refused(digits_deployed) -> None:
     run_dir, ds, model, formats = digits_deployed
     with pytest.raises(UserError, match="same pixel value"):
-        adapt(run_dir, model, formats, np.full((50, 8, 8, 1), 7, np.uint8), train_images=ds.x_train,
+        adapt(run_dir, model, formats, np.full((120, 8, 8, 1), 7, np.uint8), train_images=ds.x_train,
               train_labels=ds.y_train)
 
 

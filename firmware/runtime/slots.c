@@ -258,6 +258,22 @@ int mcup_slots_chunk(uint32_t offset, const uint8_t *data, uint32_t len, uint32_
     return 0;
 }
 
+/*
+ * The switch: seal `slot` VALID with `generation` (its record CRC is the last store, so a power cut
+ * leaves either the old or the new model active), close any open update and bind the slot.
+ * `h` passed the same checks just before; `err` is returned if binding fails all the same.
+ */
+static int switch_to(uint32_t slot, uint32_t generation, const mcup_blob_header *h, int err)
+{
+    seal(slot, generation);
+    open_slot = MCUP_SLOT_NONE;
+    if (mcup_bind(slot_data(slot), h, 1) != 0) {
+        return err;
+    }
+    active = (uint8_t)slot;
+    return 0;
+}
+
 int mcup_slots_commit(uint32_t blob_id)
 {
     if (open_slot == MCUP_SLOT_NONE || records[open_slot].blob_id != blob_id) {
@@ -276,13 +292,7 @@ int mcup_slots_commit(uint32_t blob_id)
         return rc;
     }
     const uint32_t generation = (active == MCUP_SLOT_NONE ? 0u : records[active].generation) + 1u;
-    seal(slot, generation);
-    open_slot = MCUP_SLOT_NONE;
-    if (mcup_bind(slot_data(slot), &h, 1) != 0) {
-        return MCUP_ERR_BAD_BLOB; /* cannot happen: the same check passed above */
-    }
-    active = (uint8_t)slot;
-    return 0;
+    return switch_to(slot, generation, &h, MCUP_ERR_BAD_BLOB);
 }
 
 int mcup_slots_rollback(void)
@@ -298,13 +308,7 @@ int mcup_slots_rollback(void)
     if (check_slot(other, 0, &h) != 0) {
         return MCUP_ERR_NO_ROLLBACK;
     }
-    seal(other, records[active].generation + 1u);
-    open_slot = MCUP_SLOT_NONE;
-    if (mcup_bind(slot_data(other), &h, 1) != 0) {
-        return MCUP_ERR_NO_ROLLBACK; /* cannot happen: the same check passed above */
-    }
-    active = (uint8_t)other;
-    return 0;
+    return switch_to(other, records[active].generation + 1u, &h, MCUP_ERR_NO_ROLLBACK);
 }
 
 uint8_t mcup_slots_active(void)
