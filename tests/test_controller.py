@@ -151,3 +151,26 @@ def test_drift_demo_reflash_boots_the_adapted_firmware_on_erased_slots(blob_fw, 
     fw2 = load_firmware_dir(out / "reflash" / "fw-reflash-1")
     assert update["blob_id"] == parse_header(fw2.blob_path.read_bytes()).blob_id
     assert s["update_bytes"] == fw2.info["firmware_flash_bytes"]  # a re-flash sends the whole image
+
+
+def test_live_view_table_shows_samples_serving_and_detector_margins() -> None:
+    """The monitor's rich table (rendered off-screen) carries the counters the controller keeps."""
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from mcuprune.drift import DriftMonitor, PageHinkley, PageHinkleyConfig
+    from mcuprune.monitor import LiveView
+
+    ph = PageHinkley(PageHinkleyConfig(field="recon_error", lam=5.0)).fit(np.random.default_rng(0).normal(10, 1, 500))
+    ctl = SimpleNamespace(drift=DriftMonitor({"recon_error": ph}), serving=SimpleNamespace(label="update-1"),
+                          alarms_seen=[120])
+    view = LiveView(ctl, every=10)
+    for i in range(30):
+        ctl.drift.update({"recon_error": 10.0})
+        view(i, {"recon_error": 10, "pred": 1, "label": 1 if i % 2 else 0})
+    console = Console(record=True, width=120)
+    console.print(view._table())
+    text = console.export_text()
+    assert "30" in text and "update-1" in text and "50.0 %" in text and "recon_error" in text
+    view.close()
