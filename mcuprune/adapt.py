@@ -34,9 +34,10 @@ switchable (``steps``):
   the knapsack keeps it whole (KL 0). There are no labels, so no fine-tuning; instead the kept
   weights and biases are refitted layer by layer by ridge least squares to reproduce the dense
   parent's pre-activations on the captured data (``reconstruct``). Without that, re-pruning the
-  parent costs the fine-tuning the deployed run had (≈ 6 points on Fashion-MNIST); with it,
-  re-pruning still loses ~1 point on unshifted data and gains ~1 under rotation, so it is not a
-  default step (bench/drift/README.md).
+  parent loses what the deployed run's fine-tuning bought (5.5 points on unshifted
+  Fashion-MNIST); with it, adding re-pruning to the default steps still costs 0.3–0.5 points
+  (1.0–1.2 under noise) and gains 1.4–1.8 only under rotation, so it is not a default step
+  (bench/drift/README.md).
 * ``monitor``: the monitor QSAE (monitor_qsae.build_monitor_qsae) is retrained for the new model on
   one half of the captured data and the drift monitor (drift_offline.build_monitor) is fitted on
   the new model's telemetry of the other half: the adapted distribution becomes the new normal.

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -207,7 +208,7 @@ def main() -> None:
             rows.append(run_stream(args, dataset, deployed, formats, static_setup, static_monitor, scenario, seed))
     meta = {"run": str(args.run), "objective": args.objective, "formats": formats, "bytes": model_bytes,
             "seeds": args.seeds, "captured": args.captured, "variants": {k: list(v) for k, v in VARIANTS.items()},
-            "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs",
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
             "command": " ".join(["python", "bench/drift/adapt_offline.py", *sys.argv[1:]])}
     summary = summarize(rows, args.captured)
     meta["seconds"] = round(time.time() - t0)
