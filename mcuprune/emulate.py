@@ -307,6 +307,9 @@ class Device:
             hint = ERROR_HINTS.get(err.code)
             raise DeviceRejected(f"device rejected {_type_name(msg_type)} seq {reply.seq}: {err.describe()}"
                                  + (f" ({hint})" if hint else ""), err.code, err.offending_type)
+        if reply.type == msg_type:  # our own request came back: a loopback, or an echoing terminal
+            raise DeviceError(f"the line echoes our {_type_name(msg_type)} request back instead of answering it: "
+                              "is this port a loopback or an echoing terminal rather than the board's UART?")
         if reply.type != msg_type | 0x80:
             raise DeviceError(f"device answered {_type_name(msg_type)} seq {reply.seq} "
                               f"with type 0x{reply.type:02x}")

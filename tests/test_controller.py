@@ -174,3 +174,11 @@ def test_live_view_table_shows_samples_serving_and_detector_margins() -> None:
     text = console.export_text()
     assert "30" in text and "update-1" in text and "50.0 %" in text and "recon_error" in text
     view.close()
+
+
+def test_monitor_on_a_loop_url_fails_with_one_clear_line(blob_fw, capsys) -> None:
+    """loop:// echoes our own INFO request back: the controller says so in one line (exit 2, no
+    traceback) instead of hanging or taking its own frame for a reply."""
+    code = main(["monitor", "--port", "loop://", "--run", str(blob_fw.path), "--samples", "10"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "echoes our INFO request back" in err
