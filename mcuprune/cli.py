@@ -148,7 +148,6 @@ def cmd_demo(args: argparse.Namespace) -> None:
                         f"{bad[0].mismatches} mismatching samples")
 
 
-ADAPT_STEPS = ("input", "calibrate", "reprune", "monitor")  # controller.ADAPT_STEPS (kept import-light)
 DEFAULT_PRUNE_BUDGET = 26_000  # bytes: the QSAE acceptance point of issue 3 (bench/RESULTS.md)
 
 
@@ -336,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_monitor)
+    from mcuprune.adapt import STEPS as ADAPT_STEPS  # here, not at the top: importing cli stays cheap
+
     adapt_help = "adaptation steps on drift (default: all of input calibrate reprune monitor; see mcuprune/adapt.py)"
     p.add_argument("--adapt-steps", nargs="+", choices=ADAPT_STEPS, default=list(ADAPT_STEPS), help=adapt_help)
 

@@ -26,7 +26,6 @@ import numpy as np
 from mcuprune.compiler import FirmwareDir, load_firmware_dir
 from mcuprune.controller import (
     ADAPT_STEPS,
-    AdaptOutcome,
     HostController,
     JsonlLog,
     ServingModel,
@@ -34,11 +33,12 @@ from mcuprune.controller import (
     factory_drift_monitor,
     factory_serving,
     make_adapter,
+    reflash_updater,
     stream_updater,
 )
 from mcuprune.data import Dataset, to_int8
 from mcuprune.drift import DriftMonitor
-from mcuprune.emulate import Device, DeviceError, QemuDevice
+from mcuprune.emulate import Device, QemuDevice
 from mcuprune.reference import BATCH, run_s8
 from mcuprune.scenarios import Scenario, make_stream
 
@@ -210,36 +210,6 @@ class QemuSession:
             self.qemu = None
 
 
-def reflash_updater(session: QemuSession, workdir: Path) -> Callable[[AdaptOutcome], tuple[int, dict]]:
-    """Install an adaptation by compiling a new blob firmware whose factory blob is the adapted
-    model and re-flashing it (under QEMU: restarting it with the new ELF on erased slots)."""
-    from mcuprune.compiler import compile_model, load_firmware_dir
-
-    count = 0
-
-    def run(outcome: AdaptOutcome) -> tuple[int, dict]:
-        nonlocal count
-        count += 1
-        fw_dir = workdir / f"fw-reflash-{count}"
-        t0 = time.monotonic()
-        result = compile_model(outcome.model, session.fw.board, fw_dir, session.fw.variant, params="blob",
-                               monitor=outcome.monitor)
-        compile_s = time.monotonic() - t0
-        fw = load_firmware_dir(fw_dir)
-        t0 = time.monotonic()
-        device = session.reflash(fw)
-        serving = factory_serving(fw)
-        info = device.info()
-        if info.active_blob_id != serving.blob_id:
-            raise DeviceError(f"after the re-flash the device serves blob {info.active_blob_id}, expected the new "
-                              f"factory blob 0x{serving.blob_id:08x}")
-        return serving.blob_id, {"mode": "reflash", "update_bytes": result.build.flash_bytes,
-                                 "update_seconds": round(time.monotonic() - t0, 3),
-                                 "compile_seconds": round(compile_s, 1), "device": device}
-
-    return run
-
-
 def run_drift_demo(run_dir: Path, fw_dir: Path, dataset: Dataset, cfg: DemoConfig, out_dir: Path,
                    scenarios: list[Scenario], progress: Callable[[str], None] = print) -> dict:
     """Every scenario on a fresh emulated board; writes drift_demo.{json,md,png} and events.jsonl."""
@@ -258,7 +228,7 @@ def run_drift_demo(run_dir: Path, fw_dir: Path, dataset: Dataset, cfg: DemoConfi
             session = QemuSession(fw, memory)
             device = session.start()
             updater = (stream_updater(lambda s=session: s.device, fw) if cfg.update == "stream"
-                       else reflash_updater(session, out_dir / "reflash"))
+                       else reflash_updater(fw, out_dir / "reflash", session.reflash))
 
             def make(lg: JsonlLog, device: Device = device, updater=updater) -> HostController:
                 return HostController(device, factory, DriftMonitor.from_state(monitor_state), lg, adapter, updater,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import shlex
 import subprocess
 import sys
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,16 +19,16 @@ from pathlib import Path
 
 import numpy as np
 
-from mcuprune.compiler import FirmwareDir, compile_model, load_firmware_dir
+from mcuprune.compiler import FirmwareDir, load_firmware_dir
 from mcuprune.controller import (
     ADAPT_STEPS,
-    AdaptOutcome,
     HostController,
     JsonlLog,
     ServingModel,
     factory_drift_monitor,
     factory_serving,
     make_adapter,
+    reflash_updater,
     stream_updater,
 )
 from mcuprune.data import load_dataset
@@ -85,34 +84,20 @@ def serving_for(fw: FirmwareDir, blob_id: int | None) -> ServingModel:
                         f"blob-{blob_id:08x}")
 
 
-def flash_updater(port: str, fw: FirmwareDir, workdir: Path,
-                  connect: Callable[[str], Device]) -> Callable[[AdaptOutcome], tuple[int, dict]]:
-    """Re-flash a real board with the board file's flash command (pyocd, openocd, ...)."""
-    command = fw.board.flash_command
-    if command is None:
+def board_flasher(port: str, fw: FirmwareDir, connect: Callable[[str], Device]) -> Callable[[FirmwareDir], Device]:
+    """Program a real board with its board file's flash command (pyocd, openocd, ...), then reconnect."""
+    if fw.board.flash_command is None:
         raise UserError(f"board {fw.board.name} has no flash_command in its board file: use --update stream "
                         "(under QEMU, `mcuprune drift-demo --update reflash` restarts QEMU with the new ELF)")
-    count = 0
 
-    def run(outcome: AdaptOutcome) -> tuple[int, dict]:
-        nonlocal count
-        count += 1
-        new_dir = workdir / f"fw-reflash-{count}"
-        result = compile_model(outcome.model, fw.board, new_dir, fw.variant, params="blob", monitor=outcome.monitor)
-        new_fw = load_firmware_dir(new_dir)
-        t0 = time.monotonic()
+    def flash(new_fw: FirmwareDir) -> Device:
         cmd = fw.board.flash_command_for(new_fw.elf)
         done = subprocess.run(shlex.split(cmd), capture_output=True, text=True)
         if done.returncode != 0:
             raise UserError(f"flashing failed ({cmd} exited with {done.returncode}): {done.stderr.strip()[-300:]}")
-        device = connect(port)
-        serving = factory_serving(new_fw)
-        if device.info().active_blob_id != serving.blob_id:
-            raise UserError("after flashing, the device does not serve the new firmware's factory blob")
-        return serving.blob_id, {"mode": "reflash", "update_bytes": result.build.flash_bytes,
-                                 "update_seconds": round(time.monotonic() - t0, 3), "device": device}
+        return connect(port)
 
-    return run
+    return flash
 
 
 class LiveView:
@@ -183,7 +168,7 @@ def run_monitor(port: str, fw: FirmwareDir, run_dir: Path, cfg: MonitorConfig, l
     if cfg.update == "stream":
         updater = stream_updater(lambda: controller.device, fw)
     elif cfg.update == "reflash":
-        updater = flash_updater(port, fw, log_path.parent / "reflash", connect)
+        updater = reflash_updater(fw, log_path.parent / "reflash", board_flasher(port, fw, connect))
     else:
         updater = None
     scenario = NONE if cfg.scenario == "none" else SCENARIOS.get(cfg.scenario)

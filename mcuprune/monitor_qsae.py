@@ -82,12 +82,20 @@ def reconstruct_s8(qsae_model: QuantModel, act: np.ndarray) -> np.ndarray:
     return np.concatenate(parts).reshape(act.shape)
 
 
-def device_telemetry(model: QuantModel, qsae_model: QuantModel, x_uint8: np.ndarray, first_count: int = 0) -> Telemetry:
-    """The telemetry the device sends for each image, simulated with the int8 reference interpreter."""
+def device_outputs(model: QuantModel, qsae_model: QuantModel, x_uint8: np.ndarray,
+                   first_count: int = 0) -> tuple[np.ndarray, Telemetry]:
+    """The int8 logits (N, K) and the telemetry the device sends for each image, from one run of the
+    int8 reference interpreter."""
     table = exp_table(model.output_q.scale)
-    parts = []
+    logits, parts = [], []
     for s in range(0, len(x_uint8), BATCH):
         outs = trace_s8(model, to_int8(x_uint8[s : s + BATCH]))
         act = outs[-2].reshape(len(outs[-2]), -1)
+        logits.append(outs[-1].reshape(len(act), -1))
         parts.append(telemetry_from_tensors(outs[-1], act, reconstruct_s8(qsae_model, act), table, first_count + s))
-    return concat(parts)
+    return np.concatenate(logits), concat(parts)
+
+
+def device_telemetry(model: QuantModel, qsae_model: QuantModel, x_uint8: np.ndarray, first_count: int = 0) -> Telemetry:
+    """The telemetry the device sends for each image, simulated with the int8 reference interpreter."""
+    return device_outputs(model, qsae_model, x_uint8, first_count)[1]

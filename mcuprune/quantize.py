@@ -80,9 +80,15 @@ def quantize_model(model: FloatModel, calibration_uint8: np.ndarray, meta: dict 
                       num_classes=model.num_classes, layers=tuple(layers), meta=dict(meta or {}))
 
 
+def calibration_indices(n: int, samples: int = CALIBRATION_SAMPLES, seed: int = 0) -> np.ndarray:
+    """Sorted indices of calibration_subset's images among n training images (all of them if n <= samples)."""
+    if n <= samples:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=samples, replace=False))
+
+
 def calibration_subset(x_train: np.ndarray, samples: int = CALIBRATION_SAMPLES, seed: int = 0) -> np.ndarray:
     """A seeded random subset of the training images (bounded memory and time)."""
     if len(x_train) <= samples:
         return x_train
-    idx = np.random.default_rng(seed).choice(len(x_train), size=samples, replace=False)
-    return x_train[np.sort(idx)]
+    return x_train[calibration_indices(len(x_train), samples, seed)]
