@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from mcuprune.boards import load_board
-from mcuprune.compiler import compile_model, quantize_run
-from mcuprune.data import load_dataset, to_int8
-from mcuprune.emulate import QemuDevice
-from mcuprune.ir import Op, QuantLayer, shape_product
-from mcuprune.reference import run_s8
+from mcuprune.device.link import QemuDevice
+from mcuprune.model.ir import Op, QuantLayer, shape_product
+from mcuprune.model.reference import run_s8
+from mcuprune.target.board import load_board
+from mcuprune.target.compile import compile_model, quantize_run
+from mcuprune.train.datasets import load_dataset, to_int8
 
 VARIANTS = (("mps2-an386", "dsp"), ("mps2-an386", "reference"), ("mps2-an385", "reference"))
 

@@ -22,8 +22,8 @@ def _print_json(obj: dict) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from mcuprune.data import load_dataset
-    from mcuprune.train import train_run
+    from mcuprune.train.datasets import load_dataset
+    from mcuprune.train.training import train_run
 
     dataset = load_dataset(args.dataset)
     spec = str(Path(args.dataset).resolve()) if args.dataset.endswith(".npz") else args.dataset
@@ -34,7 +34,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_compile(args: argparse.Namespace) -> None:
-    from mcuprune.compiler import compile_run
+    from mcuprune.target.compile import compile_run
 
     result = compile_run(Path(args.run), args.board, Path(args.out), args.kernels, args.objective, args.renode,
                          params=args.params)
@@ -47,11 +47,11 @@ def cmd_compile(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from mcuprune.evaluate import evaluate_firmware
+    from mcuprune.device.evaluate import evaluate_firmware
 
     if args.emulator == "renode":
-        from mcuprune.compiler import load_firmware_dir
-        from mcuprune.renode import run_renode
+        from mcuprune.target.compile import load_firmware_dir
+        from mcuprune.target.renode import run_renode
 
         fw = load_firmware_dir(Path(args.fwdir))
         result = run_renode(fw.path, fw.board)
@@ -76,7 +76,7 @@ def _print_evaluations(evs: list) -> None:
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
-    from mcuprune.prune import prune_run
+    from mcuprune.compress.prune import prune_run
 
     run = Path(args.run)
     out = Path(args.out) if args.out else run.with_name(f"{run.name}-{args.method}")
@@ -92,8 +92,8 @@ def cmd_prune(args: argparse.Namespace) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    from mcuprune.sweep import sweep_run
-    from mcuprune.train import read_run_meta
+    from mcuprune.compress.sweep import sweep_run
+    from mcuprune.train.training import read_run_meta
 
     run = Path(args.run)
     if args.budgets:
@@ -109,7 +109,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 
 def cmd_boards(args: argparse.Namespace) -> None:
-    from mcuprune.boards import list_boards
+    from mcuprune.target.board import list_boards
 
     for board in list_boards():
         qemu = board.qemu_machine or "-"
@@ -118,10 +118,10 @@ def cmd_boards(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from mcuprune.compiler import compile_run
-    from mcuprune.data import load_dataset
-    from mcuprune.evaluate import evaluate_firmware
-    from mcuprune.train import train_run
+    from mcuprune.device.evaluate import evaluate_firmware
+    from mcuprune.target.compile import compile_run
+    from mcuprune.train.datasets import load_dataset
+    from mcuprune.train.training import train_run
 
     work = Path(args.workdir)
     run_dir = work / "run"
@@ -155,15 +155,15 @@ def _blob_firmware(args: argparse.Namespace) -> tuple[Path, Path]:
     """(firmware dir, training run): --firmware as given, else the default pipeline in --workdir
     (Fashion-MNIST CNN as `demo` trains it, QSAE-pruned to 26,000 B, compiled with --params blob),
     each stage reused when its directory already exists."""
-    from mcuprune.monitor import resolve_firmware
+    from mcuprune.controller.monitor import resolve_firmware
 
     if args.firmware:
         fw, run_dir = resolve_firmware(Path(args.firmware), None)
         return fw.path, run_dir
-    from mcuprune.compiler import compile_run
-    from mcuprune.data import load_dataset
-    from mcuprune.prune import prune_run
-    from mcuprune.train import train_run
+    from mcuprune.compress.prune import prune_run
+    from mcuprune.target.compile import compile_run
+    from mcuprune.train.datasets import load_dataset
+    from mcuprune.train.training import train_run
 
     work = Path(args.workdir)
     run_dir, pruned, fw_dir = work / "run", work / "run-qsae", work / f"fw-blob-{args.board}"
@@ -180,7 +180,7 @@ def _blob_firmware(args: argparse.Namespace) -> tuple[Path, Path]:
 
 
 def cmd_monitor(args: argparse.Namespace) -> None:
-    from mcuprune.monitor import MonitorConfig, resolve_firmware, run_monitor
+    from mcuprune.controller.monitor import MonitorConfig, resolve_firmware, run_monitor
 
     fw, run_dir = resolve_firmware(Path(args.run), Path(args.firmware) if args.firmware else None)
     cfg = MonitorConfig(update=args.update, scenario=args.scenario, shift_at=args.shift_at, samples=args.samples,
@@ -197,10 +197,10 @@ def cmd_monitor(args: argparse.Namespace) -> None:
 
 
 def cmd_drift_demo(args: argparse.Namespace) -> None:
-    from mcuprune.compiler import load_firmware_dir
-    from mcuprune.data import load_dataset
-    from mcuprune.drift_demo import NONE, DemoConfig, run_drift_demo
-    from mcuprune.scenarios import SCENARIOS
+    from mcuprune.controller.drift_demo import NONE, DemoConfig, run_drift_demo
+    from mcuprune.controller.scenarios import SCENARIOS
+    from mcuprune.target.compile import load_firmware_dir
+    from mcuprune.train.datasets import load_dataset
 
     unknown = [s for s in args.scenarios if s != "none" and s not in SCENARIOS]
     if unknown:
@@ -225,7 +225,7 @@ def cmd_drift_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_powercut_test(args: argparse.Namespace) -> None:
-    from mcuprune.powercut import run_powercut_trials
+    from mcuprune.device.powercut import run_powercut_trials
 
     if args.trials < 1:
         raise UserError("--trials must be at least 1")
@@ -335,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_monitor)
-    from mcuprune.adapt import STEPS as ADAPT_STEPS  # here, not at the top: importing cli stays cheap
+    from mcuprune.controller.adapt import STEPS as ADAPT_STEPS  # here, not at the top: importing cli stays cheap
 
     adapt_help = "adaptation steps on drift (default: all of input calibrate reprune monitor; see mcuprune/adapt.py)"
     p.add_argument("--adapt-steps", nargs="+", choices=ADAPT_STEPS, default=list(ADAPT_STEPS), help=adapt_help)

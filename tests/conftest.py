@@ -10,8 +10,8 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory: pytest.TempPathFactory):
     """A small CNN trained on scikit-learn digits: (run_dir, dataset). Seeded, a few seconds."""
-    from mcuprune.data import load_digits
-    from mcuprune.train import train_run
+    from mcuprune.train.datasets import load_digits
+    from mcuprune.train.training import train_run
 
     run_dir = tmp_path_factory.mktemp("digits-run")
     dataset = load_digits()

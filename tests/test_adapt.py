@@ -1,11 +1,11 @@
-"""Adaptation to drifted inputs (mcuprune.adapt): same architecture out, the input correction, accuracy."""
+"""Adaptation to drifted inputs (mcuprune.controller.adapt): same architecture out, the input correction, accuracy."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from mcuprune.adapt import (
+from mcuprune.controller.adapt import (
     STEPS,
     InputMap,
     adapt,
@@ -17,11 +17,11 @@ from mcuprune.adapt import (
     pixel_histograms,
     quantize_chain,
 )
-from mcuprune.data import to_int8
+from mcuprune.controller.scenarios import brightness_contrast
 from mcuprune.errors import UserError
-from mcuprune.ir import QParams
-from mcuprune.reference import run_s8
-from mcuprune.scenarios import brightness_contrast
+from mcuprune.model.ir import QParams
+from mcuprune.model.reference import run_s8
+from mcuprune.train.datasets import to_int8
 
 
 def _accuracy(model, x, y) -> float:
@@ -35,7 +35,7 @@ def _hist(x) -> np.ndarray:
 @pytest.fixture(scope="module")
 def digits_deployed(digits_run):
     """The dense digits CNN quantized as `mcuprune compile` does, all layers dense."""
-    from mcuprune.compiler import quantize_run
+    from mcuprune.target.compile import quantize_run
 
     run_dir, ds = digits_run
     model = quantize_run(run_dir)
@@ -46,9 +46,9 @@ def digits_deployed(digits_run):
 def digits_pruned(digits_run, tmp_path_factory):
     """The digits CNN pruned (QSAE structured step + KL masks, no fine-tune) and quantized, with the
     smallest formats: every layer sparse, so re-pruning has bytes to trade."""
-    from mcuprune.compiler import quantize_run
-    from mcuprune.prune import prune_run
-    from mcuprune.sparse import choose_formats
+    from mcuprune.compress.prune import prune_run
+    from mcuprune.model.formats import choose_formats
+    from mcuprune.target.compile import quantize_run
 
     run_dir, ds = digits_run
     out = tmp_path_factory.mktemp("digits-pruned") / "p"
@@ -144,10 +144,10 @@ def test_no_step_gives_the_deployed_parameters_back(digits_deployed) -> None:
 
 
 def test_all_steps_keep_the_architecture_formats_and_budget(digits_pruned) -> None:
-    from mcuprune.codegen import architecture_hash
-    from mcuprune.drift import DriftMonitor
-    from mcuprune.monitor_qsae import penultimate_q
-    from mcuprune.sparse import pack, unpack
+    from mcuprune.codegen.emit import architecture_hash
+    from mcuprune.controller.detectors import DriftMonitor
+    from mcuprune.controller.drift_qsae import penultimate_q
+    from mcuprune.model.formats import pack, unpack
 
     run_dir, ds, model, formats = digits_pruned
     formats = dict(formats, conv2d0="dense")  # a dense-format layer: its bytes do not depend on its mask

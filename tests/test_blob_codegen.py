@@ -18,16 +18,18 @@ from unittest import mock
 import numpy as np
 import pytest
 
-from mcuprune import codegen, sparse
-from mcuprune.blob import HEADER_BYTES, pack_blob, parse_blob, parse_header
-from mcuprune.boards import load_board
-from mcuprune.data import to_int8
+from mcuprune.codegen import emit as codegen
+from mcuprune.codegen.blob import HEADER_BYTES, pack_blob, parse_blob, parse_header
 from mcuprune.errors import UserError
-from mcuprune.ir import QuantModel
-from mcuprune.reference import run_s8
+from mcuprune.model import formats as sparse
+from mcuprune.model.ir import QuantModel
+from mcuprune.model.reference import run_s8
+from mcuprune.resources import BOARDS_DIR, BSP_DIR, INCLUDE_DIR, RUNTIME_DIR
+from mcuprune.target.board import load_board
+from mcuprune.train.datasets import to_int8
 
 REPO = Path(__file__).resolve().parent.parent
-RUNTIME = REPO / "firmware" / "runtime"
+RUNTIME = RUNTIME_DIR
 HARNESS = Path(__file__).resolve().parent / "blob_harness" / "blob_host.c"
 HOST_CFLAGS = ["-std=c11", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-fno-omit-frame-pointer",
                "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
@@ -45,7 +47,7 @@ def _masked_run(run_dir: Path, out: Path, quantile: float) -> Path:
     """The digits CNN with the `quantile` smallest weights of every layer zeroed."""
     import torch
 
-    from mcuprune.train import _weight_modules, load_torch_model, save_run
+    from mcuprune.train.training import _weight_modules, load_torch_model, save_run
 
     net, meta, _ = load_torch_model(run_dir)
     masks = []
@@ -63,10 +65,10 @@ def _masked_run(run_dir: Path, out: Path, quantile: float) -> Path:
 def models(digits_run, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Factory model (85 % pruned) and an update of the same architecture (95 % pruned, quantized
     with other calibration images), each with its monitor QSAE."""
-    from mcuprune.compiler import quantize_run
-    from mcuprune.monitor_qsae import build_monitor_qsae
+    from mcuprune.controller.drift_qsae import build_monitor_qsae
     from mcuprune.quantize import quantize_model
-    from mcuprune.train import load_float_model
+    from mcuprune.target.compile import quantize_run
+    from mcuprune.train.training import load_float_model
 
     run_dir, dataset = digits_run
     tmp = tmp_path_factory.mktemp("blob-models")
@@ -97,7 +99,7 @@ def _host_build(model: QuantModel, monitor: QuantModel, formats: dict[str, str],
     assert gen.formats == formats
     kernels = gen.kernel_sources(model, "reference")
     exe = out / "blob_host"
-    cmd = [gcc, *HOST_CFLAGS, f"-I{out / 'src'}", f"-I{REPO / 'firmware' / 'include'}", f"-I{RUNTIME}",
+    cmd = [gcc, *HOST_CFLAGS, f"-I{out / 'src'}", f"-I{INCLUDE_DIR}", f"-I{RUNTIME}", f"-I{BSP_DIR}",
            str(out / "src" / "model.c"), str(out / "src" / "model_data.c"), *map(str, kernels),
            *(str(RUNTIME / name) for name in RUNTIME_SOURCES), str(HARNESS), "-o", str(exe)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -139,7 +141,7 @@ def _check(exe: Path, blob: bytes, tmp: Path, misalign: int = 0) -> dict[str, in
 
 
 def _expected_telemetry(model: QuantModel, monitor: QuantModel, x: np.ndarray) -> np.ndarray:
-    from mcuprune.monitor_qsae import device_telemetry
+    from mcuprune.controller.drift_qsae import device_telemetry
 
     tel = device_telemetry(model, monitor, x)
     return np.column_stack([tel.count, tel.top1, tel.confidence_q15, tel.recon_error, tel.histogram])
@@ -168,7 +170,7 @@ def test_blob_round_trip_and_order(models) -> None:
     np.testing.assert_array_equal(arrays[2], weighted[0].bias)
     q = weighted[0]
     np.testing.assert_array_equal(arrays[5], [-q.input_q.zero_point, q.output_q.zero_point, q.act_min, q.act_max])
-    from mcuprune.telemetry import exp_table
+    from mcuprune.model.telemetry import exp_table
 
     np.testing.assert_array_equal(arrays[-1], exp_table(model.output_q.scale))
     assert codegen.build_blob(model, FORMATS_A, monitor, "reference", blob_id=7)[16:20] == (7).to_bytes(4, "little")
@@ -200,7 +202,7 @@ def test_blob_architecture_hash(models) -> None:
                                              monitor=models["update_monitor"])
     assert blob != codegen.architecture_hash(model, "reference", FORMATS_B, params="blob", monitor=monitor)
     assert blob != codegen.architecture_hash(model, "dsp", FORMATS_A, params="blob", monitor=monitor)
-    from mcuprune.monitor_qsae import build_monitor_qsae
+    from mcuprune.controller.drift_qsae import build_monitor_qsae
 
     wider = build_monitor_qsae(model, models["dataset"].x_train[:200], hidden=40, steps=10).model
     assert blob != codegen.architecture_hash(model, "reference", FORMATS_A, params="blob", monitor=wider)
@@ -427,7 +429,7 @@ def test_failed_binds_leave_the_bound_blob_serving(models, host_a: Path, tmp_pat
 
 
 def test_blob_on_a_board_with_slots_only(models, tmp_path: Path) -> None:
-    from mcuprune.compiler import compile_model
+    from mcuprune.target.compile import compile_model
 
     model, monitor = models["model"], models["monitor"]
     with pytest.raises(UserError, match=r"board nucleo-f446re has no \[slots\].*mps2-an385, mps2-an386, mps2-an500"):
@@ -440,7 +442,7 @@ def test_blob_on_a_board_with_slots_only(models, tmp_path: Path) -> None:
 
 
 def test_prepare_project_copies_blob_runtime_only_for_blob_builds(tmp_path: Path) -> None:
-    from mcuprune.build import BLOB_ONLY_SOURCES, prepare_project
+    from mcuprune.target.build import BLOB_ONLY_SOURCES, prepare_project
 
     board = load_board("mps2-an386")
     prepare_project(tmp_path / "static", board, [])
@@ -484,7 +486,7 @@ def test_mps2_boards_have_slots_in_qemu_machine_ram() -> None:
     ("", "needs field `slots.base`"),
 ])
 def test_slots_schema_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slots: str, message: str) -> None:
-    text = (REPO / "boards" / "mps2-an386.toml").read_text().split("[slots]")[0]
+    text = (BOARDS_DIR / "mps2-an386.toml").read_text().split("[slots]")[0]
     (tmp_path / "mps2-an386.toml").write_text(f"{text}[slots]\n{slots}\n")
     monkeypatch.setenv("MCUPRUNE_BOARDS_DIR", str(tmp_path))
     with pytest.raises(UserError, match=message):
@@ -498,7 +500,7 @@ def test_compile_blob_firmware_directory(models, tmp_path: Path) -> None:
     """compile_model --params blob builds for the M4 and leaves what update blobs need in the directory."""
     if shutil.which("arm-none-eabi-gcc") is None:
         pytest.skip("arm-none-eabi-gcc is not installed")
-    from mcuprune.compiler import compile_model, load_firmware_dir
+    from mcuprune.target.compile import compile_model, load_firmware_dir
 
     model, monitor = models["model"], models["monitor"]
     fw_dir = tmp_path / "fw"

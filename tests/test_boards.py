@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from mcuprune.boards import Board, boards_dir, list_boards, load_board
 from mcuprune.errors import UserError
+from mcuprune.resources import BOARDS_DIR, BSP_DIR, RUNTIME_DIR, TARGET_TEMPLATES_DIR
+from mcuprune.target.board import Board, boards_dir, list_boards, load_board
 
 REPO = Path(__file__).resolve().parent.parent
-BOARD_FILES = sorted((REPO / "boards").glob("*.toml"))
+BOARD_FILES = sorted(BOARDS_DIR.glob("*.toml"))
 
 
 def test_there_are_board_files() -> None:
@@ -26,7 +27,7 @@ def test_every_board_file_passes_the_schema(path: Path) -> None:
     assert all(isinstance(f, str) and f.startswith("-") for f in board.cflags)
     assert board.clock_hz > 0 and board.stack_size > 0
     assert board.flash.length > 0 and board.ram.length > board.stack_size
-    assert (REPO / "firmware" / "runtime" / f"uart_{board.uart.type}.c").is_file()
+    assert (BSP_DIR / f"uart_{board.uart.type}.c").is_file()
 
 
 def test_list_boards_matches_files() -> None:
@@ -74,7 +75,7 @@ def test_board_names_are_not_paths() -> None:
 
 def _write_board(folder: Path, name: str, edit: dict[str, str]) -> Path:
     """A copy of mps2-an386.toml named `name`, with lines starting `key =` replaced or removed."""
-    lines = (REPO / "boards" / "mps2-an386.toml").read_text().splitlines()
+    lines = (BOARDS_DIR / "mps2-an386.toml").read_text().splitlines()
     edit = {"name": f'name = "{name}"', **edit}
     out = []
     for line in lines:
@@ -144,9 +145,10 @@ def test_board_files_are_plain_toml_for_other_tools() -> None:
 
 def test_no_board_is_named_in_runtime_code() -> None:
     """Everything board-specific comes from the board file, never from `if board == ...`."""
-    files = [REPO / "mcuprune" / f for f in ("boards.py", "build.py", "emulate.py", "protocol.py")]
-    files += sorted((REPO / "firmware" / "runtime").iterdir()) + [REPO / "firmware" / "linker" / "common.ld"]
-    files += [REPO / "templates" / "Makefile.j2", REPO / "templates" / "memory.ld.j2"]
+    package = REPO / "mcuprune"
+    files = [package / f for f in ("target/board.py", "target/build.py", "device/link.py", "device/protocol.py")]
+    files += sorted(RUNTIME_DIR.iterdir()) + sorted(BSP_DIR.iterdir())
+    files += [TARGET_TEMPLATES_DIR / "Makefile.j2", TARGET_TEMPLATES_DIR / "memory.ld.j2"]
     for path in files:
         text = path.read_text()
         assert not re.search(r"mps2|an38[56]", text, re.IGNORECASE), path

@@ -12,14 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mcuprune import build
-from mcuprune.boards import Board, MemoryRegion, check_fits, list_boards, load_board
-from mcuprune.compiler import choose_variant, compile_model, quantize_run
-from mcuprune.data import to_int8
-from mcuprune.emulate import QemuDevice
+from mcuprune.device.link import QemuDevice
 from mcuprune.errors import UserError
-from mcuprune.ir import QuantModel
-from mcuprune.reference import run_s8
+from mcuprune.model.ir import QuantModel
+from mcuprune.model.reference import run_s8
+from mcuprune.target import build
+from mcuprune.target.board import Board, MemoryRegion, check_fits, list_boards, load_board
+from mcuprune.target.compile import choose_variant, compile_model, quantize_run
+from mcuprune.train.datasets import to_int8
 
 BOARDS = list_boards()
 QEMU_BOARDS = [b.name for b in BOARDS if b.qemu_machine]

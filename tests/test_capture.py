@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mcuprune.capture import apply_rows, capture_activations, layer_rows, weight_matrix
-from mcuprune.data import to_float
-from mcuprune.ir import Op
-from mcuprune.reference import trace_f32
+from mcuprune.compress.activations import apply_rows, capture_activations, layer_rows, weight_matrix
+from mcuprune.model.ir import Op
+from mcuprune.model.reference import trace_f32
+from mcuprune.train.datasets import to_float
 
 
 @pytest.fixture(scope="module")
 def digits_model(digits_run):
-    from mcuprune.train import load_float_model
+    from mcuprune.train.training import load_float_model
 
     run_dir, ds = digits_run
     model, _ = load_float_model(run_dir)

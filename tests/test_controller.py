@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mcuprune.blob import parse_header
 from mcuprune.cli import main
-from mcuprune.compiler import compile_run, load_firmware_dir
-from mcuprune.controller import StreamReport
-from mcuprune.drift_demo import summarize
-from mcuprune.emulate import Device, QemuDevice, _free_port
+from mcuprune.codegen.blob import parse_header
+from mcuprune.controller.controller import StreamReport
+from mcuprune.controller.drift_demo import summarize
+from mcuprune.device.link import Device, QemuDevice, _free_port
+from mcuprune.target.compile import compile_run, load_firmware_dir
 
 BOARD = "mps2-an386"
 JSON_KEYS = {"name", "detection_delay", "false_alarms", "static_accuracy", "dynamic_accuracy", "update_bytes",
@@ -159,8 +159,8 @@ def test_live_view_table_shows_samples_serving_and_detector_margins() -> None:
 
     from rich.console import Console
 
-    from mcuprune.drift import DriftMonitor, PageHinkley, PageHinkleyConfig
-    from mcuprune.monitor import LiveView
+    from mcuprune.controller.detectors import DriftMonitor, PageHinkley, PageHinkleyConfig
+    from mcuprune.controller.monitor import LiveView
 
     ph = PageHinkley(PageHinkleyConfig(field="recon_error", lam=5.0)).fit(np.random.default_rng(0).normal(10, 1, 500))
     ctl = SimpleNamespace(drift=DriftMonitor({"recon_error": ph}), serving=SimpleNamespace(label="update-1"),

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mcuprune.data import (
+from mcuprune.errors import UserError
+from mcuprune.train.datasets import (
     load_dataset,
     load_digits,
     load_fashion_mnist,
@@ -18,7 +19,6 @@ from mcuprune.data import (
     to_float,
     to_int8,
 )
-from mcuprune.errors import UserError
 
 
 def idx_bytes(arr: np.ndarray, type_code: int = 0x08) -> bytes:

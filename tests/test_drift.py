@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import chi2, f
 
-from mcuprune.drift import (
+from mcuprune.controller.detectors import (
     DriftMonitor,
     HistogramWindowTest,
     PageHinkley,
@@ -291,9 +291,9 @@ def test_monitor_rejects_bad_arguments() -> None:
 
 
 def test_offline_evaluation_on_digits(digits_run) -> None:
-    from mcuprune.compiler import quantize_run
-    from mcuprune.drift_offline import build_monitor, evaluate_false_alarms, evaluate_scenario, prepare
-    from mcuprune.scenarios import Scenario
+    from mcuprune.controller.drift_offline import build_monitor, evaluate_false_alarms, evaluate_scenario, prepare
+    from mcuprune.controller.scenarios import Scenario
+    from mcuprune.target.compile import quantize_run
 
     run_dir, dataset = digits_run
     model = quantize_run(run_dir)

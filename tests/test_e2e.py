@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from mcuprune.resources import BSP_DIR, INCLUDE_DIR, RUNTIME_DIR
+
 REPO = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.qemu
@@ -41,8 +43,8 @@ def test_digits_cnn_bit_exact_on_device(digits_run, tmp_path: Path, board: str, 
 
 def test_generated_sources_are_strict_c(digits_run, tmp_path: Path) -> None:
     """The generated model compiles alone with -Wall -Wextra -Werror and carries its checks."""
-    from mcuprune.codegen import generate_model_sources
-    from mcuprune.compiler import quantize_run
+    from mcuprune.codegen.emit import generate_model_sources
+    from mcuprune.target.compile import quantize_run
 
     run_dir, _ = digits_run
     model = quantize_run(run_dir)
@@ -54,6 +56,6 @@ def test_generated_sources_are_strict_c(digits_run, tmp_path: Path) -> None:
     assert data.count("_Static_assert") == len(gen.arrays) and "aligned(4)" in data
     for name in ("model.c", "model_data.c"):
         subprocess.run(["arm-none-eabi-gcc", "-mcpu=cortex-m4", "-mthumb", "-std=c11", "-O2", "-Wall", "-Wextra",
-                        "-Werror", "-c", f"-I{src}", f"-I{REPO / 'firmware/include'}",
-                        f"-I{REPO / 'firmware/runtime'}", str(src / name), "-o", str(tmp_path / f"{name}.o")],
+                        "-Werror", "-c", f"-I{src}", f"-I{INCLUDE_DIR}", f"-I{BSP_DIR}",
+                        f"-I{RUNTIME_DIR}", str(src / name), "-o", str(tmp_path / f"{name}.o")],
                        check=True)

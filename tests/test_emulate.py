@@ -14,11 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mcuprune.boards import Board, list_boards, load_board
-from mcuprune.build import BuildResult, build_project, prepare_project
-from mcuprune.emulate import Device, DeviceError, DeviceTimeout, QemuDevice
-from mcuprune.errors import UserError
-from mcuprune.protocol import (
+from mcuprune.device.link import Device, DeviceError, DeviceTimeout, QemuDevice
+from mcuprune.device.protocol import (
     MAX_PAYLOAD,
     ErrorCode,
     MsgType,
@@ -27,6 +24,9 @@ from mcuprune.protocol import (
     crc32,
     unpack_error,
 )
+from mcuprune.errors import UserError
+from mcuprune.target.board import Board, list_boards, load_board
+from mcuprune.target.build import BuildResult, build_project, prepare_project
 
 STUB = Path(__file__).parent / "fixtures" / "stub_model"
 QEMU_BOARDS = [b.name for b in list_boards() if b.qemu_machine]  # every emulated board file

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mcuprune.fixedpoint import (
+from mcuprune.model.fixedpoint import (
     INT32_MAX,
     INT32_MIN,
     doubling_high_mult,
@@ -22,6 +22,7 @@ from mcuprune.fixedpoint import (
     requantize_s8,
     rounding_divide_by_pot,
 )
+from mcuprune.resources import INCLUDE_DIR
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -109,7 +110,7 @@ def c_requant(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
                    "int32_t requant(int32_t a, int32_t m, int32_t s) { return mcup_requantize(a, m, s); }\n")
     lib = tmp / "librequant.so"
     subprocess.run(["gcc", "-O2", "-std=c11", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC",
-                    f"-I{REPO / 'firmware/include'}", str(src), "-o", str(lib)], check=True)
+                    f"-I{INCLUDE_DIR}", str(src), "-o", str(lib)], check=True)
     dll = ctypes.CDLL(str(lib))
     dll.requant.restype = ctypes.c_int32
     dll.requant.argtypes = [ctypes.c_int32] * 3

@@ -3,7 +3,7 @@
 One case table, one case per code path, runs unchanged against each kernel variant. The kernels
 are compiled for the host into a shared library (the DSP variant with -DMCUP_EMULATE_DSP, i.e.
 portable C definitions of the intrinsics) and called through ctypes; the oracle is
-mcuprune.reference on QuantLayers built here. Cross-compilation for Cortex-M checks the same
+mcuprune.model.reference on QuantLayers built here. Cross-compilation for Cortex-M checks the same
 files build warning-free for the real targets. On-target bit-exactness is covered end to end.
 """
 
@@ -22,12 +22,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-import mcuprune.kernels
-from mcuprune.fixedpoint import quantize_multipliers
-from mcuprune.ir import Op, QParams, QuantLayer, conv_out_hw
-from mcuprune.kernels import (
-    INCLUDE_DIR,
-    KERNEL_DIR,
+import mcuprune.codegen.kernels
+from mcuprune.codegen.kernels import (
     KERNEL_FUNCTIONS,
     STRIP_MAX_WORDS,
     STRIP_PIXELS,
@@ -37,7 +33,10 @@ from mcuprune.kernels import (
     kernel_sources,
     scratch_bytes,
 )
-from mcuprune.reference import conv2d_s8, dense_s8, im2col, maxpool2d
+from mcuprune.model.fixedpoint import quantize_multipliers
+from mcuprune.model.ir import Op, QParams, QuantLayer, conv_out_hw
+from mcuprune.model.reference import conv2d_s8, dense_s8, im2col, maxpool2d
+from mcuprune.resources import INCLUDE_DIR, KERNEL_DIR
 
 HOST_CFLAGS = ["-O2", "-Wall", "-Wextra", "-Werror", "-std=c11", "-shared", "-fPIC"]
 VARIANT_CFLAGS = {"reference": [], "dsp": ["-DMCUP_EMULATE_DSP"]}
@@ -547,7 +546,7 @@ def test_kernel_sources_falls_back_to_reference(tmp_path: Path, monkeypatch: pyt
         (tmp_path / variant).mkdir()
         for name in names:
             (tmp_path / variant / name).touch()
-    monkeypatch.setattr(mcuprune.kernels, "KERNEL_DIR", tmp_path)
+    monkeypatch.setattr(mcuprune.codegen.kernels, "KERNEL_DIR", tmp_path)
     dsp = kernel_sources("dsp", [Op.MAXPOOL2D, Op.CONV2D])
     assert [p.relative_to(tmp_path).as_posix() for p in dsp] == ["dsp/conv2d_s8_dense.c", "reference/maxpool2d_s8.c"]
 
@@ -604,9 +603,9 @@ def test_dsp_kernels_refuse_cores_without_dsp(tmp_path: Path):
 def test_kernels_doctests():
     import doctest
 
-    import mcuprune.kernels
+    import mcuprune.codegen.kernels
 
-    assert doctest.testmod(mcuprune.kernels).failed == 0
+    assert doctest.testmod(mcuprune.codegen.kernels).failed == 0
 
 
 # --- on target: the benchmark harness doubles as a bit-exactness check in QEMU ----------------

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import entropy
 
-from mcuprune.kl import channel_kl, histogram, histogram_edges, kl_divergence, output_kl, smoothed
+from mcuprune.compress.kl import channel_kl, histogram, histogram_edges, kl_divergence, output_kl, smoothed
 
 
 def _scipy_kl(p_counts, q_counts, alpha: float) -> float:

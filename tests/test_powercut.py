@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mcuprune.blob import parse_header
-from mcuprune.compiler import compile_run, load_firmware_dir
+from mcuprune.codegen.blob import parse_header
+from mcuprune.device.powercut import perturbed_model, run_powercut_trials
 from mcuprune.errors import UserError
-from mcuprune.ir import QuantModel
-from mcuprune.powercut import perturbed_model, run_powercut_trials
-from mcuprune.reference import run_s8
+from mcuprune.model.ir import QuantModel
+from mcuprune.model.reference import run_s8
+from mcuprune.target.compile import compile_run, load_firmware_dir
 
 BOARD = "mps2-an386"
 

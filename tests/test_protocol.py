@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mcuprune.protocol import (
+from mcuprune.device.protocol import (
     MAX_BODY,
     MAX_CHUNK_DATA,
     MAX_ENCODED,
@@ -72,7 +72,8 @@ from mcuprune.protocol import (
     unpack_update_chunk_reply,
     unpack_update_commit,
 )
-from mcuprune.telemetry import Telemetry
+from mcuprune.model.telemetry import Telemetry
+from mcuprune.resources import RUNTIME_DIR
 
 
 def test_crc32_check_value() -> None:
@@ -474,7 +475,7 @@ def test_result_rejects_malformed_sections(tail: bytes, message: str) -> None:
 
 # --- the C side, compiled for the host under AddressSanitizer -----------------------------------
 
-RUNTIME = Path(__file__).resolve().parent.parent / "firmware" / "runtime"
+RUNTIME = RUNTIME_DIR
 C_BODY_CAP = MAX_BODY + 1  # main.c's receive buffer: one byte more than the largest body
 
 HARNESS = r"""

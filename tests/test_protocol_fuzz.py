@@ -19,7 +19,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mcuprune.protocol import (
+from mcuprune.device.protocol import (
     MAX_ENCODED,
     MAX_PAYLOAD,
     CaptureReply,

@@ -10,13 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mcuprune.baselines import (
-    cubic_sparsity,
-    finetune,
-    global_magnitude_masks,
-    sparsity_for_budget,
-)
-from mcuprune.budget import (
+from mcuprune.compress.activations import capture_activations
+from mcuprune.compress.budget import (
     Candidate,
     choose_by_bytes,
     choose_by_kl,
@@ -26,15 +21,20 @@ from mcuprune.budget import (
     pareto,
     plan_bytes,
 )
-from mcuprune.capture import capture_activations
-from mcuprune.data import to_float
+from mcuprune.compress.importance import SPARSITY_LEVELS, layer_candidates, layer_front
+from mcuprune.compress.magnitude import (
+    cubic_sparsity,
+    finetune,
+    global_magnitude_masks,
+    sparsity_for_budget,
+)
+from mcuprune.compress.prune import check_arguments, prune_run
+from mcuprune.compress.structured import shrink
 from mcuprune.errors import UserError
-from mcuprune.importance import SPARSITY_LEVELS, layer_candidates, layer_front
-from mcuprune.ir import Op, QParams, QuantLayer
-from mcuprune.layout import ir_masks_to_torch
-from mcuprune.prune import check_arguments, prune_run
+from mcuprune.model.ir import Op, QParams, QuantLayer
 from mcuprune.quantize import quantize_weights
-from mcuprune.structured import shrink
+from mcuprune.train.datasets import to_float
+from mcuprune.train.layout import ir_masks_to_torch
 
 INPUT = (8, 8, 1)
 SPECS = [
@@ -50,7 +50,7 @@ SPECS = [
 def _net(seed: int = 0):
     import torch
 
-    from mcuprune.train import build_torch_model
+    from mcuprune.train.training import build_torch_model
 
     torch.manual_seed(seed)
     net = build_torch_model(SPECS, INPUT)
@@ -148,7 +148,7 @@ def test_removing_every_output_or_the_logits_is_refused() -> None:
 
 
 def test_ir_masks_convert_back_to_the_torch_layout() -> None:
-    from mcuprune.train import export_float_model
+    from mcuprune.train.training import export_float_model
 
     net = _net()
     rng = np.random.default_rng(0)
@@ -194,7 +194,7 @@ def test_emitted_bytes_of_a_mask_plan_bound_the_final_weights(digits_capture) ->
 
 
 def test_packed_layer_bytes_is_sparse_layer_bytes_in_the_smallest_format() -> None:
-    from mcuprune.sparse import FORMATS, layer_bytes
+    from mcuprune.model.formats import FORMATS, layer_bytes
 
     rng = np.random.default_rng(0)
     w = rng.integers(-127, 128, size=(8, 3, 3, 5)).astype(np.int8)
@@ -209,7 +209,7 @@ def test_packed_layer_bytes_is_sparse_layer_bytes_in_the_smallest_format() -> No
 
 @pytest.fixture(scope="module")
 def digits_capture(digits_run):
-    from mcuprune.train import load_float_model
+    from mcuprune.train.training import load_float_model
 
     run_dir, ds = digits_run
     model, _ = load_float_model(run_dir)
@@ -234,7 +234,7 @@ def test_larger_tau_prunes_more_and_the_front_trades_bytes_for_kl(digits_capture
 
 @pytest.mark.parametrize("budget", [3000, 4500, 6000, 9000])
 def test_flash_plan_fits_as_the_code_generator_emits_it(digits_capture, budget) -> None:
-    from mcuprune.prune import _masks, _plan_flash
+    from mcuprune.compress.prune import _masks, _plan_flash
 
     model, caps = digits_capture
     fronts = {layer.name: layer_front(layer, caps[layer.name]) for layer in model.layers if layer.weights is not None}
@@ -332,7 +332,7 @@ def test_finetune_loop_is_train_fit_for_fixed_masks(digits_run) -> None:
     """The gradual baseline's loop must train exactly like train.fit (fair comparison)."""
     import torch
 
-    from mcuprune.train import fit, load_torch_model
+    from mcuprune.train.training import fit, load_torch_model
 
     run_dir, ds = digits_run
     a, _, _ = load_torch_model(run_dir)
@@ -381,16 +381,16 @@ def test_unreachable_budget_from_prune_run(digits_run, tmp_path, method) -> None
 
 
 def _int8_acc(run_dir, ds) -> float:
-    from mcuprune.prune import int8_accuracy
-    from mcuprune.train import load_float_model
+    from mcuprune.compress.prune import int8_accuracy
+    from mcuprune.train.training import load_float_model
 
     model, _ = load_float_model(run_dir)
     return int8_accuracy(model, ds)
 
 
 def test_digits_qsae_prune_end_to_end(digits_run, tmp_path) -> None:
-    from mcuprune.compiler import quantize_run
-    from mcuprune.train import load_torch_model
+    from mcuprune.target.compile import quantize_run
+    from mcuprune.train.training import load_torch_model
 
     run_dir, ds = digits_run
     budget = 6000  # fp32 is 54,824 B, dense int8 about 15 KB
@@ -408,7 +408,7 @@ def test_digits_qsae_prune_end_to_end(digits_run, tmp_path) -> None:
     if removed:
         assert meta["specs"] != json.loads((run_dir / "run.json").read_text())["specs"]
     qmodel = quantize_run(tmp_path / "p")  # what `mcuprune compile` does with it
-    from mcuprune.sparse import layer_bytes
+    from mcuprune.model.formats import layer_bytes
 
     for qlayer in (layer for layer in qmodel.layers if layer.has_weights):
         row = next(r for r in report["layers"] if r["name"] == qlayer.name)
@@ -417,7 +417,7 @@ def test_digits_qsae_prune_end_to_end(digits_run, tmp_path) -> None:
     assert report["within_flash_budget"]
     assert report["int8_reference_accuracy"] >= _int8_acc(run_dir, ds) - 0.03
     assert (tmp_path / "p" / "qsae.npz").exists()
-    from mcuprune.codegen import generate_model_sources
+    from mcuprune.codegen.emit import generate_model_sources
 
     gen = generate_model_sources(qmodel, "dsp", tmp_path / "src", source="test", objective="smallest")
     assert report["model_bytes"] == gen.param_bytes  # the report counts what the generator emits
@@ -445,7 +445,7 @@ def test_digits_magnitude_baselines_honour_the_budget(digits_run, tmp_path, meth
 def test_sweep_compiles_and_evaluates_every_point(digits_run, tmp_path) -> None:
     import shutil
 
-    from mcuprune.sweep import sweep_run
+    from mcuprune.compress.sweep import sweep_run
 
     if shutil.which("arm-none-eabi-gcc") is None or shutil.which("qemu-system-arm") is None:
         pytest.skip("needs the ARM toolchain and QEMU")

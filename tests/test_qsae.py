@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mcuprune.qsae import (
+from mcuprune.compress.qsae import (
     QSAE,
     _fake_quant,
     int8_rows,
@@ -19,8 +19,8 @@ from mcuprune.qsae import (
     train_qsae,
     unused_inputs,
 )
+from mcuprune.model.reference import run_f32, run_s8
 from mcuprune.quantize import quantize_model
-from mcuprune.reference import run_f32, run_s8
 
 
 def _activations(n: int = 3000, seed: int = 0) -> np.ndarray:

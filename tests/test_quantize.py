@@ -5,16 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mcuprune.arena import plan_arena
-from mcuprune.data import to_float, to_int8
-from mcuprune.fixedpoint import quantize_multipliers
-from mcuprune.ir import Op, QParams, QuantLayer
+from mcuprune.model.arena import plan_arena
+from mcuprune.model.fixedpoint import quantize_multipliers
+from mcuprune.model.ir import Op, QParams, QuantLayer
+from mcuprune.model.reference import conv2d_s8, run_f32, run_s8
 from mcuprune.quantize import activation_qparams, calibration_subset, quantize_model, quantize_weights
-from mcuprune.reference import conv2d_s8, run_f32, run_s8
+from mcuprune.train.datasets import to_float, to_int8
 
 
 def test_numpy_float_forward_equals_torch(digits_run) -> None:
-    from mcuprune.train import load_float_model, load_torch_model, torch_predict_logits
+    from mcuprune.train.training import load_float_model, load_torch_model, torch_predict_logits
 
     run_dir, ds = digits_run
     net, _, _ = load_torch_model(run_dir)
@@ -25,8 +25,8 @@ def test_numpy_float_forward_equals_torch(digits_run) -> None:
 
 @pytest.mark.parametrize("arch", ["mlp", "cnn"])
 def test_int8_reference_agrees_with_torch_float(arch: str, tmp_path) -> None:
-    from mcuprune.data import load_digits
-    from mcuprune.train import load_float_model, load_torch_model, torch_predict_logits, train_run
+    from mcuprune.train.datasets import load_digits
+    from mcuprune.train.training import load_float_model, load_torch_model, torch_predict_logits, train_run
 
     ds = load_digits()
     train_run(ds, "digits", arch, epochs=40, out=tmp_path, seed=1)
@@ -81,7 +81,7 @@ def naive_conv(x: np.ndarray, layer: QuantLayer) -> np.ndarray:
 
 @pytest.mark.parametrize("stride, pad", [(1, 1), (2, 0), (2, 1)])
 def test_conv_reference_matches_loops(stride: int, pad: int) -> None:
-    from mcuprune.fixedpoint import requantize_s8
+    from mcuprune.model.fixedpoint import requantize_s8
 
     rng = np.random.default_rng(stride * 10 + pad)
     h, w, c_in, c_out = 7, 6, 3, 5
@@ -112,7 +112,7 @@ def test_arena_never_overlaps_live_tensors() -> None:
 def test_pruning_masks_survive_save_and_follow_the_hwc_layout(digits_run, tmp_path) -> None:
     import torch
 
-    from mcuprune.train import _weight_modules, load_float_model, load_torch_model, save_run
+    from mcuprune.train.training import _weight_modules, load_float_model, load_torch_model, save_run
 
     run_dir, _ = digits_run
     net, meta, _ = load_torch_model(run_dir)

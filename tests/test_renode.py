@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from mcuprune.boards import Board, list_boards, load_board
-from mcuprune.build import build_project, prepare_project
-from mcuprune.emulate import QemuDevice
+from mcuprune.device.link import QemuDevice
 from mcuprune.errors import UserError
-from mcuprune.renode import boot_banner, renode_test_command, run_renode, write_renode_files
+from mcuprune.target.board import Board, list_boards, load_board
+from mcuprune.target.build import build_project, prepare_project
+from mcuprune.target.renode import boot_banner, renode_test_command, run_renode, write_renode_files
 
 STUB = Path(__file__).parent / "fixtures" / "stub_model"
 RENODE_BOARDS = [b for b in list_boards() if b.renode is not None]

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mcuprune.data import load_digits
-from mcuprune.scenarios import (
+from mcuprune.controller.scenarios import (
     SCENARIOS,
     Scenario,
     brightness_contrast,
@@ -16,6 +15,7 @@ from mcuprune.scenarios import (
     rotation,
     stream_indices,
 )
+from mcuprune.train.datasets import load_digits
 
 
 def _images(n: int = 6, h: int = 9, w: int = 9, c: int = 1, seed: int = 0) -> np.ndarray:

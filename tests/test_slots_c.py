@@ -2,7 +2,7 @@
 gcc -fsanitize=address,undefined and driven by tests/c/slots_harness.c.
 
 The harness links a fake model (tests/c/fake_model/: a made-up architecture and its mcup_bind)
-and blobs packed here with mcuprune.blob.pack_blob, so these are unit tests of the slot machine:
+and blobs packed here with mcuprune.codegen.blob.pack_blob, so these are unit tests of the slot machine:
 the real generated mcup_bind is tested with the code generator, the whole path under QEMU.
 It replaces the one function that stores into the slot region, which lets it cut the power after
 every single stored byte of an update, a rollback, a factory install and a boot that marks a slot
@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mcuprune.blob import pack_blob, parse_blob
+from mcuprune.codegen.blob import pack_blob, parse_blob
+from mcuprune.resources import BSP_DIR, RUNTIME_DIR
 
 REPO = Path(__file__).resolve().parent.parent
-RUNTIME = REPO / "firmware" / "runtime"
+RUNTIME = RUNTIME_DIR
 C_DIR = Path(__file__).resolve().parent / "c"
 
 TEST_CAPACITY = 8192  # the harness's region: 4096 + 2 * 8192 bytes
@@ -88,7 +89,7 @@ def write_test_blobs(path: Path) -> dict[str, bytes]:
 def host_build(out: Path, sources: list[Path], defines: tuple[str, ...] = ()) -> Path:
     """Build `sources` with the fake model for the host, under ASan and UBSan."""
     cmd = ["gcc", *HOST_CFLAGS, f"-DTEST_CAPACITY={TEST_CAPACITY}u", *(f"-D{d}" for d in defines),
-           f"-I{C_DIR / 'fake_model'}", f"-I{C_DIR}", f"-I{out.parent}", f"-I{RUNTIME}",
+           f"-I{C_DIR / 'fake_model'}", f"-I{C_DIR}", f"-I{out.parent}", f"-I{RUNTIME}", f"-I{BSP_DIR}",
            *map(str, sources), "-o", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -178,7 +179,7 @@ def test_blob_runtime_compiles_for_cortex_m(tmp_path: Path, source: str) -> None
     """The firmware's flags on the target compiler, with a --params blob model.h (the fake's)."""
     defines = ["-DMCUP_BOARD_NAME=\"fake-board\"", "-DMCUP_CLOCK_HZ=25000000u", "-DMCUP_SLOTS_BASE=0x21000000u",
                "-DMCUP_SLOTS_SIZE=0x01000000u"]
-    cmd = ["arm-none-eabi-gcc", *ARM_CFLAGS, *defines, f"-I{C_DIR / 'fake_model'}", f"-I{RUNTIME}",
+    cmd = ["arm-none-eabi-gcc", *ARM_CFLAGS, *defines, f"-I{C_DIR / 'fake_model'}", f"-I{RUNTIME}", f"-I{BSP_DIR}",
            "-c", str(RUNTIME / source), "-o", str(tmp_path / "out.o")]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]

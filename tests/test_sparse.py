@@ -1,6 +1,6 @@
 """Sparse weight formats: packing round trips, byte accounting, kernels bit-exact vs numpy.
 
-The oracle for every sparse kernel is the dense numpy reference (mcuprune.reference) run on the
+The oracle for every sparse kernel is the dense numpy reference (mcuprune.model.reference) run on the
 masked int8 weights: a sparse kernel must give exactly what the dense kernel gives. Kernels are
 compiled for the host (DSP variant with -DMCUP_EMULATE_DSP) and called through ctypes, over one
 case table that runs unchanged against every (format, variant); cross-compilation checks the
@@ -24,12 +24,10 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-import mcuprune.sparse
-from mcuprune.fixedpoint import quantize_multipliers
-from mcuprune.ir import Op, QParams, QuantLayer, conv_out_hw
-from mcuprune.kernels import INCLUDE_DIR, KERNEL_DIR, VARIANTS
-from mcuprune.reference import conv2d_s8, dense_s8, im2col
-from mcuprune.sparse import (
+import mcuprune.model.formats
+from mcuprune.codegen.kernels import VARIANTS
+from mcuprune.model.fixedpoint import quantize_multipliers
+from mcuprune.model.formats import (
     FORMATS,
     MAX_DELTA,
     PARAMS_STRUCTS,
@@ -49,6 +47,9 @@ from mcuprune.sparse import (
     sparse_scratch_bytes,
     unpack,
 )
+from mcuprune.model.ir import Op, QParams, QuantLayer, conv_out_hw
+from mcuprune.model.reference import conv2d_s8, dense_s8, im2col
+from mcuprune.resources import INCLUDE_DIR, KERNEL_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST_CFLAGS = ["-O2", "-Wall", "-Wextra", "-Werror", "-std=c11", "-shared", "-fPIC"]
@@ -675,7 +676,7 @@ def test_mask_must_cover_the_non_zeros():
 
 
 def test_sparse_doctests():
-    assert doctest.testmod(mcuprune.sparse).failed == 0
+    assert doctest.testmod(mcuprune.model.formats).failed == 0
 
 
 # --- cross-compilation for the targets ---------------------------------------------------------

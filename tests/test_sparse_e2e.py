@@ -16,7 +16,7 @@ def masked_digits_run(digits_run, tmp_path_factory: pytest.TempPathFactory) -> P
     """The digits CNN with 85 % of every layer's smallest weights zeroed (no fine-tuning needed here)."""
     import torch
 
-    from mcuprune.train import _weight_modules, load_torch_model, save_run
+    from mcuprune.train.training import _weight_modules, load_torch_model, save_run
 
     run_dir, _ = digits_run
     net, meta, _ = load_torch_model(run_dir)
@@ -39,8 +39,8 @@ def masked_digits_run(digits_run, tmp_path_factory: pytest.TempPathFactory) -> P
 ])
 def test_sparse_firmware_is_bit_exact_and_smaller(masked_digits_run: Path, tmp_path: Path, board: str,
                                                   objective: str) -> None:
-    from mcuprune.compiler import compile_run
-    from mcuprune.evaluate import evaluate_firmware
+    from mcuprune.device.evaluate import evaluate_firmware
+    from mcuprune.target.compile import compile_run
 
     dense = compile_run(masked_digits_run, board, tmp_path / "dense-ref", objective=objective)
     result = evaluate_firmware(tmp_path / "dense-ref", progress=False)
@@ -56,8 +56,8 @@ def test_sparse_firmware_is_bit_exact_and_smaller(masked_digits_run: Path, tmp_p
 
 
 def test_generated_shapes_and_formats_in_source(masked_digits_run: Path, tmp_path: Path) -> None:
-    from mcuprune.codegen import generate_model_sources
-    from mcuprune.compiler import quantize_run
+    from mcuprune.codegen.emit import generate_model_sources
+    from mcuprune.target.compile import quantize_run
 
     model = quantize_run(masked_digits_run)
     gen = generate_model_sources(model, "dsp", tmp_path, objective="smallest")

@@ -12,8 +12,8 @@ import pytest
 @pytest.fixture(scope="module")
 def shrunken(digits_run, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(original run, run with 3 channels of conv2d2 and 20 neurons of dense4 removed)."""
-    from mcuprune.structured import shrink
-    from mcuprune.train import load_torch_model, save_run
+    from mcuprune.compress.structured import shrink
+    from mcuprune.train.training import load_torch_model, save_run
 
     run_dir, _ = digits_run
     net, meta, _ = load_torch_model(run_dir)
@@ -33,8 +33,8 @@ def _emitted_shapes(model_c: str) -> dict[str, dict[str, int]]:
 
 
 def test_generated_layers_shrink(shrunken: tuple[Path, Path], tmp_path: Path) -> None:
-    from mcuprune.codegen import generate_model_sources
-    from mcuprune.compiler import quantize_run
+    from mcuprune.codegen.emit import generate_model_sources
+    from mcuprune.target.compile import quantize_run
 
     original, pruned = shrunken
     generate_model_sources(quantize_run(original), "dsp", tmp_path / "a")
@@ -51,8 +51,8 @@ def test_generated_layers_shrink(shrunken: tuple[Path, Path], tmp_path: Path) ->
 
 @pytest.mark.qemu
 def test_shrunken_model_is_bit_exact_on_device(shrunken: tuple[Path, Path], tmp_path: Path) -> None:
-    from mcuprune.compiler import compile_run
-    from mcuprune.evaluate import evaluate_firmware
+    from mcuprune.device.evaluate import evaluate_firmware
+    from mcuprune.target.compile import compile_run
 
     _, pruned = shrunken
     compile_run(pruned, "mps2-an386", tmp_path / "fw")

@@ -11,17 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from mcuprune.compiler import quantize_run
-from mcuprune.monitor_qsae import (
+from mcuprune.controller.drift_qsae import (
     build_monitor_qsae,
     device_telemetry,
     penultimate_activations,
     penultimate_q,
     reconstruct_s8,
 )
-from mcuprune.quantize import INPUT_Q
-from mcuprune.reference import run_s8
-from mcuprune.telemetry import (
+from mcuprune.model.reference import run_s8
+from mcuprune.model.telemetry import (
     MAX_RECON_DIM,
     activation_histogram,
     exp_table,
@@ -31,6 +29,8 @@ from mcuprune.telemetry import (
     top1_confidence,
     top1_confidence_q15,
 )
+from mcuprune.quantize import INPUT_Q
+from mcuprune.target.compile import quantize_run
 
 int8_rows = arrays(np.int8, st.tuples(st.integers(1, 5), st.integers(1, 70)))
 

@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mcuprune.telemetry import exp_table, telemetry_from_tensors
+from mcuprune.model.telemetry import exp_table, telemetry_from_tensors
+from mcuprune.resources import RUNTIME_DIR
 
-RUNTIME = Path(__file__).resolve().parent.parent / "firmware" / "runtime"
+RUNTIME = RUNTIME_DIR
 RECORD = struct.Struct("<IBHI16H")
 
 # Reads cases (u32 count, i32 k, i32 d, then k logits, d activations, d reconstructions) until EOF,

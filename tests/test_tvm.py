@@ -13,15 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mcuprune import build, codegen
-from mcuprune.boards import load_board
-from mcuprune.compiler import choose_variant, quantize_run
-from mcuprune.data import to_int8
-from mcuprune.emulate import QemuDevice
-from mcuprune.errors import UserError
-from mcuprune.ir import Op, QuantModel
-from mcuprune.reference import run_s8
-from mcuprune.tvm_backend import (
+from mcuprune.codegen import emit as codegen
+from mcuprune.codegen.tvm_backend import (
     GENERATED_KERNELS,
     SHIM_HEADER,
     SHIM_SOURCE,
@@ -30,6 +23,14 @@ from mcuprune.tvm_backend import (
     tvm_available,
     tvm_kernel_sources,
 )
+from mcuprune.device.link import QemuDevice
+from mcuprune.errors import UserError
+from mcuprune.model.ir import Op, QuantModel
+from mcuprune.model.reference import run_s8
+from mcuprune.target import build
+from mcuprune.target.board import load_board
+from mcuprune.target.compile import choose_variant, quantize_run
+from mcuprune.train.datasets import to_int8
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -55,7 +56,7 @@ def test_missing_tvm_says_how_to_install_it(tmp_path: Path) -> None:
 import sys
 sys.modules["tvm"] = None  # import tvm -> ImportError, as when it is not installed
 from mcuprune.errors import UserError
-from mcuprune.tvm_backend import tvm_available, generate_tvm_c
+from mcuprune.codegen.tvm_backend import tvm_available, generate_tvm_c
 assert not tvm_available()
 try:
     generate_tvm_c([])

@@ -12,13 +12,11 @@ import numpy as np
 import pytest
 import serial
 
-from mcuprune.blob import HEADER_BYTES, pack_blob, parse_blob, parse_header
-from mcuprune.compiler import FirmwareDir, compile_run, load_firmware_dir
-from mcuprune.emulate import Device, DeviceError, DeviceRejected, QemuDevice
-from mcuprune.errors import UserError
-from mcuprune.monitor_qsae import device_telemetry
-from mcuprune.powercut import perturbed_model
-from mcuprune.protocol import (
+from mcuprune.codegen.blob import HEADER_BYTES, pack_blob, parse_blob, parse_header
+from mcuprune.controller.drift_qsae import device_telemetry
+from mcuprune.device.link import Device, DeviceError, DeviceRejected, QemuDevice
+from mcuprune.device.powercut import perturbed_model
+from mcuprune.device.protocol import (
     CaptureWhich,
     DeviceInfo,
     ErrorCode,
@@ -28,8 +26,10 @@ from mcuprune.protocol import (
     SlotState,
     SlotStatus,
 )
-from mcuprune.reference import run_s8
-from mcuprune.update import check_blob_for, rollback, stream_update
+from mcuprune.device.update import check_blob_for, rollback, stream_update
+from mcuprune.errors import UserError
+from mcuprune.model.reference import run_s8
+from mcuprune.target.compile import FirmwareDir, compile_run, load_firmware_dir
 
 BOARD = "mps2-an386"
 
@@ -380,7 +380,7 @@ def test_static_firmware_reports_mode_0_and_update_is_user_error(digits_run: tup
 
 def test_faulty_line_injector_really_damages_frames() -> None:
     """The injector's corruption makes a frame invalid (so the device-side test exercises a real fault)."""
-    from mcuprune.protocol import Frame, encode_frame
+    from mcuprune.device.protocol import Frame, encode_frame
 
     wire = bytearray(encode_frame(Frame(MsgType.UPDATE_CHUNK, 5, struct.pack("<I", 32) + bytes(range(1, 200)))))
     wire[len(wire) // 2] = (wire[len(wire) // 2] % 255) + 1

@@ -1,4 +1,4 @@
-"""Offline adaptation after drift (mcuprune.adapt) on Fashion-MNIST, int8 reference interpreter, no QEMU.
+"""Offline adaptation after drift (mcuprune.controller.adapt) on Fashion-MNIST, int8 reference interpreter, no QEMU.
 
     .venv/bin/python bench/drift/adapt_offline.py [--run runs/prune-compare/qsae-26000-e3-s0]
         [--objective fastest] [--captured 500 1000] [--seeds 0 1 2] [--out bench/drift/results/adapt_offline]
@@ -31,14 +31,14 @@ from pathlib import Path
 
 import numpy as np
 
-from mcuprune.adapt import DEFAULT_STEPS, STEPS, adapt
-from mcuprune.compiler import quantize_run
-from mcuprune.data import load_dataset, to_int8
-from mcuprune.drift_offline import build_monitor, clone, monitor_alarms, prepare
-from mcuprune.monitor_qsae import device_telemetry
-from mcuprune.reference import run_s8
-from mcuprune.scenarios import SCENARIOS, Scenario, stream_indices
-from mcuprune.sparse import choose_formats
+from mcuprune.controller.adapt import DEFAULT_STEPS, STEPS, adapt
+from mcuprune.controller.drift_offline import build_monitor, clone, monitor_alarms, prepare
+from mcuprune.controller.drift_qsae import device_telemetry
+from mcuprune.controller.scenarios import SCENARIOS, Scenario, stream_indices
+from mcuprune.model.formats import choose_formats
+from mcuprune.model.reference import run_s8
+from mcuprune.target.compile import quantize_run
+from mcuprune.train.datasets import load_dataset, to_int8
 
 # name -> steps; the ones with "monitor" also give the refitted monitor's alarms
 VARIANTS = {
@@ -192,7 +192,7 @@ def main() -> None:
     deployed = quantize_run(args.run)
     dataset = load_dataset(deployed.meta["dataset"])
     formats = choose_formats(deployed.layers, "dsp", args.objective)
-    from mcuprune.sparse import layer_bytes
+    from mcuprune.model.formats import layer_bytes
 
     model_bytes = sum(layer_bytes(ql, formats[ql.name]) for ql in deployed.layers if ql.has_weights)
     static_setup = prepare(deployed, dataset)

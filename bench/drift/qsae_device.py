@@ -21,13 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from mcuprune.boards import load_board
-from mcuprune.compiler import choose_variant, compile_model, quantize_run
-from mcuprune.data import load_dataset
-from mcuprune.emulate import QemuDevice
-from mcuprune.ir import load_quant_model
-from mcuprune.monitor_qsae import penultimate_activations, reconstruct_s8
-from mcuprune.telemetry import reconstruction_error
+from mcuprune.controller.drift_qsae import penultimate_activations, reconstruct_s8
+from mcuprune.device.link import QemuDevice
+from mcuprune.model.ir import load_quant_model
+from mcuprune.model.telemetry import reconstruction_error
+from mcuprune.target.board import load_board
+from mcuprune.target.compile import choose_variant, compile_model, quantize_run
+from mcuprune.train.datasets import load_dataset
 
 
 def main() -> None:

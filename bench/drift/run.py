@@ -27,11 +27,17 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from mcuprune.compiler import quantize_run
-from mcuprune.data import load_dataset
-from mcuprune.drift_offline import MonitorSpec, build_monitor, evaluate_false_alarms, evaluate_scenario, prepare
-from mcuprune.ir import save_quant_model
-from mcuprune.scenarios import SCENARIOS, Scenario
+from mcuprune.controller.drift_offline import (
+    MonitorSpec,
+    build_monitor,
+    evaluate_false_alarms,
+    evaluate_scenario,
+    prepare,
+)
+from mcuprune.controller.scenarios import SCENARIOS, Scenario
+from mcuprune.model.ir import save_quant_model
+from mcuprune.target.compile import quantize_run
+from mcuprune.train.datasets import load_dataset
 
 SWEEP = (
     Scenario("contrast 0.7", "brightness_contrast", {"contrast": 0.7}),

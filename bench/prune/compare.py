@@ -6,7 +6,7 @@
 A method may carry prune_run options in brackets: ``qsae[qsae_tolerance=0.1]``,
 ``qsae[structured=0]``. The trained run is fixed; the seed changes the calibration subset, the
 QSAE initialisation and the fine-tune data order. Accuracy is the numpy int8 reference
-(mcuprune.reference.run_s8) on the full test set, which the device matches bit for bit
+(mcuprune.model.reference.run_s8) on the full test set, which the device matches bit for bit
 (bench/prune/sweep.py checks that in QEMU).
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mcuprune.prune import METHODS, prune_run
+from mcuprune.compress.prune import METHODS, prune_run
 
 _OPTION_TYPES = {"qsae_tolerance": float, "structured": lambda v: bool(int(v)), "qsae_steps": int,
                  "finetune_lr": float, "calibration": int}

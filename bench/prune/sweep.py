@@ -3,9 +3,9 @@
     .venv/bin/python bench/prune/sweep.py --run runs/fm [--budgets 40000,26000,20000,14000,10000]
         [--methods qsae,magnitude,magnitude-oneshot] [--epochs 3] [--limit N] [--out bench/prune/results/fm]
 
-Prunes the run at every budget with every method (mcuprune.prune.prune_run), compiles each result for
+Prunes the run at every budget with every method (mcuprune.compress.prune.prune_run), compiles each result for
 mps2-an386 with `--objective smallest` and evaluates it on the test set in QEMU (semihosting
-transport). Writes sweep.json, sweep.md and sweep.png to --out (mcuprune.sweep). The pruned runs and
+transport). Writes sweep.json, sweep.md and sweep.png to --out (mcuprune.compress.sweep). The pruned runs and
 firmware go to --work (default: runs/prune-sweep, not committed).
 """
 
@@ -16,8 +16,8 @@ import shutil
 import time
 from pathlib import Path
 
-from mcuprune.prune import METHODS
-from mcuprune.sweep import sweep_run
+from mcuprune.compress.prune import METHODS
+from mcuprune.compress.sweep import sweep_run
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ typedef struct {
     const char *name;
     void (*run)(void *scratch);      /* calls the kernel on the case's params and input */
     int32_t (*scratch_bytes)(void);  /* the kernel's _get_buffer_size */
-    int32_t expected_scratch;        /* mcuprune.sparse.sparse_scratch_bytes */
+    int32_t expected_scratch;        /* mcuprune.model.formats.sparse_scratch_bytes */
     int32_t out_size;
 } bench_case;
 

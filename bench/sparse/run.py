@@ -2,7 +2,7 @@
 """Sparse-kernel benchmark: instruction counts of every weight format in QEMU, checked vs numpy.
 
 Builds seeded random pruned layers (unstructured masks of exact sparsity), packs each in every
-format with mcuprune.sparse and emits them through its C helpers (c_definitions,
+format with mcuprune.model.formats and emits them through its C helpers (c_definitions,
 c_params_initializer), builds one ELF per target and runs it under `qemu-system-arm -icount
 shift=0`:
 
@@ -10,7 +10,7 @@ shift=0`:
     m4-reference  mps2-an386, Cortex-M4, reference kernels
     m3-reference  mps2-an385, Cortex-M3, -mfloat-abi=soft, reference kernels
 
-Every output checksum must equal the numpy reference's (mcuprune.reference on the masked
+Every output checksum must equal the numpy reference's (mcuprune.model.reference on the masked
 weights): exit status 1 on any mismatch. Instruction counts are SysTick ticks x 40 (see
 bench/kernels/README.md), +-40 per call.
 
@@ -34,11 +34,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from mcuprune.fixedpoint import quantize_multipliers  # noqa: E402
-from mcuprune.ir import Op, QParams, QuantLayer, conv_out_hw  # noqa: E402
-from mcuprune.kernels import INCLUDE_DIR  # noqa: E402
-from mcuprune.reference import conv2d_s8, dense_s8, im2col  # noqa: E402
-from mcuprune.sparse import (  # noqa: E402
+from mcuprune.model.fixedpoint import quantize_multipliers  # noqa: E402
+from mcuprune.model.formats import (  # noqa: E402
     FORMATS,
     PARAMS_STRUCTS,
     SPARSE_KERNEL_FUNCTIONS,
@@ -51,6 +48,9 @@ from mcuprune.sparse import (  # noqa: E402
     sparse_kernel_sources,
     sparse_scratch_bytes,
 )
+from mcuprune.model.ir import Op, QParams, QuantLayer, conv_out_hw  # noqa: E402
+from mcuprune.model.reference import conv2d_s8, dense_s8, im2col  # noqa: E402
+from mcuprune.resources import INCLUDE_DIR  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 HARNESS = ROOT / "bench" / "kernels"  # startup.c, bench_io.h, link.ld: shared with the dense benchmark

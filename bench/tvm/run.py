@@ -23,14 +23,15 @@ from pathlib import Path
 
 import numpy as np
 
-from mcuprune import build, codegen
-from mcuprune.boards import load_board
-from mcuprune.compiler import choose_variant, quantize_run
-from mcuprune.data import load_dataset, to_int8
-from mcuprune.emulate import QemuDevice
-from mcuprune.ir import QuantModel
-from mcuprune.reference import run_s8
-from mcuprune.tvm_backend import tvm_kernel_sources
+from mcuprune.codegen import emit as codegen
+from mcuprune.codegen.tvm_backend import tvm_kernel_sources
+from mcuprune.device.link import QemuDevice
+from mcuprune.model.ir import QuantModel
+from mcuprune.model.reference import run_s8
+from mcuprune.target import build
+from mcuprune.target.board import load_board
+from mcuprune.target.compile import choose_variant, quantize_run
+from mcuprune.train.datasets import load_dataset, to_int8
 
 BOARDS = ("mps2-an386", "mps2-an385")
 
@@ -104,8 +105,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(args.run) if args.run else Path(tmp) / "digits-run"
         if args.run is None:
-            from mcuprune.data import load_digits
-            from mcuprune.train import train_run
+            from mcuprune.train.datasets import load_digits
+            from mcuprune.train.training import train_run
 
             train_run(load_digits(), "digits", "cnn", epochs=40, out=run_dir, seed=0)
         model = quantize_run(run_dir)

@@ -2,7 +2,7 @@
  * slots_harness.c - host test of firmware/runtime/slots.c: the A/B slot state machine and its
  * power-cut safety. Built by tests/test_slots_c.py with gcc -fsanitize=address,undefined,
  * together with slots.c, blob.c, crc32.c, telemetry.c, the fake model (fake_model/) and the
- * blobs that test packs with mcuprune.blob (test_blobs.c).
+ * blobs that test packs with mcuprune.codegen.blob (test_blobs.c).
  *
  *     slots_harness NAME    run one test; prints "ok NAME ..." and exits 0, or exits 1
  *

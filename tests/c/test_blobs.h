@@ -1,6 +1,6 @@
 /*
  * test_blobs.h - model blobs for the fake architecture (fake_model/model.h), packed by
- * mcuprune.blob.pack_blob and written out as C by tests/test_slots_c.py (test_blobs.c).
+ * mcuprune.codegen.blob.pack_blob and written out as C by tests/test_slots_c.py (test_blobs.c).
  */
 #ifndef TEST_BLOBS_H
 #define TEST_BLOBS_H

@@ -1,0 +1,1 @@
+"""QuantModel -> C: the operator table, generated model sources, the model blob, the TVM backend."""

@@ -1,0 +1,445 @@
+"""QuantModel -> C sources of one model (model.h, model.c, model_data.c) via Jinja templates.
+
+Python decides everything that varies per model (array contents, shapes, arena offsets, which
+kernel each layer calls); the templates only lay it out. Fixed C (kernels, runtime) lives in
+firmware/ and is copied next to the generated files by build.prepare_project.
+
+Two parameter modes:
+
+* ``static`` (default): every parameter is a const C array compiled in.
+* ``blob``: the code keeps the architecture (shapes, kernels, weight formats) and takes every
+  parameter from a **model blob** (docs/protocol.md, "Model blob"; mcuprune/blob.py) that
+  ``mcup_bind()`` checks and points the layer structs at; model_data.c holds only the factory
+  blob. The monitor QSAE (monitor_qsae.py) runs after the model on the penultimate activations
+  (``mcup_monitor()``, which also fills the telemetry record). The blob's arrays, in order:
+
+  1. for each weighted layer of the model, in layer order: its weight arrays as ``sparse.pack``
+     emits them for the layer's format (dense: weights int8; bitmask: mask uint8, values int8;
+     csr8/csr4: values int8, deltas uint8, row_ptr uint8/16/32; an empty array is kept, length 0,
+     so the count is fixed), then bias int32[out], multiplier int32[out], shift int32[out] and
+     quant int32[4] = (input_offset, output_offset, act_min, act_max);
+  2. the monitor QSAE's encoder and decoder, the same way (dense weights);
+  3. the confidence table uint16[256], ``telemetry.exp_table(model.output_q.scale)``.
+
+  Everything re-pruning or recalibration can change (non-zero counts, row pointer widths, zero
+  points, clamps, requantization constants) comes from the blob, so ``build_blob`` on another
+  QuantModel of the same architecture makes an update the firmware binds without rebuilding.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from mcuprune import __version__
+from mcuprune.codegen import kernels
+from mcuprune.codegen.blob import pack_blob
+from mcuprune.errors import UserError
+from mcuprune.model import formats as sparse
+from mcuprune.model.arena import ArenaPlan, align_up, plan_arena
+from mcuprune.model.ir import Op, QuantLayer, QuantModel, shape_product
+from mcuprune.model.telemetry import exp_table
+from mcuprune.resources import CODEGEN_TEMPLATES_DIR
+
+PARAM_PREFIX = "mcup_param_"  # build.py sums symbols with this prefix as "model flash"
+SUPPORTED_OPS = (Op.CONV2D, Op.DENSE, Op.MAXPOOL2D)
+POOL_STRUCT = "mcup_maxpool2d_params"
+PARAMS_MODES = ("static", "blob")
+FACTORY_BLOB = f"{PARAM_PREFIX}factory_blob"  # the prefix makes build.py count it as model flash
+BIND_BAD = 9  # MCUP_ERR_BAD_BLOB of docs/protocol.md, what mcup_bind returns on any violation
+MAX_MONITOR_DIM = 65535  # the telemetry histogram counts are uint16
+_FMT_CONST = {"dense": "MCUP_FMT_DENSE", "bitmask": "MCUP_FMT_BITMASK", "csr8": "MCUP_FMT_CSR8",
+              "csr4": "MCUP_FMT_CSR4"}  # firmware/runtime/bind_check.h
+
+
+def c_array_body(values: np.ndarray, per_line: int = 16) -> str:
+    """Comma-separated C initializer lines.
+
+    >>> print(c_array_body(np.array([1, -2, 3], dtype=np.int8), per_line=2))
+        1, -2,
+        3
+    """
+    flat = [str(int(v)) for v in np.asarray(values).ravel()]
+    lines = [", ".join(flat[i : i + per_line]) for i in range(0, len(flat), per_line)]
+    return ",\n".join("    " + line for line in lines)
+
+
+@dataclass(frozen=True)
+class CArray:
+    name: str
+    ctype: str  # int8_t, uint8_t, uint16_t, int32_t, ...
+    length: int
+    itemsize: int
+    body: str
+    comment: str
+
+    @property
+    def nbytes(self) -> int:
+        return self.length * self.itemsize
+
+
+def c_array(name: str, values: np.ndarray, comment: str) -> CArray:
+    values = np.ascontiguousarray(values)
+    return CArray(name, f"{values.dtype.name}_t", int(values.size), values.dtype.itemsize, c_array_body(values),
+                  comment)
+
+
+def layer_arrays(layer: QuantLayer, fmt: str = "dense") -> list[CArray]:
+    """The const parameter arrays one layer needs in flash, weights packed in `fmt`."""
+    if not layer.has_weights:
+        return []
+    prefix = f"{PARAM_PREFIX}{layer.name}"
+    shape = "x".join(str(d) for d in layer.weights.shape)
+    layout = "[out_c][k_h][k_w][in_c]" if layer.op is Op.CONV2D else "[out][in]"
+    if fmt == "dense":
+        weights = [c_array(f"{prefix}_weights", layer.weights.astype(np.int8),
+                           f"int8 {layout} {shape}, per-channel symmetric")]
+    else:
+        packed = sparse.pack(layer.weights, fmt)
+        nnz = int(np.count_nonzero(layer.weights))
+        weights = [c_array(name, values, f"{fmt} {field_name(name, prefix)} of {layout} {shape} "
+                                         f"({nnz} non-zeros, see mcup_sparse.h)")
+                   for name, _, values in sparse.c_arrays(layer.name, packed)]
+    return weights + [
+        c_array(f"{prefix}_bias", layer.bias.astype(np.int32), "int32 [out_c], scale = s_in * s_w[c]"),
+        c_array(f"{prefix}_multiplier", layer.multiplier.astype(np.int32), "Q31 requantization multiplier [out_c]"),
+        c_array(f"{prefix}_shift", layer.shift.astype(np.int32), "requantization shift [out_c], <0 = right"),
+    ]
+
+
+def field_name(array_name: str, prefix: str) -> str:
+    return array_name[len(prefix) + 1 :]
+
+
+def architecture_hash(model: QuantModel, variant: str, formats: dict[str, str] | None = None,
+                      params: str = "static", monitor: QuantModel | None = None) -> int:
+    """CRC-32 of what is compiled into the code (ops, shapes, kernels, weight formats), not of the parameters.
+
+    Blob firmware (`params` "blob") also compiles in the monitor QSAE's shapes, and a blob only
+    fits blob firmware, so its hash adds a "blob" marker and those shapes.
+    """
+    _check_params_mode(params)
+    formats = formats or {}
+    desc = [
+        [layer.op.value, list(layer.in_shape), list(layer.out_shape), layer.stride, layer.pad, layer.pool,
+         layer.relu, formats.get(layer.name, "dense")]
+        for layer in model.layers
+    ]
+    doc: list = [variant, desc]
+    if params == "blob":
+        if monitor is None:
+            raise UserError("params mode 'blob' needs the monitor QSAE model")
+        doc += ["blob", [[layer.op.value, list(layer.in_shape), list(layer.out_shape), layer.relu]
+                         for layer in monitor.layers]]
+    return zlib.crc32(json.dumps(doc, separators=(",", ":")).encode())
+
+
+def _check_params_mode(params: str) -> None:
+    if params not in PARAMS_MODES:
+        raise UserError(f"unknown params mode '{params}': choose one of {', '.join(PARAMS_MODES)}")
+
+
+# --- blob mode: the parameter arrays in blob order ------------------------------------------
+
+# The weight arrays of each format, in blob order (sparse.PackedWeights field names).
+BLOB_WEIGHT_FIELDS: dict[str, tuple[str, ...]] = {
+    "dense": ("weights",),
+    "bitmask": ("mask", "values"),
+    "csr8": ("values", "deltas", "row_ptr"),
+    "csr4": ("values", "deltas", "row_ptr"),
+}
+BLOB_QUANT_ARRAYS = 4  # bias, multiplier, shift, quant
+
+
+def layer_blob_arrays(layer: QuantLayer, fmt: str) -> list[np.ndarray]:
+    """One weighted layer's arrays in blob order: weights in `fmt`, bias, multiplier, shift, quant."""
+    packed = sparse.pack(layer.weights, fmt)
+    rows = int(layer.weights.shape[0])
+    bias = np.zeros(rows, dtype=np.int32) if layer.bias is None else layer.bias.astype(np.int32)
+    quant = np.array([-layer.input_q.zero_point, layer.output_q.zero_point, layer.act_min, layer.act_max],
+                     dtype=np.int32)
+    return [getattr(packed, name) for name in BLOB_WEIGHT_FIELDS[fmt]] + [
+        bias, layer.multiplier.astype(np.int32), layer.shift.astype(np.int32), quant]
+
+
+def penultimate_size(model: QuantModel) -> int:
+    """Elements of the last layer's input (the tensor the monitor QSAE reads)."""
+    if len(model.layers) < 2:
+        raise UserError(f"model {model.name} has {len(model.layers)} layer(s): params mode 'blob' needs a "
+                        "penultimate tensor for the monitor")
+    return shape_product(model.layers[-1].in_shape)
+
+
+def check_monitor(model: QuantModel, monitor: QuantModel | None) -> None:
+    """The monitor QSAE blob firmware runs: dense encoder D -> H, dense decoder H -> D on the penultimate D."""
+    if monitor is None:
+        raise UserError("params mode 'blob' needs the monitor QSAE model (monitor_qsae.build_monitor_qsae)")
+    d = penultimate_size(model)
+    if d > MAX_MONITOR_DIM:
+        raise UserError(f"model {model.name}: the penultimate tensor has {d} elements, the telemetry supports "
+                        f"at most {MAX_MONITOR_DIM}")
+    layers = monitor.layers
+    ok = (len(layers) == 2 and all(layer.op is Op.DENSE for layer in layers)
+          and tuple(layers[0].in_shape) == (d,) and tuple(layers[1].out_shape) == (d,)
+          and tuple(layers[0].out_shape) == tuple(layers[1].in_shape))
+    if not ok:
+        shapes = ", ".join(f"{layer.op.value} {layer.in_shape}->{layer.out_shape}" for layer in layers)
+        raise UserError(f"monitor {monitor.name} ({shapes}) is not a dense encoder and decoder on the "
+                        f"{d} penultimate activations of {model.name}")
+
+
+def _weighted(model: QuantModel, formats: dict[str, str]) -> list[tuple[QuantLayer, str]]:
+    pairs = [(layer, formats.get(layer.name, "dense")) for layer in model.layers if layer.has_weights]
+    for layer, fmt in pairs:
+        if fmt not in BLOB_WEIGHT_FIELDS:
+            raise UserError(f"layer {layer.name}: unknown weight format '{fmt}'")
+    return pairs
+
+
+def blob_arrays(model: QuantModel, formats: dict[str, str], monitor: QuantModel) -> list[np.ndarray]:
+    """Every array of the model's blob, in blob order (see the module docstring)."""
+    check_supported(model)
+    check_monitor(model, monitor)
+    arrays: list[np.ndarray] = []
+    for layer, fmt in _weighted(model, formats) + [(layer, "dense") for layer in monitor.layers]:
+        arrays += layer_blob_arrays(layer, fmt)
+    arrays.append(exp_table(model.output_q.scale))
+    return arrays
+
+
+def build_blob(model: QuantModel, formats: dict[str, str], monitor: QuantModel, variant: str,
+               blob_id: int | None = None) -> bytes:
+    """The model blob of `model` for blob firmware built with these formats, monitor shapes and variant.
+
+    `model` may be any QuantModel of the firmware's architecture (other weights, non-zero counts,
+    scales, zero points): that is how update blobs are made. `blob_id` defaults to the data CRC.
+    """
+    arch = architecture_hash(model, variant, formats, params="blob", monitor=monitor)
+    return pack_blob(blob_arrays(model, formats, monitor), arch, blob_id)
+
+
+def _quant_initializer(layer: QuantLayer) -> str:
+    prefix = f"{PARAM_PREFIX}{layer.name}"
+    return (f"{{ .bias = {prefix}_bias, .multiplier = {prefix}_multiplier, .shift = {prefix}_shift,"
+            f" .input_offset = {-layer.input_q.zero_point}, .output_offset = {layer.output_q.zero_point},"
+            f" .act_min = {layer.act_min}, .act_max = {layer.act_max} }}")
+
+
+def _params_struct(layer: QuantLayer, fmt: str) -> str:
+    """C designated initializer for the layer's kernel parameter struct."""
+    if layer.op is Op.MAXPOOL2D:
+        h, w, c = layer.in_shape
+        return f"{{ .in_h = {h}, .in_w = {w}, .c = {c}, .pool = {layer.pool} }}"
+    if fmt != "dense":
+        return sparse.c_params_initializer(layer, sparse.pack(layer.weights, fmt), _quant_initializer(layer))
+    prefix = f"{PARAM_PREFIX}{layer.name}"
+    if layer.op is Op.CONV2D:
+        c_out, k_h, k_w, _ = layer.weights.shape
+        h, w, c = layer.in_shape
+        oh, ow, _ = layer.out_shape
+        return (f"{{ .in_h = {h}, .in_w = {w}, .in_c = {c}, .out_h = {oh}, .out_w = {ow}, .out_c = {c_out},"
+                f" .k_h = {k_h}, .k_w = {k_w}, .stride = {layer.stride}, .pad = {layer.pad},"
+                f" .weights = {prefix}_weights, .q = {_quant_initializer(layer)} }}")
+    return (f"{{ .in_features = {layer.in_shape[0]}, .out_features = {layer.out_shape[0]},"
+            f" .weights = {prefix}_weights, .q = {_quant_initializer(layer)} }}")
+
+
+@dataclass(frozen=True)
+class GeneratedModel:
+    arrays: list[CArray]  # blob mode: the factory blob only
+    arena: ArenaPlan
+    scratch_bytes: int
+    arch_hash: int
+    formats: dict[str, str]  # weighted layer name -> dense | bitmask | csr8 | csr4
+    params: str = "static"
+    blob: bytes | None = None  # blob mode: the factory blob
+    monitor_bytes: int = 0  # blob mode: RAM of the monitor's hidden and reconstruction buffers
+
+    @property
+    def param_bytes(self) -> int:
+        return sum(a.nbytes for a in self.arrays)
+
+    def kernel_sources(self, model: QuantModel, variant: str) -> list[Path]:
+        """The kernel .c files this model calls (one per op and weight format)."""
+        weighted = {(layer.op, self.formats[layer.name]) for layer in model.layers if layer.has_weights}
+        if self.params == "blob":
+            weighted.add((Op.DENSE, "dense"))  # the monitor QSAE
+        others = {layer.op for layer in model.layers if not layer.has_weights}
+        return sparse.sparse_kernel_sources(variant, weighted) + kernels.kernel_sources(variant, others)
+
+
+def _layer_call(layer: QuantLayer, index: int, n_layers: int, arena: ArenaPlan, fmt: str, blob: bool = False) -> dict:
+    src = "input" if index == 0 else f"mcup_arena + {arena.offsets[index - 1]}"
+    dst = "logits" if index == n_layers - 1 else f"mcup_arena + {arena.offsets[index]}"
+    if layer.has_weights:
+        struct_type = sparse.PARAMS_STRUCTS[(layer.op, fmt)]
+        function = sparse.SPARSE_KERNEL_FUNCTIONS[(layer.op, fmt)]
+    else:
+        struct_type, function = POOL_STRUCT, kernels.KERNEL_FUNCTIONS[layer.op]
+    describe = f"{layer.op.value} {layer.in_shape} -> {layer.out_shape}" + (" + relu" if layer.relu else "")
+    if layer.has_weights and blob:
+        describe += f", {fmt} weights from the blob"
+    elif layer.has_weights:
+        describe += f", {fmt} weights ({int(np.count_nonzero(layer.weights))}/{layer.weights.size} non-zero)"
+    return {
+        "name": layer.name,
+        "index": index,
+        "struct_type": struct_type,
+        "var": f"mcup_layer_{layer.name}",
+        "init": _shapes_struct(layer) if blob and layer.has_weights else _params_struct(layer, fmt),
+        "function": function,
+        "src": src,
+        "dst": dst,
+        "uses_scratch": layer.has_weights,
+        "describe": describe,
+    }
+
+
+def _shapes_struct(layer: QuantLayer) -> str:
+    """Blob mode: the compiled-in part of a weighted layer's params struct (pointers and quantization are bound)."""
+    if layer.op is Op.DENSE:
+        return f"{{ .in_features = {layer.in_shape[0]}, .out_features = {layer.out_shape[0]} }}"
+    c_out, k_h, k_w, _ = layer.weights.shape
+    h, w, c = layer.in_shape
+    oh, ow, _ = layer.out_shape
+    return (f"{{ .in_h = {h}, .in_w = {w}, .in_c = {c}, .out_h = {oh}, .out_w = {ow}, .out_c = {c_out},"
+            f" .k_h = {k_h}, .k_w = {k_w}, .stride = {layer.stride}, .pad = {layer.pad} }}")
+
+
+# Blob mode: params struct fields mcup_bind sets from a checked mcup_bound_layer, per format.
+_BIND_FIELDS = {
+    "dense": ("weights",),
+    "bitmask": ("mask", "values"),
+    "csr8": ("values", "deltas", "row_ptr", "row_ptr_bytes"),
+    "csr4": ("values", "deltas", "row_ptr", "row_ptr_bytes"),
+}
+
+
+def _bind_entry(layer: QuantLayer, fmt: str, var: str) -> dict:
+    return {
+        "name": layer.name,
+        "var": var,
+        "format": fmt,
+        "format_const": _FMT_CONST[fmt],
+        "rows": int(layer.weights.shape[0]),
+        "cols": int(np.prod(layer.weights.shape[1:])),
+        "fields": _BIND_FIELDS[fmt] + ("q",),
+    }
+
+
+def check_supported(model: QuantModel) -> None:
+    for layer in model.layers:
+        if layer.op not in SUPPORTED_OPS:
+            names = ", ".join(op.value for op in SUPPORTED_OPS)
+            raise UserError(f"layer '{layer.name}' of type {layer.op.value} is not supported by the code "
+                            f"generator (supported: {names})")
+
+
+def _scratch(layer: QuantLayer, fmt: str, variant: str) -> int:
+    if layer.has_weights:
+        return sparse.sparse_scratch_bytes(layer, fmt, variant)
+    return kernels.scratch_bytes(layer, variant)
+
+
+def _blob_context(model: QuantModel, monitor: QuantModel, formats: dict[str, str], arena: ArenaPlan,
+                  layer_calls: list[dict], blob: bytes) -> dict:
+    """What the templates need for blob mode: the bind table, the monitor, the penultimate tensor."""
+    n = len(model.layers)
+    pen_size = penultimate_size(model)
+    pen_offset = arena.offsets[n - 2]
+    # mcup_monitor reads the penultimate tensor after mcup_run returned: arena.py's ping-pong plan
+    # keeps tensor n-2 in place while the last layer reads it, the last layer writes the caller's
+    # logits (not the arena) and kernels work in mcup_scratch, so nothing overwrites it.
+    assert len(arena.offsets) == n - 1 and pen_offset + align_up(pen_size) <= arena.size
+    assert layer_calls[-1]["dst"] == "logits" and layer_calls[-1]["src"] == f"mcup_arena + {pen_offset}"
+    encoder, decoder = monitor.layers
+    bind = [_bind_entry(layer, fmt, f"mcup_layer_{layer.name}") for layer, fmt in _weighted(model, formats)]
+    bind += [_bind_entry(layer, "dense", f"mcup_monitor_{role}")
+             for layer, role in ((encoder, "encoder"), (decoder, "decoder"))]
+    n_arrays = sum(len(BLOB_WEIGHT_FIELDS[b["format"]]) + BLOB_QUANT_ARRAYS for b in bind) + 1
+    return {
+        "bind": bind,
+        "blob_arrays": n_arrays,
+        "blob_bytes": len(blob),
+        "blob_body": c_array_body(np.frombuffer(blob, dtype=np.uint8), per_line=24),
+        "bind_bad": BIND_BAD,
+        "penultimate_size": pen_size,
+        "penultimate_offset": pen_offset,
+        "monitor_hidden": int(encoder.out_shape[0]),
+        "monitor_function": sparse.SPARSE_KERNEL_FUNCTIONS[(Op.DENSE, "dense")],
+        "monitor_structs": [
+            {"var": "mcup_monitor_encoder", "init": _shapes_struct(encoder), "describe": "encoder: dense + relu"},
+            {"var": "mcup_monitor_decoder", "init": _shapes_struct(decoder), "describe": "decoder: dense"},
+        ],
+    }
+
+
+def generate_model_sources(model: QuantModel, variant: str, src_dir: Path, source: str = "",
+                           objective: str = "fastest", core: str | None = None, params: str = "static",
+                           monitor: QuantModel | None = None) -> GeneratedModel:
+    """Write model.h, model.c and model_data.c for `model` into src_dir.
+
+    Each weighted layer's weights are packed in the format sparse.choose_formats picks: with
+    objective "fastest" only formats predicted to run no slower than dense on `core`, with
+    "smallest" the fewest bytes whatever the speed.
+
+    `params` "blob" takes the parameters from a model blob bound at run time (module docstring)
+    and needs `monitor`, the monitor QSAE's QuantModel; the factory blob is ``build_blob`` of
+    `model` and comes back in ``GeneratedModel.blob``.
+    """
+    check_supported(model)
+    _check_params_mode(params)
+    if objective not in sparse.OBJECTIVES:
+        raise UserError(f"unknown objective '{objective}': choose one of {', '.join(sparse.OBJECTIVES)}")
+    blob_mode = params == "blob"
+    if blob_mode:
+        check_monitor(model, monitor)
+    formats = sparse.choose_formats(model.layers, variant, objective, core)
+    n = len(model.layers)
+    arena = plan_arena([shape_product(layer.out_shape) for layer in model.layers[:-1]])
+    fmt_of = [formats.get(layer.name, "dense") for layer in model.layers]
+    scratch_of = [_scratch(layer, fmt, variant) for layer, fmt in zip(model.layers, fmt_of, strict=True)]
+    if blob_mode:
+        scratch_of += [_scratch(layer, "dense", variant) for layer in monitor.layers]
+    scratch = max(scratch_of + [0])
+    layer_calls = [_layer_call(layer, i, n, arena, fmt, blob_mode)
+                   for i, (layer, fmt) in enumerate(zip(model.layers, fmt_of, strict=True))]
+    arch_hash = architecture_hash(model, variant, formats, params=params, monitor=monitor)
+    blob_context: dict | None = None
+    if blob_mode:
+        blob = build_blob(model, formats, monitor, variant)
+        arrays = [CArray(FACTORY_BLOB, "uint8_t", len(blob), 1, "", "the factory model blob")]
+        blob_context = _blob_context(model, monitor, formats, arena, layer_calls, blob)
+        monitor_bytes = align_up(blob_context["monitor_hidden"]) + align_up(blob_context["penultimate_size"])
+        gen = GeneratedModel(arrays=arrays, arena=arena, scratch_bytes=scratch, arch_hash=arch_hash, formats=formats,
+                             params=params, blob=blob, monitor_bytes=monitor_bytes)
+    else:
+        arrays = [a for layer, fmt in zip(model.layers, fmt_of, strict=True) for a in layer_arrays(layer, fmt)]
+        gen = GeneratedModel(arrays=arrays, arena=arena, scratch_bytes=scratch, arch_hash=arch_hash, formats=formats)
+    context = {
+        "version": __version__,
+        "source": source or model.name,
+        "model": model,
+        "variant": variant,
+        "arrays": arrays,
+        "layers": layer_calls,
+        "input_size": model.input_size,
+        "output_size": shape_product(model.layers[-1].out_shape),
+        "arena_bytes": arena.size,
+        "scratch_bytes": scratch,
+        "param_bytes": gen.param_bytes,
+        "arch_hash": f"0x{gen.arch_hash:08x}u",
+        "input_shape": "x".join(str(d) for d in model.input_shape),
+        "blob": blob_context,
+    }
+    env = Environment(loader=FileSystemLoader(CODEGEN_TEMPLATES_DIR), undefined=StrictUndefined,
+                      keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
+    src_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("model.h", "model.c", "model_data.c"):
+        (src_dir / name).write_text(env.get_template(f"{name}.j2").render(**context))
+    return gen

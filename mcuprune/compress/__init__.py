@@ -1,0 +1,1 @@
+"""Finding what is redundant: activation statistics, QSAE, structured removal, importance, KL, budgets."""

@@ -1,0 +1,129 @@
+"""Activation capture: what every conv/dense layer sees and produces on calibration data.
+
+For each weighted layer of a FloatModel (HWC layout, see ir.py) the capture holds
+
+* ``inputs``  (rows, fan_in): the layer's input vectors — the flattened input of a dense layer,
+  or im2col patches ([k_h][k_w][c_in] order, zero padding) of a conv layer at sampled output
+  positions;
+* ``outputs`` (rows, C_out): the layer's output (after its fused ReLU) for exactly those rows, so
+  ``outputs == act(inputs @ W.T + b)``; for a conv these are per-pixel channel vectors;
+* ``input_norms`` (fan_in,): ‖x_j‖₂ of every input feature over *all* positions of *all*
+  calibration images (streamed, not sampled) — the activation statistic of the importance
+  |w_ij|·‖x_j‖₂;
+* ``input_means`` (fan_in,): the mean of every input feature over the same data.
+
+Memory is bounded: images are processed in batches, a conv layer keeps ``positions`` random
+output pixels per image (seeded), and each layer keeps at most ``max_rows`` rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mcuprune.model.ir import FloatLayer, FloatModel, Op
+from mcuprune.model.reference import im2col, run_layer_f32
+
+DEFAULT_POSITIONS = 8
+DEFAULT_MAX_ROWS = 16384
+BATCH = 256
+
+
+@dataclass(frozen=True, eq=False)
+class LayerCapture:
+    name: str
+    op: Op
+    inputs: np.ndarray  # float32 (rows, fan_in)
+    outputs: np.ndarray  # float32 (rows, C_out), after the fused activation
+    input_norms: np.ndarray  # float64 (fan_in,)
+    input_means: np.ndarray  # float64 (fan_in,)
+    positions: int  # input vectors the statistics were taken over (images x output pixels)
+    relu: bool  # the layer's fused ReLU (its outputs have a zero spike)
+
+
+def masked_weights(layer: FloatLayer) -> np.ndarray:
+    return layer.weights if layer.mask is None else layer.weights * layer.mask
+
+
+def weight_matrix(layer: FloatLayer) -> np.ndarray:
+    """The layer's (masked) weights as the (C_out, fan_in) matrix that multiplies input rows."""
+    w = masked_weights(layer)
+    return w.reshape(w.shape[0], -1)
+
+
+def layer_rows(x: np.ndarray, layer: FloatLayer) -> np.ndarray:
+    """Input vectors of a weighted layer: (N, fan_in) for dense, (N, OH, OW, fan_in) for conv."""
+    if layer.op is Op.DENSE:
+        return x.reshape(x.shape[0], -1)
+    _, k_h, k_w, _ = layer.weights.shape
+    return im2col(x, k_h, k_w, layer.stride, layer.pad, 0.0)
+
+
+def apply_rows(rows: np.ndarray, weights2d: np.ndarray, bias: np.ndarray, relu: bool) -> np.ndarray:
+    """act(rows @ W.T + b): a layer's output for input vectors (float32)."""
+    y = rows @ weights2d.T.astype(np.float32) + bias.astype(np.float32)
+    return np.maximum(y, 0.0) if relu else y
+
+
+class _Accumulator:
+    def __init__(self, layer: FloatLayer, max_rows: int) -> None:
+        self.layer = layer
+        self.max_rows = max_rows
+        self.inputs: list[np.ndarray] = []
+        self.outputs: list[np.ndarray] = []
+        self.kept = 0
+        fan_in = int(np.prod(layer.weights.shape[1:]))
+        self.sq_sum = np.zeros(fan_in)
+        self.sum = np.zeros(fan_in)
+        self.count = 0
+
+    def add(self, rows: np.ndarray, out: np.ndarray, pick: np.ndarray | None) -> None:
+        """rows/out: (N, fan_in)/(N, C) or (N, OH, OW, ...); pick: (N, P) flat pixel indices for conv."""
+        flat = rows.reshape(-1, rows.shape[-1]).astype(np.float64)
+        self.sq_sum += np.einsum("ij,ij->j", flat, flat)
+        self.sum += flat.sum(axis=0)
+        self.count += flat.shape[0]
+        if self.kept >= self.max_rows:
+            return
+        if pick is None:
+            r, o = rows.reshape(rows.shape[0], -1), out.reshape(out.shape[0], -1)
+        else:
+            n = rows.shape[0]
+            r = rows.reshape(n, -1, rows.shape[-1])[np.arange(n)[:, None], pick].reshape(-1, rows.shape[-1])
+            o = out.reshape(n, -1, out.shape[-1])[np.arange(n)[:, None], pick].reshape(-1, out.shape[-1])
+        take = min(len(r), self.max_rows - self.kept)
+        self.inputs.append(r[:take].astype(np.float32))
+        self.outputs.append(o[:take].astype(np.float32))
+        self.kept += take
+
+    def result(self) -> LayerCapture:
+        return LayerCapture(
+            name=self.layer.name, op=self.layer.op,
+            inputs=np.concatenate(self.inputs), outputs=np.concatenate(self.outputs),
+            input_norms=np.sqrt(self.sq_sum), input_means=self.sum / max(self.count, 1), positions=self.count,
+            relu=self.layer.relu,
+        )
+
+
+def capture_activations(model: FloatModel, x_float: np.ndarray, positions: int = DEFAULT_POSITIONS,
+                        max_rows: int = DEFAULT_MAX_ROWS, seed: int = 0) -> dict[str, LayerCapture]:
+    """Inputs/outputs of every conv/dense layer on float images (N, H, W, C), keyed by layer name."""
+    rng = np.random.default_rng(seed)
+    accs = {layer.name: _Accumulator(layer, max_rows) for layer in model.layers if layer.weights is not None}
+    for start in range(0, len(x_float), BATCH):
+        x = np.asarray(x_float[start : start + BATCH], dtype=np.float32)
+        for layer in model.layers:
+            if layer.weights is None:
+                x = run_layer_f32(x, layer).astype(np.float32)
+                continue
+            rows = layer_rows(x, layer)
+            out = apply_rows(rows, weight_matrix(layer), layer.bias, layer.relu)
+            pick = None
+            if layer.op is Op.CONV2D:
+                pixels = out.shape[1] * out.shape[2]
+                p = min(positions, pixels)
+                pick = np.argsort(rng.random((len(x), pixels)), axis=1)[:, :p]
+            accs[layer.name].add(rows, out, pick)
+            x = out.astype(np.float32)
+    return {name: acc.result() for name, acc in accs.items()}

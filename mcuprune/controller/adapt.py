@@ -1,0 +1,604 @@
+"""Adapting a deployed model to drifted inputs without labels: the host controller's update step.
+
+    adapt(RUN, deployed, formats, captured_uint8) -> AdaptResult(model, monitor_qsae, monitor, report)
+
+When the drift monitor fires, the host captures N recent inputs from the device (uint8 pixels, no
+labels) and builds new parameters for the *same compiled architecture*: the same ops, shapes and
+per-layer weight formats (codegen.architecture_hash is unchanged), so that only the parameter blob
+is streamed. Everything may change that the blob carries: the packed weights (nnz too), biases,
+requantization constants, every layer's zero points and clamps, and the monitor QSAE. Steps, each
+switchable (``steps``):
+
+* ``input``: moment matching of the pixel distribution. An affine map p_train ≈ gain · p + offset
+  from the captured pixels to the training pixels is fitted (mean and standard deviation by
+  default; a least-squares fit of the quantiles ignores clipped pixels but was noisier on
+  unshifted captures) and folded into the input quantization: the device still receives
+  q = p − 128, and the first layer reads it with scale gain/255 and zero point
+  −128 − offset/gain, i.e. it computes on the corrected image. Padding holds the zero point, a
+  corrected 0, as in training. The zero point must stay an int8, so the offset is limited to what
+  a zero point in [−128, 127] can express (darkening cannot be undone: the gain is refitted with
+  the offset the clamped zero point allows, and the report says ``limited``), and the gain to
+  [1/4, 4]. The reference is the *class-weighted* training pixel distribution, weighted by the
+  classes the model predicts on the captured data (iterated): a change of class mix changes the
+  pixel statistics too (Fashion-MNIST footwear is darker than shirts) and must not be
+  "corrected" as a brightness change.
+* ``calibrate``: every layer's activation range (min/max) on the captured data, after the input
+  correction. Without it each layer keeps the deployed output quantization.
+* ``reprune``: masks chosen again by KL (importance.py / budget.py) on the captured activations,
+  from the *dense parent* weights (the run's ``pruned_from``, shrunk by the run's own recorded
+  structured removals, so the shapes are the deployed ones), under a byte budget equal to the
+  deployed parameter bytes, each layer's bytes counted in its forced format (and CSR row pointers
+  kept in their compiled C type). Why the parent: the deployed weights are already zero outside
+  the deployed masks, so re-masking them under the same budget can only return the deployed
+  masks (KL 0, same bytes): a no-op. A dense-format layer's bytes do not depend on its mask, so
+  the knapsack keeps it whole (KL 0). There are no labels, so no fine-tuning; instead the kept
+  weights and biases are refitted layer by layer by ridge least squares to reproduce the dense
+  parent's pre-activations on the captured data (``reconstruct``). Without that, re-pruning the
+  parent loses what the deployed run's fine-tuning bought (5.5 points on unshifted
+  Fashion-MNIST); with it, adding re-pruning to the default steps still costs 0.3–0.5 points
+  (1.0–1.2 under noise) and gains 1.4–1.8 only under rotation, so it is not a default step
+  (bench/drift/README.md).
+* ``monitor``: the monitor QSAE (monitor_qsae.build_monitor_qsae) is retrained for the new model on
+  one half of the captured data and the drift monitor (drift_offline.build_monitor) is fitted on
+  the new model's telemetry of the other half: the adapted distribution becomes the new normal.
+
+Without ``reprune`` the weights are the deployed int8 weights unchanged (dequantized and quantized
+again, which reproduces them exactly); biases and requantization constants follow the new input and
+output scales. bench/drift/adapt_offline.py measures what each step buys (bench/drift/README.md).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from mcuprune.errors import UserError
+from mcuprune.model.fixedpoint import quantize_multipliers
+from mcuprune.model.ir import FloatLayer, FloatModel, Op, QParams, QuantLayer, QuantModel, check_chain
+from mcuprune.model.reference import run_s8, trace_f32
+from mcuprune.quantize import activation_qparams, quantize_layer
+
+if TYPE_CHECKING:
+    from mcuprune.controller.detectors import DriftMonitor
+    from mcuprune.controller.drift_offline import MonitorSpec
+    from mcuprune.controller.drift_qsae import MonitorQSAE
+
+STEPS = ("input", "calibrate", "reprune", "monitor")
+DEFAULT_STEPS = ("input", "calibrate", "monitor")  # reprune: see the module docstring
+INPUT_METHODS = ("moments", "quantiles")
+MAX_GAIN = 4.0  # the gain stays in [1/4, 4]: beyond that the capture is not a lighting change
+MIN_CAPTURED = 20
+MIN_CAPTURED_MONITOR = 100
+QUANTILES = np.linspace(0.01, 0.99, 99)
+PRIOR_ITERATIONS = 3  # class-weighted reference <-> predictions on the corrected input; converges in 2-3
+VARIANTS = ("dsp", "reference")
+COMPENSATIONS = ("lstsq", "bias", "none")
+RIDGE = 1e-3  # of the mean Gram diagonal: a few hundred kept weights per row stay stable on ~500 samples
+RECONSTRUCT_POSITIONS = 16  # output pixels per image a conv layer's least squares sees
+_BATCH = 500
+
+
+@dataclass(frozen=True, eq=False)
+class AdaptResult:
+    model: QuantModel  # the adapted int8 network (same architecture as the deployed one)
+    monitor_qsae: MonitorQSAE | None  # the monitor QSAE for the new model (None without "monitor")
+    monitor: DriftMonitor | None  # fitted on the new model's telemetry of the capture (None without "monitor")
+    report: dict
+
+
+@dataclass(frozen=True)
+class InputMap:
+    """Corrected pixel = gain · captured pixel + offset (pixel units, 0..255)."""
+
+    gain: float
+    offset: float
+
+    def apply(self, pixels: np.ndarray) -> np.ndarray:
+        return self.gain * np.asarray(pixels, dtype=np.float64) + self.offset
+
+    def with_pivot(self, pivot: float) -> InputMap:
+        """gain · (p − pivot): the map whose corrected 0 is captured pixel `pivot`."""
+        return InputMap(self.gain, -self.gain * pivot)
+
+
+# --- pixel statistics and the input map -------------------------------------------------------
+
+
+def pixel_histograms(x_uint8: np.ndarray, y: np.ndarray, num_classes: int, chunk: int = 4096) -> np.ndarray:
+    """Per-class histograms (num_classes, 256) of the pixel values of labelled uint8 images."""
+    x = np.asarray(x_uint8)
+    hist = np.zeros((num_classes, 256), dtype=np.int64)
+    for s in range(0, len(x), chunk):  # chunks: an int64 index per pixel of 60,000 images is 376 MB
+        px = x[s : s + chunk].reshape(len(x[s : s + chunk]), -1).astype(np.int64)
+        idx = (np.asarray(y[s : s + chunk], dtype=np.int64)[:, None] * 256 + px).ravel()
+        hist += np.bincount(idx, minlength=num_classes * 256).reshape(num_classes, 256)
+    return hist
+
+
+def _quantiles(hist: np.ndarray, u: np.ndarray = QUANTILES) -> np.ndarray:
+    """Inverse CDF (the smallest value v with CDF(v) >= u) of a 256-bin histogram."""
+    cdf = np.cumsum(np.asarray(hist, dtype=np.float64))
+    return np.searchsorted(cdf / cdf[-1], u, side="left").astype(np.float64)
+
+
+def _moments(hist: np.ndarray) -> tuple[float, float]:
+    p = np.asarray(hist, dtype=np.float64) / np.sum(hist)
+    v = np.arange(256, dtype=np.float64)
+    mean = float(p @ v)
+    return mean, float(np.sqrt(max(p @ (v - mean) ** 2, 0.0)))
+
+
+def fit_input_map(captured_hist: np.ndarray, reference_hist: np.ndarray, method: str = "moments",
+                  pivot: float | None = None) -> InputMap:
+    """The affine map that takes the captured pixel distribution to the reference (training) one.
+
+    ``quantiles``: least squares of Q_ref(u) on Q_captured(u) over u = 0.01..0.99, using only the
+    quantiles that lie strictly inside (0, 255) on both sides: clipped pixels (black background,
+    saturated highlights) say nothing about the map. ``moments``: match mean and standard
+    deviation (the default: on unshifted Fashion-MNIST captures the quantile fit drifted up to 7
+    pixels from the identity, the moments 1). With `pivot` the map is constrained to
+    gain · (p − pivot) (a fixed zero point)."""
+    if method not in INPUT_METHODS:
+        raise ValueError(f"unknown input method {method!r}: choose one of {', '.join(INPUT_METHODS)}")
+    if method == "quantiles":
+        qc, qr = _quantiles(captured_hist), _quantiles(reference_hist)
+        ok = (qc > 0) & (qc < 255) & (qr > 0) & (qr < 255)
+        if ok.sum() >= 5 and np.ptp(qc[ok]) > 0:
+            qc, qr = qc[ok], qr[ok]
+            if pivot is not None:
+                d = qc - pivot
+                return InputMap(float(qr @ d / max(d @ d, 1e-12)), 0.0).with_pivot(pivot)
+            gain, offset = np.polyfit(qc, qr, 1)
+            return InputMap(float(gain), float(offset))
+        # too few unclipped quantiles (e.g. binary images): fall back to the moments
+    (mc, sc), (mr, sr) = _moments(captured_hist), _moments(reference_hist)
+    if sc <= 0:
+        raise UserError("the captured inputs are all the same pixel value: nothing to match them to")
+    if pivot is not None:
+        return InputMap(mr / max(mc - pivot, 1e-12), 0.0).with_pivot(pivot)
+    gain = sr / sc
+    return InputMap(gain, mr - gain * mc)
+
+
+def wanted_zero_point(m: InputMap) -> float:
+    """real = (gain · p + offset) / 255 with p = q + 128 is scale · (q − z) with scale = gain / 255 and
+    z = −128 − offset / gain (not rounded, not limited)."""
+    return -128.0 - m.offset / m.gain
+
+
+def input_qparams(m: InputMap) -> tuple[QParams, bool]:
+    """(input quantization that folds the map in, whether the zero point had to be clamped to int8)."""
+    z = wanted_zero_point(m)
+    zc = int(np.clip(np.round(z), -128, 127))
+    return QParams(scale=m.gain / 255.0, zero_point=zc), bool(np.round(z) != zc)
+
+
+def estimate_input_q(captured_uint8: np.ndarray, class_hist: np.ndarray,
+                     predict: Callable[[QParams | None], np.ndarray], method: str = "moments",
+                     iterations: int = PRIOR_ITERATIONS) -> tuple[QParams, dict]:
+    """The corrected input quantization for the captured images, and what was estimated.
+
+    `predict(input_q) -> predicted classes` of the captured images under that input quantization
+    (None: the deployed one); the reference is the training pixel distribution weighted by the
+    predicted class frequencies, iterated `iterations` times from the deployed predictions."""
+    captured_hist = np.bincount(np.asarray(captured_uint8).ravel(), minlength=256)
+    k = len(class_hist)
+    q, clamped, limited, m = None, False, False, InputMap(1.0, 0.0)
+    prior = np.full(k, 1.0 / k)
+    for _ in range(max(1, iterations)):
+        pred = np.asarray(predict(q))
+        prior = np.bincount(pred, minlength=k)[:k] / max(len(pred), 1)
+        reference = prior @ (class_hist / np.maximum(class_hist.sum(axis=1, keepdims=True), 1))
+        m = fit_input_map(captured_hist, reference, method)
+        wanted = wanted_zero_point(m)
+        gain = float(np.clip(m.gain, 1.0 / MAX_GAIN, MAX_GAIN))
+        limited = gain != m.gain
+        m = InputMap(gain, m.offset if not limited else m.offset * gain / m.gain)
+        q, clamped = input_qparams(m)
+        if clamped:  # refit the gain with the offset the clamped zero point allows
+            pivot = float(128 + q.zero_point)  # corrected = gain · (p − 128 − z)
+            m = fit_input_map(captured_hist, reference, method, pivot=pivot)
+            m = InputMap(float(np.clip(m.gain, 1.0 / MAX_GAIN, MAX_GAIN)), 0.0).with_pivot(pivot)
+            q = QParams(scale=m.gain / 255.0, zero_point=q.zero_point)
+    info = {"method": method, "gain": round(m.gain, 5), "offset": round(m.offset, 3),
+            "scale": q.scale, "zero_point": q.zero_point, "zero_point_wanted": round(wanted, 2),
+            "zero_point_clamped": clamped, "gain_limited": limited, "limited": clamped or limited,
+            "predicted_prior": [round(float(p), 4) for p in prior],
+            "captured_mean_std": [round(v, 2) for v in _moments(captured_hist)]}
+    return q, info
+
+
+def float_inputs(x_uint8: np.ndarray, input_q: QParams) -> np.ndarray:
+    """What the first layer computes on: scale · (q − z) for the device's q = p − 128 (float32)."""
+    q = np.asarray(x_uint8, dtype=np.float32) - 128.0
+    return (input_q.scale * (q - input_q.zero_point)).astype(np.float32)
+
+
+# --- float <-> int8 ---------------------------------------------------------------------------
+
+
+def dequantize_model(model: QuantModel) -> FloatModel:
+    """The float model whose quantization gives `model`'s int8 weights back exactly: weights
+    q · scale per output channel, biases at their int32 scale (input scale · weight scale)."""
+    layers = []
+    for ql in model.layers:
+        common = dict(relu=ql.relu, stride=ql.stride, pad=ql.pad, pool=ql.pool)
+        if not ql.has_weights:
+            layers.append(FloatLayer(ql.name, ql.op, tuple(ql.in_shape), tuple(ql.out_shape), **common))
+            continue
+        shape = (-1,) + (1,) * (ql.weights.ndim - 1)
+        w = (ql.weights.astype(np.float32) * ql.weight_scales.reshape(shape)).astype(np.float32)
+        b = (ql.bias.astype(np.float64) * ql.input_q.scale * ql.weight_scales.astype(np.float64)).astype(np.float32)
+        layers.append(FloatLayer(ql.name, ql.op, tuple(ql.in_shape), tuple(ql.out_shape), w, b, mask=ql.mask,
+                                 **common))
+    return FloatModel(model.name, tuple(model.input_shape), model.num_classes, tuple(layers))
+
+
+def activation_ranges(model: FloatModel, x_uint8: np.ndarray, input_q: QParams) -> list[tuple[float, float]]:
+    """(min, max) of every layer's float output on the images as the first layer sees them."""
+    ranges = [(np.inf, -np.inf)] * len(model.layers)
+    for s in range(0, len(x_uint8), _BATCH):
+        outs = trace_f32(model, float_inputs(x_uint8[s : s + _BATCH], input_q))[1:]
+        ranges = [(min(lo, float(o.min())), max(hi, float(o.max()))) for (lo, hi), o in zip(ranges, outs, strict=True)]
+    return ranges
+
+
+def quantize_chain(model: FloatModel, input_q: QParams, output_qs: list[QParams]) -> list[QuantLayer]:
+    """Quantize every layer with the given input quantization and per-layer output quantizations
+    (maxpool passes its input quantization through)."""
+    check_chain(model.layers, model.input_shape)
+    layers, q = [], input_q
+    for layer, out_q in zip(model.layers, output_qs, strict=True):
+        ql = quantize_layer(layer, q, (0.0, 1.0))
+        if ql.has_weights:  # the requested output quantization, not one re-derived from a range
+            multiplier, shift = quantize_multipliers(q.scale * ql.weight_scales.astype(np.float64) / out_q.scale)
+            ql = replace(ql, output_q=out_q, multiplier=multiplier, shift=shift)
+        layers.append(ql)
+        q = ql.output_q
+    return layers
+
+
+# --- re-pruning from the dense parent ---------------------------------------------------------
+
+
+def parent_source(run_dir: Path, captured_uint8: np.ndarray, input_q: QParams, seed: int = 0) -> tuple[FloatModel, str]:
+    """The run's dense parent in the run's own shapes: (FloatModel, where it came from).
+
+    A pruned run records its parent (``pruned_from``) and the features its structured step removed;
+    the same features are removed from the parent, with the removed columns of dense consumers
+    folded into their biases at their mean on the captured data (as prune.py does on calibration
+    data). A run that was not pruned is its own source."""
+    from mcuprune.compress.activations import capture_activations
+    from mcuprune.compress.structured import consumer_of, hwc_to_chw_columns, shrink
+    from mcuprune.train.training import export_float_model, load_float_model, load_torch_model, read_run_meta
+
+    run_dir = Path(run_dir)
+    meta = read_run_meta(run_dir)
+    parent = meta.get("pruned_from")
+    if not parent:
+        model, _ = load_float_model(run_dir)
+        return model, str(run_dir)
+    parent = Path(parent)
+    if not (parent / "run.json").exists():
+        raise UserError(f"{run_dir} was pruned from {parent}, which is gone: re-pruning needs the dense parent run")
+    net, pmeta, masks = load_torch_model(parent)
+    specs = [dict(s) for s in pmeta["specs"]]
+    shape = tuple(pmeta["input_shape"])
+    full = export_float_model(net, specs, shape, pmeta["name"], pmeta["num_classes"], masks)
+    index = {layer.name: i for i, layer in enumerate(full.layers)}
+    remove = {index[s["layer"]]: np.asarray(s["removed"], dtype=np.int64)
+              for s in meta.get("pruning", {}).get("structured", []) if s["removed"]}
+    fold: dict[int, np.ndarray] = {}
+    if remove:
+        caps = capture_activations(full, float_inputs(captured_uint8, input_q), seed=seed)
+        for producer in remove:
+            consumer = consumer_of(specs, producer)
+            if consumer is not None and full.layers[consumer].op is Op.DENSE:
+                means = caps[full.layers[consumer].name].input_means
+                prev = full.layers[consumer - 1].out_shape
+                fold[consumer] = hwc_to_chw_columns(means, prev) if len(prev) == 3 else means
+        net, specs, masks = shrink(net, specs, shape, remove, masks, fold)
+    if [(s["op"], s.get("out")) for s in specs] != [(s["op"], s.get("out")) for s in meta["specs"]]:
+        raise UserError(f"the parent {parent} shrunk by the recorded removals does not give the shapes of {run_dir}")
+    return export_float_model(net, specs, shape, meta["name"], meta["num_classes"], masks), str(parent)
+
+
+def _row_ptr_dtype(weights_int8: np.ndarray, fmt: str) -> str | None:
+    from mcuprune.model.formats import MAX_DELTA, pack
+
+    return pack(weights_int8, fmt).row_ptr.dtype.name if fmt in MAX_DELTA else None
+
+
+def forced_bytes(mask: np.ndarray, fmt: str) -> int:
+    """Upper bound of a layer's bytes in `fmt` when every kept weight is non-zero (planning count)."""
+    from mcuprune.compress.budget import QUANT_BYTES_PER_CHANNEL
+    from mcuprune.model.formats import format_bytes
+
+    m = np.asarray(mask, dtype=bool)
+    return format_bytes(m.astype(np.int8), fmt) + QUANT_BYTES_PER_CHANNEL * int(m.shape[0])
+
+
+def _levels_near(sparsity: float) -> tuple[float, ...]:
+    """importance.SPARSITY_LEVELS plus a fine grid around the deployed sparsity: the budget is the
+    deployed bytes, so the plan usually lands there, and the coarse grid would waste bytes."""
+    from mcuprune.compress.importance import SPARSITY_LEVELS
+
+    near = [sparsity + d for d in (-0.03, -0.02, -0.01, -0.005, 0.0, 0.005, 0.01, 0.02, 0.03)]
+    return tuple(sorted(set(SPARSITY_LEVELS) | {round(v, 4) for v in near if 0.0 <= v < 1.0}))
+
+
+def reprune(source: FloatModel, deployed: QuantModel, formats: dict[str, str], captured_uint8: np.ndarray,
+            input_q: QParams, seed: int = 0, compensation: str = "lstsq") -> tuple[FloatModel, dict]:
+    """New masks for `source` chosen by KL on the captured activations under the deployed byte budget,
+    each layer in its forced format; returns the masked, compensated model and a report.
+
+    compensation (no labels, so no fine-tuning): ``lstsq`` refits each layer's kept weights and bias,
+    layer by layer, so that on the captured data its pre-activations match the unpruned source's
+    while its inputs come from the already re-pruned layers (ridge least squares per output
+    channel); ``bias`` folds the pruned weights' contribution at the mean captured input into the
+    bias; ``none`` only masks."""
+    from mcuprune.compress.activations import capture_activations, weight_matrix
+    from mcuprune.compress.budget import choose_by_bytes, pareto
+    from mcuprune.compress.importance import layer_candidates, mask_for
+    from mcuprune.model.formats import layer_bytes
+
+    if compensation not in COMPENSATIONS:
+        raise ValueError(f"unknown compensation {compensation!r}: choose one of {', '.join(COMPENSATIONS)}")
+    x_float = float_inputs(captured_uint8, input_q)
+    caps = capture_activations(source, x_float, seed=seed)
+    deployed_layers = {ql.name: ql for ql in deployed.layers if ql.has_weights}
+    budget = sum(layer_bytes(ql, formats[name]) for name, ql in deployed_layers.items())
+    fronts = {}
+    for layer in source.layers:
+        if layer.weights is None:
+            continue
+        fmt, cap, old = formats[layer.name], caps[layer.name], deployed_layers[layer.name]
+        want = _row_ptr_dtype(old.weights, fmt)  # the C type of the row pointers is compiled in
+        cands = []
+        for c in layer_candidates(layer, cap, _levels_near(1.0 - np.count_nonzero(old.weights) / old.weights.size)):
+            mask = mask_for(layer, cap, c.tau)
+            if want is not None and _row_ptr_dtype(mask.astype(np.int8), fmt) != want:
+                continue
+            cands.append(replace(c, bytes=forced_bytes(mask, fmt)))
+        if not cands:
+            raise UserError(f"layer {layer.name}: no mask keeps its {fmt} row pointers in {want}")
+        fronts[layer.name] = pareto(cands)
+    chosen = choose_by_bytes(fronts, budget)
+    layers = []
+    for layer in source.layers:
+        if layer.weights is None:
+            layers.append(layer)
+            continue
+        mask = mask_for(layer, caps[layer.name], chosen[layer.name].tau)
+        bias = layer.bias.astype(np.float64)
+        if compensation == "bias":  # what the pruned weights added at the mean input stays in the bias
+            removed = weight_matrix(layer) * ~mask.reshape(mask.shape[0], -1)
+            bias = bias + removed.astype(np.float64) @ caps[layer.name].input_means
+        layers.append(replace(layer, mask=mask, bias=bias.astype(np.float32)))
+    model = replace(source, layers=tuple(layers))
+    if compensation == "lstsq":
+        model = reconstruct(source, model, x_float, seed)
+    report = {"budget_bytes": int(budget), "planned_bytes": int(sum(c.bytes for c in chosen.values())),
+              "compensation": compensation,
+              "layers": {n: {"tau": c.tau, "sparsity": round(c.sparsity, 5), "kl": round(c.kl, 5),
+                             "planned_bytes": c.bytes} for n, c in chosen.items()}}
+    return model, report
+
+
+def _sample_rows(rows: np.ndarray, pick: np.ndarray | None) -> np.ndarray:
+    if pick is None:
+        return rows.reshape(rows.shape[0], -1).astype(np.float64)
+    flat = rows.reshape(rows.shape[0], -1, rows.shape[-1])
+    return flat[np.arange(len(flat))[:, None], pick].reshape(-1, rows.shape[-1]).astype(np.float64)
+
+
+def reconstruct(source: FloatModel, pruned: FloatModel, x_float: np.ndarray, seed: int = 0,
+                ridge: float = RIDGE) -> FloatModel:
+    """Refit the kept weights and the bias of every weighted layer of `pruned`, in order, so that its
+    pre-activations on `x_float` match `source`'s (ridge least squares per output channel, inputs
+    from the already refitted layers). Masks stay as they are."""
+    from mcuprune.compress.activations import layer_rows, weight_matrix
+    from mcuprune.model.reference import run_layer_f32
+
+    rng = np.random.default_rng(seed)
+    x_src = x_pr = np.asarray(x_float, dtype=np.float32)
+    layers = []
+    changed = False  # has any layer so far lost a weight? Until then the ridge would only shrink weights
+    for src, layer in zip(source.layers, pruned.layers, strict=True):
+        if layer.weights is None:
+            layers.append(layer)
+            x_src, x_pr = run_layer_f32(x_src, src), run_layer_f32(x_pr, layer)
+            continue
+        if not changed and np.array_equal(weight_matrix(layer), weight_matrix(src)):
+            layers.append(layer)
+            x_src = x_pr = run_layer_f32(x_src, src).astype(np.float32)
+            continue
+        changed = True
+        rows_src, rows_pr = layer_rows(x_src, src), layer_rows(x_pr, layer)
+        pick = None
+        if layer.op is Op.CONV2D:
+            pixels = rows_src.shape[1] * rows_src.shape[2]
+            pick = np.argsort(rng.random((len(rows_src), pixels)), axis=1)[:, : min(RECONSTRUCT_POSITIONS, pixels)]
+        a = _sample_rows(rows_pr, pick)
+        target = _sample_rows(rows_src, pick) @ weight_matrix(src).T.astype(np.float64) + src.bias
+        a1 = np.hstack([a, np.ones((len(a), 1))])  # the bias is the last unknown
+        gram, cross = a1.T @ a1, a1.T @ target
+        mask = np.asarray(layer.mask, dtype=bool).reshape(layer.weights.shape[0], -1)
+        w = np.zeros(mask.shape)
+        b = np.zeros(mask.shape[0])
+        for c in range(mask.shape[0]):
+            idx = np.append(np.flatnonzero(mask[c]), mask.shape[1])
+            g = gram[np.ix_(idx, idx)]
+            lam = ridge * float(np.mean(np.diag(g)[:-1])) if len(idx) > 1 else 0.0
+            sol = np.linalg.solve(g + lam * np.diag(np.append(np.ones(len(idx) - 1), 0.0)) + 1e-9 * np.eye(len(idx)),
+                                  cross[idx, c])
+            w[c, idx[:-1]], b[c] = sol[:-1], sol[-1]
+        new = replace(layer, weights=w.reshape(layer.weights.shape).astype(np.float32), bias=b.astype(np.float32))
+        layers.append(new)
+        x_src, x_pr = run_layer_f32(x_src, src).astype(np.float32), run_layer_f32(x_pr, new).astype(np.float32)
+    return replace(pruned, layers=tuple(layers))
+
+
+# --- checks -----------------------------------------------------------------------------------
+
+
+def check_same_architecture(deployed: QuantModel, new: QuantModel, formats: dict[str, str]) -> None:
+    """Raise ValueError unless `new` fits the firmware compiled for `deployed` in `formats`: same ops,
+    shapes and hyper-parameters, weights packable in their formats (same row-pointer types), the
+    same architecture hash for every kernel variant, and every int8 constraint of the kernels."""
+    from mcuprune.codegen.emit import architecture_hash
+    from mcuprune.model.formats import pack
+
+    if len(new.layers) != len(deployed.layers) or tuple(new.input_shape) != tuple(deployed.input_shape):
+        raise ValueError("the adapted model has a different layer count or input shape")
+    for old, ql in zip(deployed.layers, new.layers, strict=True):
+        for f in ("name", "op", "in_shape", "out_shape", "stride", "pad", "pool", "relu"):
+            if getattr(old, f) != getattr(ql, f):
+                raise ValueError(f"layer {old.name}: {f} changed from {getattr(old, f)} to {getattr(ql, f)}")
+        for q in (ql.input_q, ql.output_q):
+            if not (-128 <= q.zero_point <= 127 and np.isfinite(q.scale) and q.scale > 0):
+                raise ValueError(f"layer {ql.name}: quantization {q} is not a valid int8 one")
+        if not ql.has_weights:
+            if ql.output_q != ql.input_q:
+                raise ValueError(f"layer {ql.name}: max pooling must pass its quantization through")
+            continue
+        if ql.weights.shape != old.weights.shape or ql.weights.dtype != np.int8 or np.abs(ql.weights).max() > 127:
+            raise ValueError(f"layer {ql.name}: weights are not int8 [-127, 127] of shape {old.weights.shape}")
+        if ql.bias.dtype != np.int32 or ql.multiplier.dtype != np.int32 or ql.shift.dtype != np.int32:
+            raise ValueError(f"layer {ql.name}: bias, multiplier and shift must be int32")
+        if np.any(ql.multiplier < 0) or np.any(ql.shift < -31) or np.any(ql.shift > 30):
+            raise ValueError(f"layer {ql.name}: requantization constants out of range")
+        fmt = formats[ql.name]
+        pack(ql.weights, fmt)
+        if _row_ptr_dtype(ql.weights, fmt) != _row_ptr_dtype(old.weights, fmt):
+            raise ValueError(f"layer {ql.name}: {fmt} row pointers changed type")
+    for variant in VARIANTS:
+        if architecture_hash(new, variant, formats) != architecture_hash(deployed, variant, formats):
+            raise ValueError(f"architecture hash ({variant}) changed")
+
+
+def _check_arguments(deployed: QuantModel, formats: dict[str, str], captured: np.ndarray, steps: tuple[str, ...],
+                     input_method: str, compensation: str) -> np.ndarray:
+    from mcuprune.model.formats import FORMATS
+
+    bad = [s for s in steps if s not in STEPS]
+    if bad:
+        raise UserError(f"unknown adaptation step(s) {', '.join(bad)}: choose from {', '.join(STEPS)}")
+    if input_method not in INPUT_METHODS:
+        raise UserError(f"unknown input method '{input_method}': choose one of {', '.join(INPUT_METHODS)}")
+    if compensation not in COMPENSATIONS:
+        raise UserError(f"unknown compensation '{compensation}': choose one of {', '.join(COMPENSATIONS)}")
+    x = np.asarray(captured)
+    if x.dtype != np.uint8 or tuple(x.shape[1:]) != tuple(deployed.input_shape):
+        raise UserError(f"captured inputs must be uint8 images {tuple(deployed.input_shape)}, got {x.dtype} "
+                        f"{tuple(x.shape[1:])}")
+    if len(x) < MIN_CAPTURED:
+        raise UserError(f"adaptation needs at least {MIN_CAPTURED} captured inputs, got {len(x)}")
+    if "monitor" in steps and len(x) < MIN_CAPTURED_MONITOR:
+        raise UserError(f"refitting the drift monitor needs at least {MIN_CAPTURED_MONITOR} captured inputs "
+                        f"(half train its QSAE, half are its reference), got {len(x)}")
+    weighted = {ql.name for ql in deployed.layers if ql.has_weights}
+    if set(formats) != weighted or any(f not in FORMATS for f in formats.values()):
+        raise UserError(f"formats must give one of {', '.join(FORMATS)} for each of {', '.join(sorted(weighted))}")
+    return x
+
+
+# --- the adaptation ---------------------------------------------------------------------------
+
+
+def adapt(run_dir: Path, deployed: QuantModel, formats: dict[str, str], captured_uint8: np.ndarray, *,
+          steps: tuple[str, ...] = DEFAULT_STEPS, seed: int = 0, input_method: str = "moments",
+          compensation: str = "lstsq", train_images: np.ndarray | None = None,
+          train_labels: np.ndarray | None = None, qsae_steps: int = 2000,
+          monitor_spec: MonitorSpec | None = None) -> AdaptResult:
+    """New parameters for the deployed architecture from unlabeled captured inputs (module docstring).
+
+    run_dir: the run the deployed model was compiled from (its dataset gives the training pixel
+    statistics; a pruned run's parent is the re-pruning source). formats: the compiled weight format
+    of each weighted layer. train_images/train_labels: the training set, to avoid loading it again."""
+    t0 = time.perf_counter()
+    steps = tuple(steps)
+    x = _check_arguments(deployed, formats, captured_uint8, steps, input_method, compensation)
+    seconds: dict[str, float] = {}
+    report: dict = {"steps": list(steps), "captured": int(len(x)), "seed": seed}
+    base = dequantize_model(deployed)
+    deployed_out = [ql.output_q for ql in deployed.layers]
+    input_q = deployed.layers[0].input_q
+
+    if "input" in steps:
+        t = time.perf_counter()
+        if train_images is None or train_labels is None:
+            from mcuprune.train.datasets import load_dataset
+            from mcuprune.train.training import read_run_meta
+
+            dataset = load_dataset(read_run_meta(Path(run_dir))["dataset"])
+            train_images, train_labels = dataset.x_train, dataset.y_train
+        class_hist = pixel_histograms(train_images, train_labels, deployed.num_classes)
+        x8 = (x.astype(np.int16) - 128).astype(np.int8)
+
+        def predict(q: QParams | None) -> np.ndarray:
+            q = input_q if q is None else q
+            model = replace(deployed, input_q=q, layers=tuple(quantize_chain(base, q, deployed_out)))
+            return run_s8(model, x8).argmax(axis=1)
+
+        input_q, report["input"] = estimate_input_q(x, class_hist, predict, input_method)
+        seconds["input"] = time.perf_counter() - t
+
+    source, nnz_before = base, {ql.name: int(np.count_nonzero(ql.weights)) for ql in deployed.layers if ql.has_weights}
+    if "reprune" in steps:
+        t = time.perf_counter()
+        source, origin = parent_source(Path(run_dir), x, input_q, seed)
+        source, report["reprune"] = reprune(source, deployed, formats, x, input_q, seed, compensation)
+        report["reprune"]["source"] = origin
+        seconds["reprune"] = time.perf_counter() - t
+
+    if "calibrate" in steps:
+        t = time.perf_counter()
+        out_qs, q = [], input_q
+        for layer, (lo, hi) in zip(source.layers, activation_ranges(source, x, input_q), strict=True):
+            q = q if layer.op is Op.MAXPOOL2D else activation_qparams(lo, hi)
+            out_qs.append(q)
+        seconds["calibrate"] = time.perf_counter() - t
+    else:
+        out_qs = deployed_out
+    layers = quantize_chain(source, input_q, out_qs)
+    meta = dict(deployed.meta, adapted={"steps": list(steps), "captured": int(len(x)), "seed": seed})
+    model = replace(deployed, input_q=input_q, layers=tuple(layers), meta=meta)
+    check_same_architecture(deployed, model, formats)
+
+    from mcuprune.model.formats import layer_bytes
+
+    report["layers"] = [{"name": ql.name, "format": formats[ql.name], "nnz_before": nnz_before[ql.name],
+                         "nnz_after": int(np.count_nonzero(ql.weights)),
+                         "bytes_before": layer_bytes(old, formats[ql.name]),
+                         "bytes_after": layer_bytes(ql, formats[ql.name])}
+                        for old, ql in zip(deployed.layers, model.layers, strict=True) if ql.has_weights]
+    report["bytes_before"] = sum(r["bytes_before"] for r in report["layers"])
+    report["bytes_after"] = sum(r["bytes_after"] for r in report["layers"])
+    report["output_zero_points"] = {ql.name: [old.output_q.zero_point, ql.output_q.zero_point]
+                                    for old, ql in zip(deployed.layers, model.layers, strict=True) if ql.has_weights}
+
+    monitor_qsae = monitor = None
+    if "monitor" in steps:
+        t = time.perf_counter()
+        from mcuprune.controller.drift_offline import build_monitor
+        from mcuprune.controller.drift_qsae import build_monitor_qsae, device_telemetry
+
+        order = np.random.default_rng(seed).permutation(len(x))
+        half = len(x) // 2
+        fit_x, ref_x = x[np.sort(order[:half])], x[np.sort(order[half:])]
+        monitor_qsae = build_monitor_qsae(model, fit_x, steps=qsae_steps, seed=seed)
+        reference = device_telemetry(model, monitor_qsae.model, ref_x)
+        monitor = build_monitor(reference, model.num_classes, monitor_spec)
+        report["monitor"] = {"qsae_samples": int(len(fit_x)), "reference_samples": int(len(ref_x)),
+                             "qsae_hidden": monitor_qsae.qsae.hidden,
+                             "thresholds": {n: round(d.threshold, 3) for n, d in monitor.detectors.items()}}
+        seconds["monitor"] = time.perf_counter() - t
+    seconds["total"] = time.perf_counter() - t0
+    report["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
+    return AdaptResult(model, monitor_qsae, monitor, report)

@@ -1,0 +1,1 @@
+"""Talking to a running device: frames and messages, serial link, QEMU, evaluation, updates, power cuts."""

@@ -1,0 +1,1 @@
+"""The IR and what defines its meaning: layers, reference interpreters, fixed point, memory plan, weight formats."""

@@ -1,0 +1,1 @@
+"""Boards, building the firmware with arm-none-eabi-gcc, the compile stage, Renode files."""

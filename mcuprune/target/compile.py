@@ -1,0 +1,257 @@
+"""The compile stage: run directory -> quantized model -> firmware project -> ELF.
+
+A firmware directory (FWDIR) is self-contained: the generated C project (buildable by hand with
+`make`), the ELF, the quantized model the device runs (model.json + model.npz, which the reference
+interpreter reads) and firmware.json describing how it was made.
+
+Firmware built with params "blob" (codegen's module docstring) also keeps what the host needs to
+make update blobs for it later: ``monitor/`` (the monitor QSAE's QuantModel, model.json +
+model.npz), ``blob.bin`` (the factory blob compiled in), and in firmware.json the params mode,
+kernel variant, weight formats and architecture hash. ``FirmwareDir.update_blob`` uses them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mcuprune import __version__
+from mcuprune.codegen import emit as codegen
+from mcuprune.codegen.blob import parse_header
+from mcuprune.errors import UserError
+from mcuprune.model.ir import QuantModel, load_quant_model, save_quant_model
+from mcuprune.quantize import calibration_subset, quantize_model
+from mcuprune.target import build
+from mcuprune.target.board import Board, check_fits, list_boards, load_board
+from mcuprune.train.datasets import Dataset, load_dataset
+
+KERNEL_CHOICES = ("auto", "reference", "dsp", "tvm")
+FIRMWARE_FORMAT_VERSION = 1
+PARAMS_CHOICES = codegen.PARAMS_MODES
+MONITOR_DIR = "monitor"  # blob firmware: the monitor QSAE's QuantModel, inside the firmware directory
+BLOB_FILE = "blob.bin"  # blob firmware: the factory blob
+
+
+def choose_variant(board: Board, requested: str) -> str:
+    """Kernel variant for a board: DSP dual-MAC kernels only on cores with the DSP extension."""
+    if requested not in KERNEL_CHOICES:
+        raise UserError(f"unknown kernels '{requested}': choose one of {', '.join(KERNEL_CHOICES)}")
+    if requested == "auto":
+        return "dsp" if board.dsp else "reference"
+
+    if requested == "dsp" and not board.dsp:
+        raise UserError(f"board {board.name} ({board.core}) has no DSP extension: use --kernels reference")
+    return requested
+
+
+def quantize_run(run_dir: Path) -> QuantModel:
+    """Load a trained run and quantize it with a calibration subset of its training data."""
+    return _quantize_run(run_dir)[0]
+
+
+def _quantize_run(run_dir: Path) -> tuple[QuantModel, Dataset]:
+    from mcuprune.train.training import load_float_model  # torch is imported only here
+
+    float_model, meta = load_float_model(run_dir)
+    dataset = load_dataset(meta["dataset"])
+    if dataset.input_shape != tuple(meta["input_shape"]):
+        raise UserError(f"dataset {meta['dataset']} now has images {dataset.input_shape}, the run was trained on "
+                        f"{tuple(meta['input_shape'])}")
+    fp32_params = sum(int(layer.weights.size + layer.bias.size) for layer in float_model.layers
+                      if layer.weights is not None)
+    model = quantize_model(float_model, calibration_subset(dataset.x_train), meta={
+        "run_dir": str(run_dir.resolve()),
+        "dataset": meta["dataset"],
+        "arch": meta["arch"],
+        "float_test_accuracy": meta["float_test_accuracy"],
+        "fp32_params": fp32_params,
+    })
+    return model, dataset
+
+
+def check_blob_target(board: Board, variant: str) -> None:
+    """--params blob needs a board with a [slots] region and kernels whose parameters are not compiled in."""
+    if board.slots is None:
+        with_slots = ", ".join(b.name for b in list_boards() if b.slots is not None) or "none"
+        raise UserError(f"board {board.name} has no [slots] region for model blobs, so it cannot run --params blob "
+                        f"firmware (boards with slots: {with_slots})")
+    if variant == "tvm":
+        raise UserError("--params blob does not work with --kernels tvm (TVM compiles the parameters into its "
+                        "kernels): use --kernels reference or dsp")
+
+
+def build_monitor(model: QuantModel, x_train_uint8: np.ndarray) -> QuantModel:
+    """The monitor QSAE blob firmware runs, trained on a calibration subset (2000 images: a few seconds)."""
+    from mcuprune.controller.drift_qsae import build_monitor_qsae  # torch is imported only here
+
+    return build_monitor_qsae(model, calibration_subset(x_train_uint8)).model
+
+
+@dataclass(frozen=True)
+class CompileResult:
+    fw_dir: Path
+    board: Board
+    variant: str
+    build: build.BuildResult
+    generated: codegen.GeneratedModel
+
+
+def compile_model(model: QuantModel, board: Board, fw_dir: Path, variant: str,
+                  objective: str = "fastest", params: str = "static",
+                  monitor: QuantModel | None = None) -> CompileResult:
+    """Generate, build and describe the firmware for an already-quantized model.
+
+    `params` "blob" needs `monitor` (the monitor QSAE's QuantModel, see build_monitor) and a board
+    with a [slots] region; the firmware directory then also holds monitor/ and blob.bin.
+    """
+    if params not in PARAMS_CHOICES:
+        raise UserError(f"unknown params mode '{params}': choose one of {', '.join(PARAMS_CHOICES)}")
+    blob_mode = params == "blob"
+    if blob_mode:
+        check_blob_target(board, variant)
+        if monitor is None:
+            raise UserError("--params blob needs the monitor QSAE: compile the run with compile_run, or pass "
+                            "monitor=build_monitor(model, training images)")
+    fw_dir.mkdir(parents=True, exist_ok=True)
+    save_quant_model(model, fw_dir)
+    src = fw_dir / "src"
+    # TVM generates the layer kernels; the model glue is the same as for the reference kernels.
+    glue_variant = "reference" if variant == "tvm" else variant
+    generated = codegen.generate_model_sources(model, glue_variant, src, source=model.meta.get("run_dir", model.name),
+                                               objective=objective, core=board.core, params=params,
+                                               monitor=monitor if blob_mode else None)
+    check_fits(board, generated.param_bytes,
+               generated.arena.size + generated.scratch_bytes + generated.monitor_bytes + board.stack_size,
+               what=f"model {model.name}")
+    if blob_mode and len(generated.blob) > board.slots.capacity:
+        raise UserError(f"the model blob of {model.name} is {len(generated.blob):,} B but a slot of board {board.name} "
+                        f"holds {board.slots.capacity:,} B: use a smaller model")
+    _write_blob_files(fw_dir, generated, monitor if blob_mode else None)
+    if variant == "tvm":
+        from mcuprune.codegen.tvm_backend import tvm_kernel_sources
+
+        sources = tvm_kernel_sources(model, fw_dir / "tvm", formats=generated.formats)
+    else:
+        sources = generated.kernel_sources(model, variant)
+    build.prepare_project(fw_dir, board, sources, params=params)
+    result = build.build_project(fw_dir, board)  # also checks the linked sizes against the board
+    doc = {
+        "format_version": FIRMWARE_FORMAT_VERSION,
+        "mcuprune_version": __version__,
+        "board": board.name,
+        "kernels": variant,
+        "elf": str(result.elf.relative_to(fw_dir)),
+        "arch_hash": f"0x{generated.arch_hash:08x}",
+        "objective": objective,
+        "formats": generated.formats,
+        "param_bytes": generated.param_bytes,
+        "arena_bytes": generated.arena.size,
+        "scratch_bytes": generated.scratch_bytes,
+        "model_flash_bytes": result.model_flash_bytes,
+        "firmware_flash_bytes": result.flash_bytes,
+        "ram_bytes": result.ram_bytes,
+        "params": params,
+    }
+    if blob_mode:
+        header = parse_header(generated.blob)
+        doc["blob"] = {"file": BLOB_FILE, "bytes": header.length, "blob_id": f"0x{header.blob_id:08x}",
+                       "arrays": header.n_arrays}
+        doc["monitor"] = MONITOR_DIR
+        doc["slots"] = {"base": f"0x{board.slots.base:08x}", "size": board.slots.size,
+                        "capacity": board.slots.capacity, "persistence": board.slots.persistence}
+    (fw_dir / "firmware.json").write_text(json.dumps(doc, indent=2) + "\n")
+    return CompileResult(fw_dir, board, variant, result, generated)
+
+
+def _write_blob_files(fw_dir: Path, generated: codegen.GeneratedModel, monitor: QuantModel | None) -> None:
+    """Blob firmware: the factory blob and the monitor; static firmware: remove stale ones."""
+    if monitor is None:
+        (fw_dir / BLOB_FILE).unlink(missing_ok=True)
+        if (fw_dir / MONITOR_DIR / "model.json").is_file():
+            shutil.rmtree(fw_dir / MONITOR_DIR)
+        return
+    (fw_dir / BLOB_FILE).write_bytes(generated.blob)
+    save_quant_model(monitor, fw_dir / MONITOR_DIR)
+
+
+def compile_run(run_dir: Path, board_name: str, fw_dir: Path, kernels_choice: str = "auto",
+                objective: str = "fastest", renode: bool = False, params: str = "static") -> CompileResult:
+    board = load_board(board_name)
+    variant = choose_variant(board, kernels_choice)
+    if params not in PARAMS_CHOICES:
+        raise UserError(f"unknown params mode '{params}': choose one of {', '.join(PARAMS_CHOICES)}")
+    monitor = None
+    if params == "blob":
+        check_blob_target(board, variant)  # before the minutes of quantizing and training
+        model, dataset = _quantize_run(run_dir)
+        monitor = build_monitor(model, dataset.x_train)
+    else:
+        model = quantize_run(run_dir)
+    result = compile_model(model, board, fw_dir, variant, objective, params=params, monitor=monitor)
+    if renode:
+        from mcuprune.target.renode import write_renode_files
+
+        if board.renode is None:
+            raise UserError(f"board {board.name} has no [renode] platform: Renode files cannot be generated for it")
+        write_renode_files(fw_dir, board)
+    return result
+
+
+@dataclass(frozen=True)
+class FirmwareDir:
+    path: Path
+    info: dict
+    model: QuantModel
+    board: Board
+    params: str = "static"  # "blob": parameters in a model blob (the fields below matter)
+    variant: str = ""  # kernel variant the model code was generated for
+    formats: dict[str, str] = field(default_factory=dict)  # weighted layer -> weight format
+    arch_hash: int = 0  # MCUP_ARCH_HASH of the firmware
+    monitor: QuantModel | None = None  # blob firmware: the monitor QSAE built with it
+
+    @property
+    def elf(self) -> Path:
+        return self.path / self.info["elf"]
+
+    @property
+    def blob_path(self) -> Path | None:
+        """The factory blob (blob firmware), None for static firmware."""
+        return self.path / self.info["blob"]["file"] if self.params == "blob" else None
+
+    def update_blob(self, model: QuantModel, monitor: QuantModel, blob_id: int | None = None) -> bytes:
+        """A model blob this firmware can bind: `model` (same architecture, any parameters) with
+        `monitor`, the monitor QSAE built for it (its penultimate quantization may have changed)."""
+        if self.params != "blob":
+            raise UserError(f"{self.path} is --params static firmware: it takes a new model only by re-flashing")
+        arch = codegen.architecture_hash(model, self.variant, self.formats, params="blob", monitor=monitor)
+        if arch != self.arch_hash:
+            raise UserError(f"model {model.name} and its monitor do not have the architecture of {self.path} "
+                            f"(hash 0x{arch:08x}, firmware 0x{self.arch_hash:08x}): re-flash instead of updating")
+        return codegen.build_blob(model, self.formats, monitor, self.variant, blob_id)
+
+
+def load_firmware_dir(fw_dir: Path) -> FirmwareDir:
+    info_path = fw_dir / "firmware.json"
+    if not info_path.exists():
+        raise UserError(f"{fw_dir} is not a firmware directory (no firmware.json): create it with "
+                        "`mcuprune compile RUN --board BOARD --out FWDIR`")
+    try:
+        info = json.loads(info_path.read_text())
+        model = load_quant_model(fw_dir)
+        params = info.get("params", "static")  # firmware.json from before blob mode: static
+        monitor = load_quant_model(fw_dir / info["monitor"]) if params == "blob" else None
+        variant = "reference" if info["kernels"] == "tvm" else info["kernels"]  # the glue's variant
+        extra = {"params": params, "variant": variant, "formats": dict(info.get("formats", {})),
+                 "arch_hash": int(info["arch_hash"], 16), "monitor": monitor}
+        if params == "blob" and not (fw_dir / info["blob"]["file"]).is_file():
+            raise OSError(f"{info['blob']['file']} is missing")
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"{fw_dir} is damaged ({exc}): compile it again") from None
+    fw = FirmwareDir(fw_dir, info, model, load_board(info["board"]), **extra)
+    if not fw.elf.exists():
+        raise UserError(f"{fw.elf} is missing: compile it again")
+    return fw

@@ -1,0 +1,286 @@
+"""Training the target network in PyTorch, and the run directory that later stages read.
+
+This is the only module that imports torch. A network is described by a small list of layer
+specs (JSON-able), built into an ``nn.Sequential`` for training and exported to the torch-free
+``FloatModel`` IR (HWC layout) for quantization and code generation.
+
+Run directory layout:
+    RUN/checkpoint.pt   torch state_dict + layer specs
+    RUN/run.json        metadata: dataset, arch, seed, epochs, accuracy, shapes
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mcuprune import __version__
+from mcuprune.errors import UserError
+from mcuprune.model.ir import FloatLayer, FloatModel, Op, conv_out_hw
+from mcuprune.train.datasets import Dataset, to_float
+
+RUN_FORMAT_VERSION = 1
+ARCHS = ("mlp", "cnn")
+
+
+def arch_specs(arch: str) -> list[dict]:
+    """Layer specs of a named architecture (input shape is filled in when building)."""
+    if arch == "cnn":
+        return [
+            {"op": "conv2d", "out": 16, "k": 3, "pad": 1, "relu": True},
+            {"op": "maxpool2d", "pool": 2},
+            {"op": "conv2d", "out": 32, "k": 3, "pad": 1, "relu": True},
+            {"op": "maxpool2d", "pool": 2},
+            {"op": "dense", "out": 64, "relu": True},
+            {"op": "dense", "out": None, "relu": False},  # None: number of classes
+        ]
+    if arch == "mlp":
+        return [
+            {"op": "dense", "out": 128, "relu": True},
+            {"op": "dense", "out": 64, "relu": True},
+            {"op": "dense", "out": None, "relu": False},
+        ]
+    raise UserError(f"unknown architecture '{arch}': choose one of {', '.join(ARCHS)}")
+
+
+def resolve_specs(specs: list[dict], num_classes: int) -> list[dict]:
+    return [dict(s, out=num_classes) if s.get("out", 0) is None else dict(s) for s in specs]
+
+
+def _shapes(specs: list[dict], input_shape: tuple[int, int, int]) -> list[tuple[tuple, tuple]]:
+    """(in_shape, out_shape) per spec, HWC; dense layers see the flattened input."""
+    shapes = []
+    shape: tuple = tuple(input_shape)
+    for spec in specs:
+        if spec["op"] == "conv2d":
+            h, w, _ = shape
+            oh, ow = conv_out_hw(h, w, spec["k"], spec["k"], spec.get("stride", 1), spec["pad"])
+            out = (oh, ow, spec["out"])
+        elif spec["op"] == "maxpool2d":
+            h, w, c = shape
+            out = (h // spec["pool"], w // spec["pool"], c)
+        elif spec["op"] == "dense":
+            shape = (int(np.prod(shape)),)
+            out = (spec["out"],)
+        else:
+            raise UserError(f"layer spec {spec}: unsupported op '{spec['op']}'")
+        if min(out) <= 0:
+            raise UserError(f"layer spec {spec} leaves an empty tensor for input {shape}")
+        shapes.append((shape, out))
+        shape = out
+    return shapes
+
+
+def build_torch_model(specs: list[dict], input_shape: tuple[int, int, int]):
+    """nn.Sequential for NCHW float input; one trainable module per conv/dense spec."""
+    import torch.nn as nn
+
+    modules: list = []
+    flat = False
+    for spec, (in_shape, _) in zip(specs, _shapes(specs, input_shape), strict=True):
+        if spec["op"] == "conv2d":
+            modules.append(nn.Conv2d(in_shape[2], spec["out"], spec["k"], spec.get("stride", 1), spec["pad"]))
+        elif spec["op"] == "maxpool2d":
+            modules.append(nn.MaxPool2d(spec["pool"]))
+        elif spec["op"] == "dense":
+            if not flat:
+                modules.append(nn.Flatten())
+                flat = True
+            modules.append(nn.Linear(in_shape[0], spec["out"]))
+        if spec.get("relu"):
+            modules.append(nn.ReLU())
+    return nn.Sequential(*modules)
+
+
+def _weight_modules(net) -> list:
+    import torch.nn as nn
+
+    return [m for m in net if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def _to_hwc(w: np.ndarray, op: str, prev_map_shape: tuple | None) -> np.ndarray:
+    """Torch weight layout -> IR layout (conv [o,i,kh,kw] -> [o,kh,kw,i]; dense columns CHW -> HWC)."""
+    if op == "conv2d":
+        return np.ascontiguousarray(w.transpose(0, 2, 3, 1))
+    if prev_map_shape is not None and len(prev_map_shape) == 3:
+        h, wd, c = prev_map_shape  # torch flattened C,H,W; the device flattens H,W,C
+        w = w.reshape(w.shape[0], c, h, wd).transpose(0, 2, 3, 1).reshape(w.shape[0], -1)
+    return np.ascontiguousarray(w)
+
+
+def export_float_model(net, specs: list[dict], input_shape: tuple[int, int, int], name: str,
+                       num_classes: int, masks: list | None = None) -> FloatModel:
+    """Torch (NCHW, CHW-flatten) -> FloatModel (HWC, HWC-flatten) with identical outputs.
+
+    `masks`: one bool array (torch weight layout) or None per conv/dense module, in order."""
+    weight_modules = iter(_weight_modules(net))
+    mask_iter = iter(masks or [])
+    layers = []
+    prev_map_shape: tuple | None = None  # HWC shape feeding the first dense layer
+    for i, (spec, (in_shape, out_shape)) in enumerate(zip(specs, _shapes(specs, input_shape), strict=True)):
+        lname = f"{spec['op']}{i}"
+        if spec["op"] == "maxpool2d":
+            layers.append(FloatLayer(lname, Op.MAXPOOL2D, in_shape, out_shape, pool=spec["pool"]))
+            prev_map_shape = out_shape
+            continue
+        module = next(weight_modules)
+        mask = next(mask_iter, None)
+        w = _to_hwc(module.weight.detach().cpu().numpy().astype(np.float32), spec["op"], prev_map_shape)
+        b = module.bias.detach().cpu().numpy().astype(np.float32)
+        mask = None if mask is None else _to_hwc(np.asarray(mask, dtype=bool), spec["op"], prev_map_shape)
+        if spec["op"] == "conv2d":
+            layers.append(FloatLayer(lname, Op.CONV2D, in_shape, out_shape, w, b, relu=bool(spec.get("relu")),
+                                     stride=spec.get("stride", 1), pad=spec["pad"], mask=mask))
+        else:
+            layers.append(FloatLayer(lname, Op.DENSE, in_shape, out_shape, w, b, relu=bool(spec.get("relu")),
+                                     mask=mask))
+        prev_map_shape = out_shape
+    return FloatModel(name=name, input_shape=tuple(input_shape), num_classes=num_classes, layers=tuple(layers))
+
+
+def _to_nchw(x_uint8: np.ndarray):
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(to_float(x_uint8).transpose(0, 3, 1, 2)))
+
+
+def torch_predict_logits(net, x_uint8: np.ndarray, batch: int = 1000) -> np.ndarray:
+    import torch
+
+    net.eval()
+    outs = []
+    with torch.no_grad():
+        for start in range(0, len(x_uint8), batch):
+            outs.append(net(_to_nchw(x_uint8[start : start + batch])).numpy())
+    return np.concatenate(outs)
+
+
+def fit(net, x_uint8: np.ndarray, y: np.ndarray, epochs: int, seed: int, lr: float = 1e-3,
+        batch: int = 128, desc: str = "train", masks: list | None = None) -> None:
+    """Adam + cross-entropy; `masks` (one bool array or None per weight module) stay applied."""
+    import torch
+    from tqdm import tqdm
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    x_all = _to_nchw(x_uint8)
+    y_all = torch.from_numpy(y.astype(np.int64))
+    mask_tensors = [None if m is None else torch.from_numpy(m) for m in (masks or [])]
+    modules = _weight_modules(net)
+    for epoch in range(epochs):
+        net.train()
+        order = torch.from_numpy(rng.permutation(len(x_all)))
+        bar = tqdm(range(0, len(order), batch), desc=f"{desc} epoch {epoch + 1}/{epochs}", file=sys.stderr,
+                   leave=False, disable=None)
+        for start in bar:
+            idx = order[start : start + batch]
+            opt.zero_grad()
+            loss = loss_fn(net(x_all[idx]), y_all[idx])
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                for module, mask in zip(modules, mask_tensors, strict=False):
+                    if mask is not None:
+                        module.weight.mul_(mask.reshape(module.weight.shape).to(module.weight.dtype))
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+
+
+def accuracy(logits: np.ndarray, y: np.ndarray) -> float:
+    return float((logits.argmax(axis=1) == y).mean())
+
+
+def train_run(dataset: Dataset, dataset_spec: str, arch: str, epochs: int, out: Path, seed: int = 0) -> dict:
+    """Train a network and write the run directory; returns its metadata."""
+    import torch
+
+    if epochs < 1:
+        raise UserError(f"--epochs must be at least 1, got {epochs}")
+    torch.manual_seed(seed)
+    specs = resolve_specs(arch_specs(arch), dataset.num_classes)
+    net = build_torch_model(specs, dataset.input_shape)
+    t0 = time.time()
+    fit(net, dataset.x_train, dataset.y_train, epochs, seed)
+    float_acc = accuracy(torch_predict_logits(net, dataset.x_test), dataset.y_test)
+    meta = {
+        "format_version": RUN_FORMAT_VERSION,
+        "mcuprune_version": __version__,
+        "name": f"{dataset.name}-{arch}",
+        "dataset": dataset_spec,
+        "arch": arch,
+        "specs": specs,
+        "input_shape": list(dataset.input_shape),
+        "num_classes": dataset.num_classes,
+        "epochs": epochs,
+        "seed": seed,
+        "float_test_accuracy": float_acc,
+        "param_count": int(sum(p.numel() for p in net.parameters())),
+        "train_seconds": round(time.time() - t0, 1),
+    }
+    save_run(out, net, meta)
+    return meta
+
+
+def save_run(out: Path, net, meta: dict, masks: list | None = None) -> None:
+    """Write checkpoint.pt (specs, weights, optional pruning masks) and run.json.
+
+    `masks`: one bool numpy array in torch weight layout, or None, per conv/dense module."""
+    import torch
+
+    out.mkdir(parents=True, exist_ok=True)
+    mask_tensors = [None if m is None else torch.from_numpy(np.asarray(m, dtype=bool)) for m in (masks or [])]
+    torch.save({"specs": meta["specs"], "state_dict": net.state_dict(), "masks": mask_tensors}, out / "checkpoint.pt")
+    (out / "run.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def read_run_meta(run_dir: Path) -> dict:
+    meta_path = run_dir / "run.json"
+    if not meta_path.exists():
+        raise UserError(f"{run_dir} is not a run directory (no run.json): create one with `mcuprune train`")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{meta_path} is corrupt ({exc}): retrain with `mcuprune train`") from None
+    if meta.get("format_version") != RUN_FORMAT_VERSION:
+        raise UserError(f"{meta_path} has format {meta.get('format_version')}, this mcuprune reads "
+                        f"{RUN_FORMAT_VERSION}: retrain with `mcuprune train`")
+    return meta
+
+
+def load_torch_model(run_dir: Path):
+    """(nn.Sequential with the trained weights, run metadata, masks); clear errors for damaged runs.
+
+    masks: one bool numpy array (torch weight layout) or None per conv/dense module."""
+    import torch
+
+    meta = read_run_meta(run_dir)
+    ckpt_path = run_dir / "checkpoint.pt"
+    if not ckpt_path.exists():
+        raise UserError(f"{ckpt_path} is missing: retrain with `mcuprune train`")
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        specs = ckpt["specs"]
+        net = build_torch_model(specs, tuple(meta["input_shape"]))
+        net.load_state_dict(ckpt["state_dict"])
+        masks = [None if m is None else m.numpy().astype(bool) for m in ckpt.get("masks", [])]
+        for module, mask in zip(_weight_modules(net), masks, strict=False):
+            if mask is not None and tuple(mask.shape) != tuple(module.weight.shape):
+                raise ValueError(f"mask shape {tuple(mask.shape)} != weight shape {tuple(module.weight.shape)}")
+    except UserError:
+        raise
+    except Exception as exc:  # torch raises many types for truncated/garbled files
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UserError(f"{ckpt_path} is corrupt or truncated ({reason}): retrain with `mcuprune train`") from None
+    return net, meta, masks
+
+
+def load_float_model(run_dir: Path) -> tuple[FloatModel, dict]:
+    net, meta, masks = load_torch_model(run_dir)
+    model = export_float_model(net, meta["specs"], tuple(meta["input_shape"]), meta["name"], meta["num_classes"],
+                               masks)
+    return model, meta
