@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from mcuprune.device.link import QemuDevice
+from mcuprune.model.interpreter import run_s8
 from mcuprune.model.ir import Op, QuantLayer, shape_product
-from mcuprune.model.reference import run_s8
 from mcuprune.target.board import load_board
 from mcuprune.target.compile import compile_model, quantize_run
 from mcuprune.train.datasets import load_dataset, to_int8

@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from mcuprune.model.fixedpoint import quantize_multipliers
+from mcuprune.model.interpreter import trace_f32
 from mcuprune.model.ir import FloatLayer, FloatModel, Op, QParams, QuantLayer, QuantModel, check_chain
-from mcuprune.model.reference import trace_f32
 from mcuprune.train.datasets import to_float
 
 INPUT_Q = QParams(scale=1.0 / 255.0, zero_point=-128)

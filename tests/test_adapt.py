@@ -19,8 +19,8 @@ from mcuprune.controller.adapt import (
 )
 from mcuprune.controller.scenarios import brightness_contrast
 from mcuprune.errors import UserError
+from mcuprune.model.interpreter import run_s8
 from mcuprune.model.ir import QParams
-from mcuprune.model.reference import run_s8
 from mcuprune.train.datasets import to_int8
 
 
@@ -47,7 +47,7 @@ def digits_pruned(digits_run, tmp_path_factory):
     """The digits CNN pruned (QSAE structured step + KL masks, no fine-tune) and quantized, with the
     smallest formats: every layer sparse, so re-pruning has bytes to trade."""
     from mcuprune.compress.prune import prune_run
-    from mcuprune.model.formats import choose_formats
+    from mcuprune.model.costs import choose_formats
     from mcuprune.target.compile import quantize_run
 
     run_dir, ds = digits_run

@@ -21,9 +21,9 @@ import pytest
 from mcuprune.codegen import emit as codegen
 from mcuprune.codegen.blob import HEADER_BYTES, pack_blob, parse_blob, parse_header
 from mcuprune.errors import UserError
-from mcuprune.model import formats as sparse
+from mcuprune.model.formats import pack
+from mcuprune.model.interpreter import run_s8
 from mcuprune.model.ir import QuantModel
-from mcuprune.model.reference import run_s8
 from mcuprune.resources import BOARDS_DIR, BSP_DIR, INCLUDE_DIR, RUNTIME_DIR
 from mcuprune.target.board import load_board
 from mcuprune.train.datasets import to_int8
@@ -87,7 +87,7 @@ def models(digits_run, tmp_path_factory: pytest.TempPathFactory) -> dict:
 def _generate(model: QuantModel, monitor: QuantModel, formats: dict[str, str], src: Path,
               variant: str = "reference") -> codegen.GeneratedModel:
     """Blob-mode sources with the weight formats forced (choose_formats would pick by size)."""
-    with mock.patch.object(sparse, "choose_formats", lambda *args, **kwargs: dict(formats)):
+    with mock.patch.object(codegen, "choose_formats", lambda *args, **kwargs: dict(formats)):
         return codegen.generate_model_sources(model, variant, src, params="blob", monitor=monitor)
 
 
@@ -164,7 +164,7 @@ def test_blob_round_trip_and_order(models) -> None:
     for a, r in zip(arrays, raw, strict=True):
         np.testing.assert_array_equal(np.frombuffer(r, dtype=a.dtype), a.ravel())
     # spot checks of the documented order: conv2d0 (bitmask) first, the confidence table last
-    packed = sparse.pack(weighted[0].weights, "bitmask")
+    packed = pack(weighted[0].weights, "bitmask")
     np.testing.assert_array_equal(arrays[0], packed.mask)
     np.testing.assert_array_equal(arrays[1], packed.values)
     np.testing.assert_array_equal(arrays[2], weighted[0].bias)

@@ -14,8 +14,8 @@ import pytest
 
 from mcuprune.device.link import QemuDevice
 from mcuprune.errors import UserError
+from mcuprune.model.interpreter import run_s8
 from mcuprune.model.ir import QuantModel
-from mcuprune.model.reference import run_s8
 from mcuprune.target import build
 from mcuprune.target.board import Board, MemoryRegion, check_fits, list_boards, load_board
 from mcuprune.target.compile import choose_variant, compile_model, quantize_run

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from mcuprune.compress.activations import apply_rows, capture_activations, layer_rows, weight_matrix
+from mcuprune.model.interpreter import trace_f32
 from mcuprune.model.ir import Op
-from mcuprune.model.reference import trace_f32
 from mcuprune.train.datasets import to_float
 
 

@@ -10,6 +10,7 @@ files build warning-free for the real targets. On-target bit-exactness is covere
 from __future__ import annotations
 
 import ctypes
+import doctest
 import os
 import shutil
 import subprocess
@@ -22,19 +23,19 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-import mcuprune.codegen.kernels
-from mcuprune.codegen.kernels import (
-    KERNEL_FUNCTIONS,
+import mcuprune.model.ops
+from mcuprune.model.fixedpoint import quantize_multipliers
+from mcuprune.model.ir import Op, QParams, QuantLayer, conv_out_hw
+from mcuprune.model.ops import (
+    OPS,
     STRIP_MAX_WORDS,
     STRIP_PIXELS,
     STRIP_UNROLL_WORDS,
     VARIANTS,
-    _conv_strip_bytes,
+    conv_strip_bytes,
     kernel_sources,
     scratch_bytes,
 )
-from mcuprune.model.fixedpoint import quantize_multipliers
-from mcuprune.model.ir import Op, QParams, QuantLayer, conv_out_hw
 from mcuprune.model.reference import conv2d_s8, dense_s8, im2col, maxpool2d
 from mcuprune.resources import INCLUDE_DIR, KERNEL_DIR
 
@@ -188,21 +189,21 @@ class Kernels:
 
     def dense(self, x: np.ndarray, layer: QuantLayer, null_bias: bool = False, lead: int = 0) -> np.ndarray:
         params, _call = self.fc_params(layer, null_bias, lead)
-        fn = getattr(self.lib, KERNEL_FUNCTIONS[Op.DENSE])
+        fn = getattr(self.lib, OPS[Op.DENSE].function("dense"))
         return self._run(fn, params, x, layer.weights.shape[0], self.fc_buffer_size(params), lead)
 
     def conv2d(
         self, x: np.ndarray, layer: QuantLayer, null_bias: bool = False, lead: int = 0, act_max: int | None = None
     ) -> np.ndarray:
         params, _call = self.conv_params(layer, null_bias, lead, act_max)
-        fn = getattr(self.lib, KERNEL_FUNCTIONS[Op.CONV2D])
+        fn = getattr(self.lib, OPS[Op.CONV2D].function("dense"))
         out = self._run(fn, params, x, int(np.prod(layer.out_shape)), self.conv_buffer_size(params), lead)
         return out.reshape(layer.out_shape)
 
     def maxpool2d(self, x: np.ndarray, pool: int, lead: int = 0) -> np.ndarray:
         h, w, c = x.shape
         params = Maxpool2dParamsC(in_h=h, in_w=w, c=c, pool=pool)
-        fn = getattr(self.lib, KERNEL_FUNCTIONS[Op.MAXPOOL2D])
+        fn = getattr(self.lib, OPS[Op.MAXPOOL2D].function())
         out = self._run(fn, params, x, (h // pool) * (w // pool) * c, scratch=None, lead=lead)
         return out.reshape(h // pool, w // pool, c)
 
@@ -212,7 +213,8 @@ def kernels(request, tmp_path_factory) -> Kernels:
     gcc = _require("gcc")
     variant = request.param
     lib_path = tmp_path_factory.mktemp(f"kernels_{variant}") / f"libmcup_{variant}.so"
-    sources = [str(p) for p in [*kernel_sources(variant, list(Op)), HARNESS_DIR / "layout.c"]]
+    dense_kernels = [(Op.CONV2D, "dense"), (Op.DENSE, "dense"), (Op.MAXPOOL2D, None)]
+    sources = [str(p) for p in [*kernel_sources(variant, dense_kernels), HARNESS_DIR / "layout.c"]]
     cmd = [gcc, *HOST_CFLAGS, *VARIANT_CFLAGS[variant], f"-I{INCLUDE_DIR}", *sources, "-o", str(lib_path)]
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, f"{' '.join(cmd)}\n{result.stderr}"
@@ -437,7 +439,7 @@ def test_conv2d_random_shapes(kernels: Kernels, case: Case):
     got = kernels.conv2d(x, layer, null_bias=case.null_bias)
     np.testing.assert_array_equal(got, conv2d_s8(x[None], layer)[0])
     params, _call = kernels.conv_params(layer, null_bias=False)
-    assert scratch_bytes(layer, kernels.variant) == kernels.conv_buffer_size(params)
+    assert scratch_bytes(layer, "dense", kernels.variant) == kernels.conv_buffer_size(params)
 
 
 @settings(max_examples=100, derandomize=True, deadline=None, database=None)
@@ -464,7 +466,7 @@ def test_maxpool2d_extreme_values(kernels: Kernels, pool: int):
 
 def _dsp_conv_path(layer: QuantLayer) -> str:
     """Which code path of firmware/kernels/dsp/conv2d_s8_dense.c a layer takes (mirrors the C)."""
-    if _conv_strip_bytes(layer) is None:
+    if conv_strip_bytes(layer) is None:
         return "im2col"
     _, k_h, k_w, in_c = layer.weights.shape
     words = (k_h + 1) // 2 * k_w * in_c
@@ -520,7 +522,7 @@ def test_scratch_bytes_matches_c(kernels: Kernels, case: Case):
     else:
         params, _call = kernels.conv_params(layer, null_bias=False)
         c_size = kernels.conv_buffer_size(params)
-    assert scratch_bytes(layer, kernels.variant) == c_size
+    assert scratch_bytes(layer, "dense", kernels.variant) == c_size
     assert c_size % 4 == 0
     assert (c_size == 0) == (kernels.variant == "reference")
 
@@ -529,13 +531,13 @@ def test_scratch_bytes_matches_c(kernels: Kernels, case: Case):
 
 
 def test_kernel_sources_one_per_op_in_op_order():
-    dsp = kernel_sources("dsp", [Op.MAXPOOL2D, Op.DENSE, Op.CONV2D, Op.DENSE])
+    dsp = kernel_sources("dsp", [(Op.MAXPOOL2D, None), (Op.DENSE, "dense"), (Op.CONV2D, "dense"), ("dense", "dense")])
     assert [p.relative_to(KERNEL_DIR).as_posix() for p in dsp] == [
-        "dsp/conv2d_s8_dense.c",  # one per op, in Op order
+        "dsp/conv2d_s8_dense.c",  # one per kernel, in table order
         "dsp/fc_s8_dense.c",
         "dsp/maxpool2d_s8.c",
     ]
-    ref = kernel_sources("reference", ["conv2d"])
+    ref = kernel_sources("reference", [("conv2d", "dense")])
     assert [p.relative_to(KERNEL_DIR).as_posix() for p in ref] == ["reference/conv2d_s8_dense.c"]
     assert all(p.is_file() for p in dsp + ref)
 
@@ -546,21 +548,21 @@ def test_kernel_sources_falls_back_to_reference(tmp_path: Path, monkeypatch: pyt
         (tmp_path / variant).mkdir()
         for name in names:
             (tmp_path / variant / name).touch()
-    monkeypatch.setattr(mcuprune.codegen.kernels, "KERNEL_DIR", tmp_path)
-    dsp = kernel_sources("dsp", [Op.MAXPOOL2D, Op.CONV2D])
+    monkeypatch.setattr(mcuprune.model.ops, "KERNEL_DIR", tmp_path)
+    dsp = kernel_sources("dsp", [(Op.MAXPOOL2D, None), (Op.CONV2D, "dense")])
     assert [p.relative_to(tmp_path).as_posix() for p in dsp] == ["dsp/conv2d_s8_dense.c", "reference/maxpool2d_s8.c"]
 
 
 def test_kernel_sources_rejects_unknown_variant():
     with pytest.raises(ValueError, match="unknown kernel variant"):
-        kernel_sources("mve", [Op.DENSE])
+        kernel_sources("mve", [(Op.DENSE, "dense")])
 
 
 def test_kernel_functions_are_declared_in_header():
     header = (INCLUDE_DIR / "mcup_nn.h").read_text()
-    assert set(KERNEL_FUNCTIONS) == set(Op)
-    for name in KERNEL_FUNCTIONS.values():
-        assert f" {name}(" in header
+    assert set(OPS) == set(Op)
+    for spec in OPS.values():
+        assert f" {spec.function('dense' if spec.weighted else None)}(" in header
 
 
 # --- cross-compilation for the targets ---------------------------------------------------------
@@ -600,12 +602,8 @@ def test_dsp_kernels_refuse_cores_without_dsp(tmp_path: Path):
     assert "DSP extension" in result.stderr
 
 
-def test_kernels_doctests():
-    import doctest
-
-    import mcuprune.codegen.kernels
-
-    assert doctest.testmod(mcuprune.codegen.kernels).failed == 0
+def test_ops_doctests():
+    assert doctest.testmod(mcuprune.model.ops).failed == 0
 
 
 # --- on target: the benchmark harness doubles as a bit-exactness check in QEMU ----------------

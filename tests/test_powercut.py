@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from mcuprune.codegen.blob import parse_header
+from mcuprune.controller.drift_qsae import build_monitor_model
 from mcuprune.device.powercut import perturbed_model, run_powercut_trials
 from mcuprune.errors import UserError
+from mcuprune.model.interpreter import run_s8
 from mcuprune.model.ir import QuantModel
-from mcuprune.model.reference import run_s8
 from mcuprune.target.compile import compile_run, load_firmware_dir
 
 BOARD = "mps2-an386"
@@ -24,7 +25,7 @@ BOARD = "mps2-an386"
 def blob_fw_dir(digits_run: tuple, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir, _ = digits_run
     fw_dir = tmp_path_factory.mktemp("powercut-fw")
-    compile_run(run_dir, BOARD, fw_dir, params="blob")
+    compile_run(run_dir, BOARD, fw_dir, params="blob", monitor_builder=build_monitor_model)
     return fw_dir
 
 

@@ -194,7 +194,8 @@ def test_emitted_bytes_of_a_mask_plan_bound_the_final_weights(digits_capture) ->
 
 
 def test_packed_layer_bytes_is_sparse_layer_bytes_in_the_smallest_format() -> None:
-    from mcuprune.model.formats import FORMATS, layer_bytes
+    from mcuprune.model.formats import layer_bytes
+    from mcuprune.model.ops import FORMATS
 
     rng = np.random.default_rng(0)
     w = rng.integers(-127, 128, size=(8, 3, 3, 5)).astype(np.int8)
@@ -446,12 +447,13 @@ def test_sweep_compiles_and_evaluates_every_point(digits_run, tmp_path) -> None:
     import shutil
 
     from mcuprune.compress.sweep import sweep_run
+    from mcuprune.device.evaluate import CompileAndEvaluate
 
     if shutil.which("arm-none-eabi-gcc") is None or shutil.which("qemu-system-arm") is None:
         pytest.skip("needs the ARM toolchain and QEMU")
     run_dir, _ = digits_run
-    rows = sweep_run(run_dir, [7000, 300], ["qsae", "magnitude-oneshot"], tmp_path, finetune_epochs=2, limit=60,
-                     qsae_steps=200)
+    rows = sweep_run(run_dir, [7000, 300], ["qsae", "magnitude-oneshot"], tmp_path, CompileAndEvaluate(limit=60),
+                     finetune_epochs=2, qsae_steps=200)
     assert [r["method"] for r in rows] == ["unpruned", "qsae", "magnitude-oneshot", "qsae", "magnitude-oneshot"]
     for r in rows[1:3]:
         fw = json.loads((tmp_path / f"{r['method']}-7000" / "fw" / "firmware.json").read_text())

@@ -19,7 +19,7 @@ from mcuprune.compress.qsae import (
     train_qsae,
     unused_inputs,
 )
-from mcuprune.model.reference import run_f32, run_s8
+from mcuprune.model.interpreter import run_f32, run_s8
 from mcuprune.quantize import quantize_model
 
 

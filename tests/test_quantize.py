@@ -7,8 +7,9 @@ import pytest
 
 from mcuprune.model.arena import plan_arena
 from mcuprune.model.fixedpoint import quantize_multipliers
+from mcuprune.model.interpreter import run_f32, run_s8
 from mcuprune.model.ir import Op, QParams, QuantLayer
-from mcuprune.model.reference import conv2d_s8, run_f32, run_s8
+from mcuprune.model.reference import conv2d_s8
 from mcuprune.quantize import activation_qparams, calibration_subset, quantize_model, quantize_weights
 from mcuprune.train.datasets import to_float, to_int8
 

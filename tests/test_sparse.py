@@ -24,30 +24,15 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+import mcuprune.codegen.emit
+import mcuprune.model.costs
 import mcuprune.model.formats
-from mcuprune.codegen.kernels import VARIANTS
+from mcuprune.codegen.emit import c_definitions, params_initializer
+from mcuprune.model.costs import choose_format, choose_formats, kernel_code_bytes, load_costs, predict_instructions
 from mcuprune.model.fixedpoint import quantize_multipliers
-from mcuprune.model.formats import (
-    FORMATS,
-    MAX_DELTA,
-    PARAMS_STRUCTS,
-    SPARSE_FORMATS,
-    SPARSE_KERNEL_FUNCTIONS,
-    c_definitions,
-    c_params_initializer,
-    choose_format,
-    choose_formats,
-    format_bytes,
-    kernel_code_bytes,
-    layer_bytes,
-    load_costs,
-    pack,
-    predict_instructions,
-    sparse_kernel_sources,
-    sparse_scratch_bytes,
-    unpack,
-)
+from mcuprune.model.formats import MAX_DELTA, SPARSE_FORMATS, format_bytes, layer_bytes, pack, unpack
 from mcuprune.model.ir import Op, QParams, QuantLayer, conv_out_hw
+from mcuprune.model.ops import FORMATS, OPS, VARIANTS, kernel_sources, scratch_bytes
 from mcuprune.model.reference import conv2d_s8, dense_s8, im2col
 from mcuprune.resources import INCLUDE_DIR, KERNEL_DIR
 
@@ -387,7 +372,7 @@ class SparseKernels:
         self.variant = variant
         self.lib = lib
         for op, fmt in ALL_PAIRS:
-            getattr(lib, SPARSE_KERNEL_FUNCTIONS[op, fmt] + "_get_buffer_size").restype = ctypes.c_int32
+            getattr(lib, OPS[op].function(fmt) + "_get_buffer_size").restype = ctypes.c_int32
 
     def params(self, layer: QuantLayer, fmt: str, null_bias: bool = False):
         """(params struct, arrays it points into) for the layer packed in fmt."""
@@ -426,7 +411,7 @@ class SparseKernels:
 
     def buffer_size(self, layer: QuantLayer, fmt: str) -> int:
         params, _keep = self.params(layer, fmt)
-        return getattr(self.lib, SPARSE_KERNEL_FUNCTIONS[layer.op, fmt] + "_get_buffer_size")(ctypes.byref(params))
+        return getattr(self.lib, OPS[layer.op].function(fmt) + "_get_buffer_size")(ctypes.byref(params))
 
     def run(self, layer: QuantLayer, fmt: str, x: np.ndarray, null_bias: bool = False) -> np.ndarray:
         """Run the kernel with canaries just past the output and the scratch buffer."""
@@ -436,7 +421,7 @@ class SparseKernels:
         x = np.ascontiguousarray(x, dtype=np.int8).ravel()
         out = np.full(out_size + 8, CANARY, dtype=np.uint8)
         words = np.full(scratch // 4 + 4, CANARY * 0x01010101, dtype=np.uint32)
-        fn = getattr(self.lib, SPARSE_KERNEL_FUNCTIONS[layer.op, fmt])
+        fn = getattr(self.lib, OPS[layer.op].function(fmt))
         fn(ctypes.byref(params), _ptr(x, ctypes.c_int8), _ptr(out, ctypes.c_int8),
            ctypes.c_void_p(words.ctypes.data) if scratch else None)  # fmt: skip
         assert (out[out_size:] == CANARY).all(), "kernel wrote past its output"
@@ -452,7 +437,7 @@ def sparse_kernels(request, tmp_path_factory) -> SparseKernels:
     layout = build / "layout.c"
     layout.write_text(_layout_source())
     lib_path = build / f"libmcup_sparse_{variant}.so"
-    sources = [str(p) for p in [*sparse_kernel_sources(variant, ALL_PAIRS), layout]]
+    sources = [str(p) for p in [*kernel_sources(variant, ALL_PAIRS), layout]]
     cmd = [gcc, *HOST_CFLAGS, *VARIANT_CFLAGS[variant], f"-I{INCLUDE_DIR}", *sources, "-o", str(lib_path)]
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, f"{' '.join(cmd)}\n{result.stderr}"
@@ -486,7 +471,7 @@ def test_kernel_matches_reference(sparse_kernels: SparseKernels, case: Case, fmt
 def test_scratch_bytes_match_c(sparse_kernels: SparseKernels, case: Case, fmt: str):
     layer, _ = make_layer(case)
     c_size = sparse_kernels.buffer_size(layer, fmt)
-    assert sparse_scratch_bytes(layer, fmt, sparse_kernels.variant) == c_size
+    assert scratch_bytes(layer, fmt, sparse_kernels.variant) == c_size
     assert c_size % 4 == 0
 
 
@@ -516,7 +501,7 @@ def test_kernel_random_shapes(sparse_kernels: SparseKernels, case: Case, fmt: st
     layer, x = make_layer(case)
     got = sparse_kernels.run(layer, fmt, x, null_bias=case.null_bias)
     np.testing.assert_array_equal(got, _reference(layer, x))
-    assert sparse_scratch_bytes(layer, fmt, sparse_kernels.variant) == sparse_kernels.buffer_size(layer, fmt)
+    assert scratch_bytes(layer, fmt, sparse_kernels.variant) == sparse_kernels.buffer_size(layer, fmt)
 
 
 # --- the emission helpers: generated C compiles, runs and matches numpy -------------------------
@@ -524,36 +509,33 @@ def test_kernel_random_shapes(sparse_kernels: SparseKernels, case: Case, fmt: st
 
 @pytest.mark.parametrize(("op", "fmt"), ALL_PAIRS + [(Op.DENSE, "dense"), (Op.CONV2D, "dense")], ids=str)
 def test_emitted_c_runs_bit_exact(tmp_path: Path, op: Op, fmt: str):
-    """c_definitions + c_params_initializer produce a params struct the kernel runs correctly."""
+    """c_definitions + params_initializer produce a params struct the kernel runs correctly."""
     gcc = _require("gcc")
     case = FC_CASES[6] if op is Op.DENSE else CONV_CASES[9]
     layer, x = make_layer(case)
     packed = pack(layer.weights, fmt)
     prefix = f"mcup_param_{layer.name}"
-    quant = (f"{{ .bias = {prefix}_bias, .multiplier = {prefix}_multiplier, .shift = {prefix}_shift,"
-             f" .input_offset = {-layer.input_q.zero_point}, .output_offset = {layer.output_q.zero_point},"
-             f" .act_min = {layer.act_min}, .act_max = {layer.act_max} }}")  # fmt: skip
     quant_arrays = "".join(
         f"const int32_t {prefix}_{name}[] = {{{', '.join(str(int(v)) for v in getattr(layer, name))}}};\n"
         for name in ("bias", "multiplier", "shift")
     )
-    function = SPARSE_KERNEL_FUNCTIONS[op, fmt]
+    function = OPS[op].function(fmt)
     source = (
         '#include <stddef.h>\n#include "mcup_nn.h"\n#include "mcup_sparse.h"\n\n'
         + c_definitions(layer.name, packed) + quant_arrays
-        + f"static const {PARAMS_STRUCTS[op, fmt]} layer = {c_params_initializer(layer, packed, quant)};\n"
+        + f"static const {OPS[op].struct(fmt)} layer = {params_initializer(layer, fmt)};\n"
         f"int32_t scratch_size(void) {{ return {function}_get_buffer_size(&layer); }}\n"
         f"void run(const int8_t *in, int8_t *out, void *s) {{ {function}(&layer, in, out, s); }}\n"
     )  # fmt: skip
     (tmp_path / "model.c").write_text(source)
     lib_path = tmp_path / "libmodel.so"
-    sources = [tmp_path / "model.c", *sparse_kernel_sources("dsp", [(op, fmt)])]
+    sources = [tmp_path / "model.c", *kernel_sources("dsp", [(op, fmt)])]
     cmd = [gcc, *HOST_CFLAGS, "-DMCUP_EMULATE_DSP", f"-I{INCLUDE_DIR}", *map(str, sources), "-o", str(lib_path)]
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     lib = ctypes.CDLL(str(lib_path))
     lib.scratch_size.restype = ctypes.c_int32
-    assert lib.scratch_size() == sparse_scratch_bytes(layer, fmt, "dsp")
+    assert lib.scratch_size() == scratch_bytes(layer, fmt, "dsp")
     scratch = np.zeros(lib.scratch_size() // 4 + 1, dtype=np.uint32)
     out = np.zeros(int(np.prod(layer.out_shape)), dtype=np.int8)
     lib.run(_ptr(x.ravel(), ctypes.c_int8), _ptr(out, ctypes.c_int8), ctypes.c_void_p(scratch.ctypes.data))
@@ -582,22 +564,23 @@ def test_dense_bytes_match_the_existing_emission():
 
 def test_kernel_functions_declared_and_sources_exist():
     header = (INCLUDE_DIR / "mcup_sparse.h").read_text()
-    for (op, fmt), name in SPARSE_KERNEL_FUNCTIONS.items():
+    for op, fmt in ALL_PAIRS:
         if fmt != "dense":
+            name = OPS[op].function(fmt)
             assert f" {name}(" in header
             assert f" {name}_get_buffer_size(" in header
-            assert f"}} {PARAMS_STRUCTS[op, fmt]};" in header
+            assert f"}} {OPS[op].struct(fmt)};" in header
     for variant in VARIANTS:
-        for path in sparse_kernel_sources(variant, ALL_PAIRS):
+        for path in kernel_sources(variant, ALL_PAIRS):
             assert path.is_file()
-    dsp = sparse_kernel_sources("dsp", [(Op.CONV2D, "csr4"), ("dense", "dense"), (Op.DENSE, "csr8")])
+    dsp = kernel_sources("dsp", [(Op.CONV2D, "csr4"), ("dense", "dense"), (Op.DENSE, "csr8")])
     assert [p.relative_to(KERNEL_DIR).as_posix() for p in dsp] == [
         "dsp/conv2d_s8_csr4.c",
         "dsp/fc_s8_dense.c",
         "dsp/fc_s8_csr8.c",
     ]
     with pytest.raises(ValueError, match="no weight formats"):
-        sparse_kernel_sources("dsp", [(Op.MAXPOOL2D, "csr8")])
+        kernel_sources("dsp", [(Op.MAXPOOL2D, "csr8")])
 
 
 def test_cost_model_covers_every_kernel():
@@ -675,8 +658,9 @@ def test_mask_must_cover_the_non_zeros():
         layer_bytes(bad, "csr8")
 
 
-def test_sparse_doctests():
-    assert doctest.testmod(mcuprune.model.formats).failed == 0
+def test_doctests():
+    for module in (mcuprune.model.formats, mcuprune.model.costs, mcuprune.codegen.emit):
+        assert doctest.testmod(module).failed == 0, module.__name__
 
 
 # --- cross-compilation for the targets ---------------------------------------------------------
@@ -690,7 +674,7 @@ ARM_BUILDS = [
     pytest.param(target, path, id=f"{target}-{path.parent.name}-{path.name}")
     for target, variants in (("m3", ("reference",)), ("m4", ("reference", "dsp")))
     for variant in variants
-    for path in sparse_kernel_sources(variant, ALL_PAIRS)
+    for path in kernel_sources(variant, ALL_PAIRS)
 ]
 
 

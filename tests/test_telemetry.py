@@ -18,7 +18,7 @@ from mcuprune.controller.drift_qsae import (
     penultimate_q,
     reconstruct_s8,
 )
-from mcuprune.model.reference import run_s8
+from mcuprune.model.interpreter import run_s8
 from mcuprune.model.telemetry import (
     MAX_RECON_DIM,
     activation_histogram,

@@ -25,8 +25,8 @@ from mcuprune.codegen.tvm_backend import (
 )
 from mcuprune.device.link import QemuDevice
 from mcuprune.errors import UserError
+from mcuprune.model.interpreter import run_s8
 from mcuprune.model.ir import Op, QuantModel
-from mcuprune.model.reference import run_s8
 from mcuprune.target import build
 from mcuprune.target.board import load_board
 from mcuprune.target.compile import choose_variant, quantize_run

@@ -13,7 +13,7 @@ import pytest
 import serial
 
 from mcuprune.codegen.blob import HEADER_BYTES, pack_blob, parse_blob, parse_header
-from mcuprune.controller.drift_qsae import device_telemetry
+from mcuprune.controller.drift_qsae import build_monitor_model, device_telemetry
 from mcuprune.device.link import Device, DeviceError, DeviceRejected, QemuDevice
 from mcuprune.device.powercut import perturbed_model
 from mcuprune.device.protocol import (
@@ -28,7 +28,7 @@ from mcuprune.device.protocol import (
 )
 from mcuprune.device.update import check_blob_for, rollback, stream_update
 from mcuprune.errors import UserError
-from mcuprune.model.reference import run_s8
+from mcuprune.model.interpreter import run_s8
 from mcuprune.target.compile import FirmwareDir, compile_run, load_firmware_dir
 
 BOARD = "mps2-an386"
@@ -77,7 +77,7 @@ def test_malformed_blob_is_user_error_before_any_io() -> None:
 def blob_fw(digits_run: tuple, tmp_path_factory: pytest.TempPathFactory) -> FirmwareDir:
     run_dir, _ = digits_run
     fw_dir = tmp_path_factory.mktemp("blob-fw")
-    compile_run(run_dir, BOARD, fw_dir, params="blob")
+    compile_run(run_dir, BOARD, fw_dir, params="blob", monitor_builder=build_monitor_model)
     return load_firmware_dir(fw_dir)
 
 

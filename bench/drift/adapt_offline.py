@@ -35,8 +35,8 @@ from mcuprune.controller.adapt import DEFAULT_STEPS, STEPS, adapt
 from mcuprune.controller.drift_offline import build_monitor, clone, monitor_alarms, prepare
 from mcuprune.controller.drift_qsae import device_telemetry
 from mcuprune.controller.scenarios import SCENARIOS, Scenario, stream_indices
-from mcuprune.model.formats import choose_formats
-from mcuprune.model.reference import run_s8
+from mcuprune.model.costs import choose_formats
+from mcuprune.model.interpreter import run_s8
 from mcuprune.target.compile import quantize_run
 from mcuprune.train.datasets import load_dataset, to_int8
 

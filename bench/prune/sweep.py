@@ -18,6 +18,7 @@ from pathlib import Path
 
 from mcuprune.compress.prune import METHODS
 from mcuprune.compress.sweep import sweep_run
+from mcuprune.device.evaluate import CompileAndEvaluate
 
 
 def main() -> None:
@@ -34,7 +35,7 @@ def main() -> None:
     t0 = time.time()
     work, out = Path(args.work), Path(args.out)
     rows = sweep_run(Path(args.run), [int(b) for b in args.budgets.split(",")], args.methods.split(","), work,
-                     finetune_epochs=args.epochs, limit=args.limit, seed=args.seed)
+                     CompileAndEvaluate(limit=args.limit), finetune_epochs=args.epochs, seed=args.seed)
     out.mkdir(parents=True, exist_ok=True)
     for name in ("sweep.json", "sweep.md", "sweep.png"):
         shutil.copy(work / name, out / name)

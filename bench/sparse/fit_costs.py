@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Fit the cost model of mcuprune.model.formats.choose_format from QEMU instruction counts.
+"""Fit the cost model of mcuprune.model.costs.choose_format from QEMU instruction counts.
 
 Measures every kernel (dense and sparse formats, reference and DSP) with bench/sparse/run.py's
 harness on a calibration set of FC and conv layers at several sparsities, on each target
@@ -7,12 +7,12 @@ harness on a calibration set of FC and conv layers at several sparsities, on eac
 
     instructions ~= sum(coef[name] * feature[name])
 
-over the features of mcuprune.model.formats.cost_features (entries, rows, cols, per-pixel and per-call
+over the features of mcuprune.model.costs.cost_features (entries, rows, cols, per-pixel and per-call
 terms, mask bytes for bitmask), by least squares on relative error (every layer counts the same,
-whatever its size). Writes mcuprune/sparse_costs.json with the coefficients, the largest
+whatever its size). Writes mcuprune/model/kernel_costs.json with the coefficients, the largest
 relative error of each fit, and the code size of every kernel object.
 
-    .venv/bin/python bench/sparse/fit_costs.py [--build-dir DIR] [--out mcuprune/sparse_costs.json]
+    .venv/bin/python bench/sparse/fit_costs.py [--build-dir DIR] [--out mcuprune/model/kernel_costs.json]
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ sys.path.insert(0, str(HERE))
 
 from run import ROOT, TARGETS, Spec, measure  # noqa: E402
 
-from mcuprune.model.formats import COSTS_PATH, FORMATS, cost_key, sparse_kernel_sources  # noqa: E402
+from mcuprune.model.costs import COSTS_PATH, cost_key  # noqa: E402
 from mcuprune.model.ir import Op  # noqa: E402
+from mcuprune.model.ops import FORMATS, kernel_sources  # noqa: E402
 from mcuprune.resources import INCLUDE_DIR  # noqa: E402
 
 # Many shapes, each at three sparsities (cycling through SPARSITY_SETS), so that the dense
@@ -97,7 +98,7 @@ def code_bytes(target_name: str) -> dict[str, int]:
     sizes = {}
     for op in (Op.DENSE, Op.CONV2D):
         for fmt in FORMATS:
-            (source,) = sparse_kernel_sources(target.variant, [(op, fmt)])
+            (source,) = kernel_sources(target.variant, [(op, fmt)])
             with tempfile.TemporaryDirectory() as tmp:
                 obj = Path(tmp) / "kernel.o"
                 cmd = ["arm-none-eabi-gcc", *target.cpu_flags, "-O2", "-std=c11", f"-I{INCLUDE_DIR}", "-c",
@@ -135,7 +136,7 @@ def main() -> int:
     doc = {
         "note": (
             "Instruction-count model of the int8 kernels, per '<op>/<format>/<variant>/<core>': "
-            "instructions ~= sum(coefficients[name] * mcuprune.model.formats.cost_features(...)[name]). Fitted by "
+            "instructions ~= sum(coefficients[name] * mcuprune.model.costs.cost_features(...)[name]). Fitted by "
             "bench/sparse/fit_costs.py (non-negative least squares on relative error) to QEMU -icount counts of "
             f"{len(CALIBRATION)} random pruned layers x {len(FORMATS)} formats per target (sparsity "
             f"{', '.join(f'{s:g}' for s in SPARSITIES)}); -O2, the cores' flags as in bench/sparse/run.py. "

@@ -2,8 +2,8 @@
 """Sparse-kernel benchmark: instruction counts of every weight format in QEMU, checked vs numpy.
 
 Builds seeded random pruned layers (unstructured masks of exact sparsity), packs each in every
-format with mcuprune.model.formats and emits them through its C helpers (c_definitions,
-c_params_initializer), builds one ELF per target and runs it under `qemu-system-arm -icount
+format with mcuprune.model.formats and emits them through the code generator's C helpers (c_definitions,
+params_initializer), builds one ELF per target and runs it under `qemu-system-arm -icount
 shift=0`:
 
     m4-dsp        mps2-an386, Cortex-M4, -mfloat-abi=hard, DSP kernels
@@ -34,21 +34,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from mcuprune.codegen.emit import c_definitions, params_initializer  # noqa: E402
+from mcuprune.model.costs import layer_cost_features  # noqa: E402
 from mcuprune.model.fixedpoint import quantize_multipliers  # noqa: E402
-from mcuprune.model.formats import (  # noqa: E402
-    FORMATS,
-    PARAMS_STRUCTS,
-    SPARSE_KERNEL_FUNCTIONS,
-    c_definitions,
-    c_params_initializer,
-    format_bytes,
-    layer_bytes,
-    layer_cost_features,
-    pack,
-    sparse_kernel_sources,
-    sparse_scratch_bytes,
-)
+from mcuprune.model.formats import format_bytes, layer_bytes, pack  # noqa: E402
 from mcuprune.model.ir import Op, QParams, QuantLayer, conv_out_hw  # noqa: E402
+from mcuprune.model.ops import FORMATS, OPS, kernel_sources, scratch_bytes  # noqa: E402
 from mcuprune.model.reference import conv2d_s8, dense_s8, im2col  # noqa: E402
 from mcuprune.resources import INCLUDE_DIR  # noqa: E402
 
@@ -165,25 +156,21 @@ def bench_data(layers: list[tuple[Spec, QuantLayer, np.ndarray]], variant: str) 
     max_out = max_scratch = 4
     for spec, layer, x in layers:
         n = spec.name
-        prefix = f"mcup_param_{n}"
         parts.append(_int_array("int8_t", f"{n}_input", x))
-        for field in ("bias", "multiplier", "shift"):
-            parts.append(_int_array("int32_t", f"{prefix}_{field}", getattr(layer, field)))
-        quant = (f"{{ .bias = {prefix}_bias, .multiplier = {prefix}_multiplier, .shift = {prefix}_shift,"
-                 f" .input_offset = {-layer.input_q.zero_point}, .output_offset = {layer.output_q.zero_point},"
-                 f" .act_min = {layer.act_min}, .act_max = {layer.act_max} }}")  # fmt: skip
         out_size = int(np.prod(layer.out_shape))
         max_out = max(max_out, out_size)
         for fmt in FORMATS:
             case = f"{n}_{fmt}"
             packed = pack(layer.weights, fmt)
-            function = SPARSE_KERNEL_FUNCTIONS[layer.op, fmt]
-            scratch = sparse_scratch_bytes(layer, fmt, variant)
+            function = OPS[layer.op].function(fmt)
+            scratch = scratch_bytes(layer, fmt, variant)
             max_scratch = max(max_scratch, scratch)
-            init = c_params_initializer(layer.__class__(**{**layer.__dict__, "name": case}), packed, quant)
+            init = params_initializer(layer.__class__(**{**layer.__dict__, "name": case}), fmt)
+            parts += [_int_array("int32_t", f"mcup_param_{case}_{field}", getattr(layer, field))
+                      for field in ("bias", "multiplier", "shift")]
             parts += [
                 c_definitions(case, packed),
-                f"static const {PARAMS_STRUCTS[layer.op, fmt]} {case}_params = {init};\n",
+                f"static const {OPS[layer.op].struct(fmt)} {case}_params = {init};\n",
                 f"static void {case}_run(void *s) {{ {function}(&{case}_params, {n}_input, bench_output, s); }}\n",
                 f"static int32_t {case}_scratch(void) {{ return {function}_get_buffer_size(&{case}_params); }}\n\n",
             ]
@@ -198,7 +185,7 @@ def build(name: str, target: Target, build_dir: Path, layers) -> Path:
     text, max_out, max_scratch = bench_data(layers, target.variant)
     (out / "bench_data.h").write_text(text)
     pairs = [(op, fmt) for op in (Op.DENSE, Op.CONV2D) for fmt in FORMATS]
-    sources = [HARNESS / "startup.c", HERE / "bench.c", *sparse_kernel_sources(target.variant, pairs)]
+    sources = [HARNESS / "startup.c", HERE / "bench.c", *kernel_sources(target.variant, pairs)]
     elf = out / "bench.elf"
     cmd = [
         "arm-none-eabi-gcc", *target.cpu_flags, *CFLAGS, f"-DBENCH_MAX_OUT={max_out}",

@@ -26,8 +26,8 @@ import numpy as np
 from mcuprune.codegen import emit as codegen
 from mcuprune.codegen.tvm_backend import tvm_kernel_sources
 from mcuprune.device.link import QemuDevice
+from mcuprune.model.interpreter import run_s8
 from mcuprune.model.ir import QuantModel
-from mcuprune.model.reference import run_s8
 from mcuprune.target import build
 from mcuprune.target.board import load_board
 from mcuprune.target.compile import choose_variant, quantize_run

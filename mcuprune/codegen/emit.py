@@ -13,7 +13,7 @@ Two parameter modes:
   blob. The monitor QSAE (monitor_qsae.py) runs after the model on the penultimate activations
   (``mcup_monitor()``, which also fills the telemetry record). The blob's arrays, in order:
 
-  1. for each weighted layer of the model, in layer order: its weight arrays as ``sparse.pack``
+  1. for each weighted layer of the model, in layer order: its weight arrays as ``pack``
      emits them for the layer's format (dense: weights int8; bitmask: mask uint8, values int8;
      csr8/csr4: values int8, deltas uint8, row_ptr uint8/16/32; an empty array is kept, length 0,
      so the count is fixed), then bias int32[out], multiplier int32[out], shift int32[out] and
@@ -37,18 +37,17 @@ import numpy as np
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from mcuprune import __version__
-from mcuprune.codegen import kernels
 from mcuprune.codegen.blob import pack_blob
 from mcuprune.errors import UserError
-from mcuprune.model import formats as sparse
 from mcuprune.model.arena import ArenaPlan, align_up, plan_arena
+from mcuprune.model.costs import OBJECTIVES, choose_formats
+from mcuprune.model.formats import PackedWeights, pack
 from mcuprune.model.ir import Op, QuantLayer, QuantModel, shape_product
+from mcuprune.model.ops import OPS, kernel_sources, scratch_bytes, spec_of
 from mcuprune.model.telemetry import exp_table
 from mcuprune.resources import CODEGEN_TEMPLATES_DIR
 
 PARAM_PREFIX = "mcup_param_"  # build.py sums symbols with this prefix as "model flash"
-SUPPORTED_OPS = (Op.CONV2D, Op.DENSE, Op.MAXPOOL2D)
-POOL_STRUCT = "mcup_maxpool2d_params"
 PARAMS_MODES = ("static", "blob")
 FACTORY_BLOB = f"{PARAM_PREFIX}factory_blob"  # the prefix makes build.py count it as model flash
 BIND_BAD = 9  # MCUP_ERR_BAD_BLOB of docs/protocol.md, what mcup_bind returns on any violation
@@ -89,7 +88,65 @@ def c_array(name: str, values: np.ndarray, comment: str) -> CArray:
                   comment)
 
 
-def layer_arrays(layer: QuantLayer, fmt: str = "dense") -> list[CArray]:
+def c_arrays(layer_name: str, packed: PackedWeights) -> list[tuple[str, str, np.ndarray]]:
+    """(C name, C type, values) of each array the format emits, names ``mcup_param_<layer>_<field>``.
+
+    >>> [(n, t) for n, t, _ in c_arrays("fc1", pack(np.eye(3, dtype=np.int8), "csr4"))]
+    [('mcup_param_fc1_values', 'int8_t'), ('mcup_param_fc1_deltas', 'uint8_t'), ('mcup_param_fc1_row_ptr', 'uint8_t')]
+    """
+    return [
+        (f"mcup_param_{layer_name}_{field}", f"{a.dtype.name}_t", a)
+        for field, a in packed.arrays().items()
+        if a.size > 0  # C has no empty arrays: the struct field is NULL instead (never read)
+    ]
+
+
+def c_definitions(layer_name: str, packed: PackedWeights, per_line: int = 16) -> str:
+    """C definitions of the packed arrays (const, natural alignment: no padding is needed).
+
+    >>> print(c_definitions("fc1", pack(np.array([[0, 7], [-1, 0]], dtype=np.int8), "csr8")))
+    const int8_t mcup_param_fc1_values[2] = {
+        7, -1
+    };
+    const uint8_t mcup_param_fc1_deltas[2] = {
+        1, 0
+    };
+    const uint8_t mcup_param_fc1_row_ptr[3] = {
+        0, 1, 2
+    };
+    <BLANKLINE>
+    """
+    out = []
+    for name, ctype, values in c_arrays(layer_name, packed):
+        flat = [str(int(v)) for v in values.ravel()]
+        lines = [", ".join(flat[i : i + per_line]) for i in range(0, len(flat), per_line)]
+        body = ",\n".join("    " + line for line in lines)
+        out.append(f"const {ctype} {name}[{len(flat)}] = {{\n{body}\n}};\n")
+    return "".join(out)
+
+
+def weights_initializer(layer_name: str, packed: PackedWeights) -> str:
+    """The designated initializers of the weight fields of the layer's params struct.
+
+    >>> for field in weights_initializer("fc1", pack(np.eye(3, dtype=np.int8), "csr8")).split(", "):
+    ...     print(field)
+    .values = mcup_param_fc1_values
+    .deltas = mcup_param_fc1_deltas
+    .row_ptr = mcup_param_fc1_row_ptr
+    .row_ptr_bytes = 1
+    >>> weights_initializer("c1", pack(np.eye(3, dtype=np.int8), "bitmask"))
+    '.mask = mcup_param_c1_mask, .values = mcup_param_c1_values'
+    """
+    fields = [
+        f".{field} = " + (f"mcup_param_{layer_name}_{field}" if a.size > 0 else "NULL")
+        for field, a in packed.arrays().items()
+    ]
+    if packed.row_ptr is not None:
+        fields.append(f".row_ptr_bytes = {packed.row_ptr.dtype.itemsize}")
+    return ", ".join(fields)
+
+
+def layer_arrays(layer: QuantLayer, fmt: str | None = "dense") -> list[CArray]:
     """The const parameter arrays one layer needs in flash, weights packed in `fmt`."""
     if not layer.has_weights:
         return []
@@ -100,11 +157,11 @@ def layer_arrays(layer: QuantLayer, fmt: str = "dense") -> list[CArray]:
         weights = [c_array(f"{prefix}_weights", layer.weights.astype(np.int8),
                            f"int8 {layout} {shape}, per-channel symmetric")]
     else:
-        packed = sparse.pack(layer.weights, fmt)
+        packed = pack(layer.weights, fmt)
         nnz = int(np.count_nonzero(layer.weights))
         weights = [c_array(name, values, f"{fmt} {field_name(name, prefix)} of {layout} {shape} "
                                          f"({nnz} non-zeros, see mcup_sparse.h)")
-                   for name, _, values in sparse.c_arrays(layer.name, packed)]
+                   for name, _, values in c_arrays(layer.name, packed)]
     return weights + [
         c_array(f"{prefix}_bias", layer.bias.astype(np.int32), "int32 [out_c], scale = s_in * s_w[c]"),
         c_array(f"{prefix}_multiplier", layer.multiplier.astype(np.int32), "Q31 requantization multiplier [out_c]"),
@@ -146,7 +203,7 @@ def _check_params_mode(params: str) -> None:
 
 # --- blob mode: the parameter arrays in blob order ------------------------------------------
 
-# The weight arrays of each format, in blob order (sparse.PackedWeights field names).
+# The weight arrays of each format, in blob order (PackedWeights field names).
 BLOB_WEIGHT_FIELDS: dict[str, tuple[str, ...]] = {
     "dense": ("weights",),
     "bitmask": ("mask", "values"),
@@ -158,7 +215,7 @@ BLOB_QUANT_ARRAYS = 4  # bias, multiplier, shift, quant
 
 def layer_blob_arrays(layer: QuantLayer, fmt: str) -> list[np.ndarray]:
     """One weighted layer's arrays in blob order: weights in `fmt`, bias, multiplier, shift, quant."""
-    packed = sparse.pack(layer.weights, fmt)
+    packed = pack(layer.weights, fmt)
     rows = int(layer.weights.shape[0])
     bias = np.zeros(rows, dtype=np.int32) if layer.bias is None else layer.bias.astype(np.int32)
     quant = np.array([-layer.input_q.zero_point, layer.output_q.zero_point, layer.act_min, layer.act_max],
@@ -230,23 +287,18 @@ def _quant_initializer(layer: QuantLayer) -> str:
             f" .act_min = {layer.act_min}, .act_max = {layer.act_max} }}")
 
 
-def _params_struct(layer: QuantLayer, fmt: str) -> str:
-    """C designated initializer for the layer's kernel parameter struct."""
-    if layer.op is Op.MAXPOOL2D:
-        h, w, c = layer.in_shape
-        return f"{{ .in_h = {h}, .in_w = {w}, .c = {c}, .pool = {layer.pool} }}"
-    if fmt != "dense":
-        return sparse.c_params_initializer(layer, sparse.pack(layer.weights, fmt), _quant_initializer(layer))
-    prefix = f"{PARAM_PREFIX}{layer.name}"
-    if layer.op is Op.CONV2D:
-        c_out, k_h, k_w, _ = layer.weights.shape
-        h, w, c = layer.in_shape
-        oh, ow, _ = layer.out_shape
-        return (f"{{ .in_h = {h}, .in_w = {w}, .in_c = {c}, .out_h = {oh}, .out_w = {ow}, .out_c = {c_out},"
-                f" .k_h = {k_h}, .k_w = {k_w}, .stride = {layer.stride}, .pad = {layer.pad},"
-                f" .weights = {prefix}_weights, .q = {_quant_initializer(layer)} }}")
-    return (f"{{ .in_features = {layer.in_shape[0]}, .out_features = {layer.out_shape[0]},"
-            f" .weights = {prefix}_weights, .q = {_quant_initializer(layer)} }}")
+def params_initializer(layer: QuantLayer, fmt: str | None = "dense", blob: bool = False) -> str:
+    """C designated initializer of the layer's kernel parameter struct (``OpSpec.struct(fmt)``).
+
+    The operator table's compiled-in fields (shapes, geometry), then for a weighted layer its packed
+    weight arrays and quantization. Blob firmware (`blob`) compiles in only the fields: mcup_bind()
+    sets the pointers and quantization from the blob.
+    """
+    spec = spec_of(layer.op)
+    fields = [f".{name} = {int(value)}" for name, value in spec.fields(layer).items()]
+    if spec.weighted and not blob:
+        fields += [weights_initializer(layer.name, pack(layer.weights, fmt)), f".q = {_quant_initializer(layer)}"]
+    return "{ " + ", ".join(fields) + " }"
 
 
 @dataclass(frozen=True)
@@ -269,18 +321,15 @@ class GeneratedModel:
         weighted = {(layer.op, self.formats[layer.name]) for layer in model.layers if layer.has_weights}
         if self.params == "blob":
             weighted.add((Op.DENSE, "dense"))  # the monitor QSAE
-        others = {layer.op for layer in model.layers if not layer.has_weights}
-        return sparse.sparse_kernel_sources(variant, weighted) + kernels.kernel_sources(variant, others)
+        others = {(layer.op, None) for layer in model.layers if not layer.has_weights}
+        return kernel_sources(variant, weighted | others)
 
 
-def _layer_call(layer: QuantLayer, index: int, n_layers: int, arena: ArenaPlan, fmt: str, blob: bool = False) -> dict:
+def _layer_call(layer: QuantLayer, index: int, n_layers: int, arena: ArenaPlan, fmt: str | None,
+                blob: bool = False) -> dict:
     src = "input" if index == 0 else f"mcup_arena + {arena.offsets[index - 1]}"
     dst = "logits" if index == n_layers - 1 else f"mcup_arena + {arena.offsets[index]}"
-    if layer.has_weights:
-        struct_type = sparse.PARAMS_STRUCTS[(layer.op, fmt)]
-        function = sparse.SPARSE_KERNEL_FUNCTIONS[(layer.op, fmt)]
-    else:
-        struct_type, function = POOL_STRUCT, kernels.KERNEL_FUNCTIONS[layer.op]
+    spec = spec_of(layer.op)
     describe = f"{layer.op.value} {layer.in_shape} -> {layer.out_shape}" + (" + relu" if layer.relu else "")
     if layer.has_weights and blob:
         describe += f", {fmt} weights from the blob"
@@ -289,26 +338,15 @@ def _layer_call(layer: QuantLayer, index: int, n_layers: int, arena: ArenaPlan, 
     return {
         "name": layer.name,
         "index": index,
-        "struct_type": struct_type,
+        "struct_type": spec.struct(fmt),
         "var": f"mcup_layer_{layer.name}",
-        "init": _shapes_struct(layer) if blob and layer.has_weights else _params_struct(layer, fmt),
-        "function": function,
+        "init": params_initializer(layer, fmt, blob),
+        "function": spec.function(fmt),
         "src": src,
         "dst": dst,
         "uses_scratch": layer.has_weights,
         "describe": describe,
     }
-
-
-def _shapes_struct(layer: QuantLayer) -> str:
-    """Blob mode: the compiled-in part of a weighted layer's params struct (pointers and quantization are bound)."""
-    if layer.op is Op.DENSE:
-        return f"{{ .in_features = {layer.in_shape[0]}, .out_features = {layer.out_shape[0]} }}"
-    c_out, k_h, k_w, _ = layer.weights.shape
-    h, w, c = layer.in_shape
-    oh, ow, _ = layer.out_shape
-    return (f"{{ .in_h = {h}, .in_w = {w}, .in_c = {c}, .out_h = {oh}, .out_w = {ow}, .out_c = {c_out},"
-            f" .k_h = {k_h}, .k_w = {k_w}, .stride = {layer.stride}, .pad = {layer.pad} }}")
 
 
 # Blob mode: params struct fields mcup_bind sets from a checked mcup_bound_layer, per format.
@@ -334,16 +372,10 @@ def _bind_entry(layer: QuantLayer, fmt: str, var: str) -> dict:
 
 def check_supported(model: QuantModel) -> None:
     for layer in model.layers:
-        if layer.op not in SUPPORTED_OPS:
-            names = ", ".join(op.value for op in SUPPORTED_OPS)
+        if layer.op not in OPS:
+            names = ", ".join(op.value for op in OPS)
             raise UserError(f"layer '{layer.name}' of type {layer.op.value} is not supported by the code "
                             f"generator (supported: {names})")
-
-
-def _scratch(layer: QuantLayer, fmt: str, variant: str) -> int:
-    if layer.has_weights:
-        return sparse.sparse_scratch_bytes(layer, fmt, variant)
-    return kernels.scratch_bytes(layer, variant)
 
 
 def _blob_context(model: QuantModel, monitor: QuantModel, formats: dict[str, str], arena: ArenaPlan,
@@ -371,10 +403,12 @@ def _blob_context(model: QuantModel, monitor: QuantModel, formats: dict[str, str
         "penultimate_size": pen_size,
         "penultimate_offset": pen_offset,
         "monitor_hidden": int(encoder.out_shape[0]),
-        "monitor_function": sparse.SPARSE_KERNEL_FUNCTIONS[(Op.DENSE, "dense")],
+        "monitor_function": OPS[Op.DENSE].function("dense"),
         "monitor_structs": [
-            {"var": "mcup_monitor_encoder", "init": _shapes_struct(encoder), "describe": "encoder: dense + relu"},
-            {"var": "mcup_monitor_decoder", "init": _shapes_struct(decoder), "describe": "decoder: dense"},
+            {"var": "mcup_monitor_encoder", "init": params_initializer(encoder, blob=True),
+             "describe": "encoder: dense + relu"},
+            {"var": "mcup_monitor_decoder", "init": params_initializer(decoder, blob=True),
+             "describe": "decoder: dense"},
         ],
     }
 
@@ -384,7 +418,7 @@ def generate_model_sources(model: QuantModel, variant: str, src_dir: Path, sourc
                            monitor: QuantModel | None = None) -> GeneratedModel:
     """Write model.h, model.c and model_data.c for `model` into src_dir.
 
-    Each weighted layer's weights are packed in the format sparse.choose_formats picks: with
+    Each weighted layer's weights are packed in the format costs.choose_formats picks: with
     objective "fastest" only formats predicted to run no slower than dense on `core`, with
     "smallest" the fewest bytes whatever the speed.
 
@@ -394,18 +428,18 @@ def generate_model_sources(model: QuantModel, variant: str, src_dir: Path, sourc
     """
     check_supported(model)
     _check_params_mode(params)
-    if objective not in sparse.OBJECTIVES:
-        raise UserError(f"unknown objective '{objective}': choose one of {', '.join(sparse.OBJECTIVES)}")
+    if objective not in OBJECTIVES:
+        raise UserError(f"unknown objective '{objective}': choose one of {', '.join(OBJECTIVES)}")
     blob_mode = params == "blob"
     if blob_mode:
         check_monitor(model, monitor)
-    formats = sparse.choose_formats(model.layers, variant, objective, core)
+    formats = choose_formats(model.layers, variant, objective, core)
     n = len(model.layers)
     arena = plan_arena([shape_product(layer.out_shape) for layer in model.layers[:-1]])
-    fmt_of = [formats.get(layer.name, "dense") for layer in model.layers]
-    scratch_of = [_scratch(layer, fmt, variant) for layer, fmt in zip(model.layers, fmt_of, strict=True)]
+    fmt_of = [formats.get(layer.name, "dense") if layer.has_weights else None for layer in model.layers]
+    scratch_of = [scratch_bytes(layer, fmt, variant) for layer, fmt in zip(model.layers, fmt_of, strict=True)]
     if blob_mode:
-        scratch_of += [_scratch(layer, "dense", variant) for layer in monitor.layers]
+        scratch_of += [scratch_bytes(layer, "dense", variant) for layer in monitor.layers]
     scratch = max(scratch_of + [0])
     layer_calls = [_layer_call(layer, i, n, arena, fmt, blob_mode)
                    for i, (layer, fmt) in enumerate(zip(model.layers, fmt_of, strict=True))]

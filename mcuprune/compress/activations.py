@@ -22,8 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mcuprune.model.interpreter import run_layer_f32
 from mcuprune.model.ir import FloatLayer, FloatModel, Op
-from mcuprune.model.reference import im2col, run_layer_f32
+from mcuprune.model.reference import im2col
 
 DEFAULT_POSITIONS = 8
 DEFAULT_MAX_ROWS = 16384

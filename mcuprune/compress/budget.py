@@ -12,7 +12,7 @@ budgets pick one candidate per layer:
   there are distinct byte totals; with a handful of layers and ~20 candidates each it stays in the
   hundreds, so no byte grid is needed.
 
-Bytes are what the layer emits: packed weights in the smallest format (sparse.py's
+Bytes are what the layer emits: packed weights in the smallest format (formats.py's
 ``format_bytes``; dense, bitmask, csr8 or csr4) plus the int32 bias, multiplier and shift of each
 output channel. During planning a candidate's bytes are counted from its *mask* (every kept
 weight assumed non-zero). That is an upper bound of what the fine-tuned, re-quantized layer
@@ -29,17 +29,17 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from mcuprune.errors import UserError
+from mcuprune.model.costs import choose_formats
+from mcuprune.model.formats import format_bytes, layer_bytes
 from mcuprune.model.ir import FloatModel, QParams, QuantLayer
+from mcuprune.model.ops import FORMATS
+from mcuprune.quantize import quantize_weights
 
 QUANT_BYTES_PER_CHANNEL = 12  # int32 bias + int32 multiplier + int32 shift
 
 
 def _format_sizes(weights_int8_masked: np.ndarray) -> dict[str, int]:
-    """Bytes of the packed weight arrays per format (sparse.py when available)."""
-    try:
-        from mcuprune.model.formats import FORMATS, format_bytes
-    except ImportError:  # sparse formats not available: dense storage only
-        return {"dense": int(np.asarray(weights_int8_masked).size)}
+    """Bytes of the packed weight arrays per format (formats.py)."""
     return {fmt: format_bytes(weights_int8_masked, fmt) for fmt in FORMATS}
 
 
@@ -71,15 +71,12 @@ class Emitted:
 
 def emitted(model: FloatModel, masks: dict[str, np.ndarray] | None = None, variant: str = "dsp",
             objective: str = "smallest") -> Emitted:
-    """Parameter bytes and formats the code generator picks (sparse.choose_formats) for the model.
+    """Parameter bytes and formats the code generator picks (costs.choose_formats) for the model.
 
     The generator also weighs each sparse kernel's code (linked once per firmware), so it may keep a
     layer in a format a few bytes larger than the layer's smallest. With `masks` (IR layout, by
     layer name) every kept weight counts as non-zero: the planning count. Without, the model's own
-    masked weights are quantized as quantize.py does: the final count. Falls back to each layer's
-    smallest format when sparse.py is not available."""
-    from mcuprune.quantize import quantize_weights
-
+    masked weights are quantized as quantize.py does: the final count."""
     qlayers = []
     for layer in model.layers:
         if layer.weights is None:
@@ -94,14 +91,8 @@ def emitted(model: FloatModel, masks: dict[str, np.ndarray] | None = None, varia
         qlayers.append(QuantLayer(layer.name, layer.op, tuple(layer.in_shape), tuple(layer.out_shape),
                                   QParams(1.0, 0), QParams(1.0, 0), weights=q, bias=zeros, multiplier=zeros,
                                   shift=zeros, mask=mask))
-    try:
-        from mcuprune.model.formats import choose_formats, layer_bytes
-    except ImportError:
-        formats = {q.name: best_format(q.weights) for q in qlayers}
-        sizes = {q.name: packed_layer_bytes(q.weights, q.out_channels) for q in qlayers}
-    else:
-        formats = choose_formats(qlayers, variant, objective)
-        sizes = {q.name: layer_bytes(q, formats[q.name]) for q in qlayers}
+    formats = choose_formats(qlayers, variant, objective)
+    sizes = {q.name: layer_bytes(q, formats[q.name]) for q in qlayers}
     return Emitted(sum(sizes.values()), formats, sizes)
 
 

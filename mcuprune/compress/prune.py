@@ -64,8 +64,8 @@ from mcuprune.compress.qsae import (
 )
 from mcuprune.compress.structured import consumer_of, hwc_to_chw_columns, shrink
 from mcuprune.errors import UserError
+from mcuprune.model.interpreter import run_s8
 from mcuprune.model.ir import FloatModel, Op
-from mcuprune.model.reference import run_s8
 from mcuprune.quantize import calibration_subset, quantize_model, quantize_weights
 from mcuprune.train.datasets import Dataset, load_dataset, to_float, to_int8
 from mcuprune.train.layout import ir_masks_to_torch

@@ -59,8 +59,8 @@ import numpy as np
 
 from mcuprune.errors import UserError
 from mcuprune.model.fixedpoint import quantize_multipliers
+from mcuprune.model.interpreter import run_s8, trace_f32
 from mcuprune.model.ir import FloatLayer, FloatModel, Op, QParams, QuantLayer, QuantModel, check_chain
-from mcuprune.model.reference import run_s8, trace_f32
 from mcuprune.quantize import activation_qparams, quantize_layer
 
 if TYPE_CHECKING:
@@ -403,7 +403,7 @@ def reconstruct(source: FloatModel, pruned: FloatModel, x_float: np.ndarray, see
     pre-activations on `x_float` match `source`'s (ridge least squares per output channel, inputs
     from the already refitted layers). Masks stay as they are."""
     from mcuprune.compress.activations import layer_rows, weight_matrix
-    from mcuprune.model.reference import run_layer_f32
+    from mcuprune.model.interpreter import run_layer_f32
 
     rng = np.random.default_rng(seed)
     x_src = x_pr = np.asarray(x_float, dtype=np.float32)
@@ -484,7 +484,7 @@ def check_same_architecture(deployed: QuantModel, new: QuantModel, formats: dict
 
 def _check_arguments(deployed: QuantModel, formats: dict[str, str], captured: np.ndarray, steps: tuple[str, ...],
                      input_method: str, compensation: str) -> np.ndarray:
-    from mcuprune.model.formats import FORMATS
+    from mcuprune.model.ops import FORMATS
 
     bad = [s for s in steps if s not in STEPS]
     if bad:

@@ -38,7 +38,7 @@ from mcuprune.controller.controller import (
 from mcuprune.controller.detectors import DriftMonitor
 from mcuprune.controller.scenarios import Scenario, make_stream
 from mcuprune.device.link import Device, QemuDevice
-from mcuprune.model.reference import BATCH, run_s8
+from mcuprune.model.interpreter import BATCH, run_s8
 from mcuprune.target.compile import FirmwareDir, load_firmware_dir
 from mcuprune.train.datasets import Dataset, to_int8
 

@@ -22,10 +22,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from mcuprune.compress.qsae import QSAE, hidden_size, qsae_to_float_model, train_qsae
+from mcuprune.model.interpreter import BATCH, trace_s8
 from mcuprune.model.ir import QParams, QuantModel
-from mcuprune.model.reference import BATCH, trace_s8
 from mcuprune.model.telemetry import Telemetry, concat, exp_table, telemetry_from_tensors
-from mcuprune.quantize import quantize_layer, quantize_model
+from mcuprune.quantize import calibration_subset, quantize_layer, quantize_model
 from mcuprune.train.datasets import to_int8
 
 DEFAULT_LAMBDA = 1e-4  # qsae.LAMBDA_PATH[0]: the weakest sparsity, the best reconstruction
@@ -72,6 +72,12 @@ def build_monitor_qsae(model: QuantModel, calib_uint8: np.ndarray, hidden: int |
     if decoder.output_q.zero_point != q.zero_point or not np.isclose(decoder.output_q.scale, q.scale, rtol=1e-9):
         raise AssertionError(f"QSAE output quantization {decoder.output_q} is not the penultimate {q}")
     return MonitorQSAE(trained, replace(qmodel, layers=(encoder, decoder)))
+
+
+def build_monitor_model(model: QuantModel, x_train_uint8: np.ndarray) -> QuantModel:
+    """The monitor QSAE blob firmware runs, trained on a calibration subset (2000 images: a few
+    seconds); what target.compile.compile_run takes as its `monitor_builder`."""
+    return build_monitor_qsae(model, calibration_subset(x_train_uint8)).model
 
 
 def reconstruct_s8(qsae_model: QuantModel, act: np.ndarray) -> np.ndarray:

@@ -31,8 +31,8 @@ from mcuprune.codegen.blob import parse_header
 from mcuprune.device.link import DeviceError, QemuDevice
 from mcuprune.device.update import Updater
 from mcuprune.errors import UserError
+from mcuprune.model.interpreter import run_s8
 from mcuprune.model.ir import QuantModel
-from mcuprune.model.reference import run_s8
 from mcuprune.target.compile import FirmwareDir, load_firmware_dir
 
 __all__ = ["perturbed_model", "run_powercut_trials", "write_report"]

@@ -1,20 +1,18 @@
-"""Numpy interpreters: the int8 reference (single source of truth for the device) and float.
+"""Numpy reference functions of every operator: int8 (the single source of truth for the device) and float.
 
-The int8 path does integer arithmetic only. Dot products run through float64 matrix products,
+Each takes a batch and the layer, ``(x, layer) -> y``; the operator table (ops.py) points at them
+and the interpreters (interpreter.py) run them layer by layer. The int8 path does integer
+arithmetic only. Dot products run through float64 matrix products,
 which is exact here: |x + input_offset| <= 255 and |w| <= 127, so every partial sum stays far
 below 2^53. Everything is batched: tensors are (N, H, W, C) or (N, features).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 
 from mcuprune.model.fixedpoint import requantize_s8
-from mcuprune.model.ir import FloatLayer, FloatModel, Op, QuantLayer, QuantModel
-
-BATCH = 512  # images per chunk: bounds the im2col buffer to a few hundred MB
+from mcuprune.model.ir import FloatLayer, QuantLayer
 
 
 def im2col(x: np.ndarray, k_h: int, k_w: int, stride: int, pad: int, pad_value: float) -> np.ndarray:
@@ -66,57 +64,31 @@ def dense_s8(x: np.ndarray, layer: QuantLayer) -> np.ndarray:
     )
 
 
-def run_layer_s8(x: np.ndarray, layer: QuantLayer) -> np.ndarray:
-    if layer.op is Op.CONV2D:
-        return conv2d_s8(x, layer)
-    if layer.op is Op.DENSE:
-        return dense_s8(x, layer)
-    if layer.op is Op.MAXPOOL2D:
-        return maxpool2d(x, layer.pool)
-    raise ValueError(f"layer {layer.name}: unsupported op {layer.op}")
+def maxpool2d_s8(x: np.ndarray, layer: QuantLayer) -> np.ndarray:
+    """int8 max pooling, as mcup_maxpool2d_s8(): max commutes with the affine map, so no requantization."""
+    return maxpool2d(x, layer.pool)
 
 
-def _chunks(x: np.ndarray) -> Iterator[np.ndarray]:
-    for start in range(0, len(x), BATCH):
-        yield x[start : start + BATCH]
+def maxpool2d_f32(x: np.ndarray, layer: FloatLayer) -> np.ndarray:
+    return maxpool2d(x, layer.pool)
 
 
-def run_s8(model: QuantModel, x: np.ndarray) -> np.ndarray:
-    """int8 inputs (N, H, W, C) -> int8 logits (N, classes): the expected device output."""
-    return np.concatenate([trace_s8(model, chunk)[-1] for chunk in _chunks(x)])
-
-
-def trace_s8(model: QuantModel, x: np.ndarray) -> list[np.ndarray]:
-    """Every layer's int8 output for one batch (first element is the input)."""
-    outs = [np.asarray(x, dtype=np.int8)]
-    for layer in model.layers:
-        outs.append(run_layer_s8(outs[-1], layer))
-    return outs
-
-
-def run_layer_f32(x: np.ndarray, layer: FloatLayer) -> np.ndarray:
-    if layer.op is Op.MAXPOOL2D:
-        return maxpool2d(x, layer.pool)
-    w = layer.weights if layer.mask is None else layer.weights * layer.mask
-    if layer.op is Op.CONV2D:
-        c_out, k_h, k_w, _ = w.shape
-        patches = im2col(x, k_h, k_w, layer.stride, layer.pad, 0.0)
-        y = patches @ w.reshape(c_out, -1).T + layer.bias
-    elif layer.op is Op.DENSE:
-        y = x.reshape(x.shape[0], -1) @ w.T + layer.bias
-    else:
-        raise ValueError(f"layer {layer.name}: unsupported op {layer.op}")
+def _relu(y: np.ndarray, layer: FloatLayer) -> np.ndarray:
     return np.maximum(y, 0.0) if layer.relu else y
 
 
-def trace_f32(model: FloatModel, x: np.ndarray) -> list[np.ndarray]:
-    """Every layer's float output for one batch of float inputs (N, H, W, C)."""
-    outs = [np.asarray(x, dtype=np.float32)]
-    for layer in model.layers:
-        outs.append(run_layer_f32(outs[-1], layer).astype(np.float32))
-    return outs
+def _float_weights(layer: FloatLayer) -> np.ndarray:
+    return layer.weights if layer.mask is None else layer.weights * layer.mask
 
 
-def run_f32(model: FloatModel, x: np.ndarray) -> np.ndarray:
-    """Float inputs (N, H, W, C) -> float logits (N, classes)."""
-    return np.concatenate([trace_f32(model, chunk)[-1] for chunk in _chunks(x)])
+def conv2d_f32(x: np.ndarray, layer: FloatLayer) -> np.ndarray:
+    """float (N, H, W, C_in) -> (N, OH, OW, C_out), pruning mask applied."""
+    w = _float_weights(layer)
+    c_out, k_h, k_w, _ = w.shape
+    patches = im2col(x, k_h, k_w, layer.stride, layer.pad, 0.0)
+    return _relu(patches @ w.reshape(c_out, -1).T + layer.bias, layer)
+
+
+def dense_f32(x: np.ndarray, layer: FloatLayer) -> np.ndarray:
+    """float (N, in) -> (N, out), pruning mask applied."""
+    return _relu(x.reshape(x.shape[0], -1) @ _float_weights(layer).T + layer.bias, layer)

@@ -1,0 +1,234 @@
+"""The operator table: every fact about an operator that more than one stage needs, declared once.
+
+Stages read the table, never a list of their own: the interpreters call ``reference_s8`` and
+``reference_f32``; the code generator names the kernel function, its parameter struct and its
+source file from ``kernel`` and the weight format, fills the struct's compiled-in fields from
+``fields`` and sizes the scratch buffer with ``scratch_bytes``; the cost model keys on the op.
+
+Kernels follow one naming scheme (CMSIS-NN style, flat and predictable):
+
+* function ``mcup_<kernel>_s8`` (no weights) or ``mcup_<kernel>_s8_<format>`` (weights packed in
+  ``format``, see formats.py), declared in ``firmware/include/mcup_nn.h`` (dense) or
+  ``mcup_sparse.h`` (sparse formats), with a ``_get_buffer_size`` companion when it takes scratch;
+* source ``firmware/kernels/reference/<function minus mcup_>.c``, and an optimized twin with the
+  same file and function name in ``firmware/kernels/<variant>/`` where one pays (tflite-micro's
+  habit: the build picks one file per kernel);
+* parameter struct ``mcup_<kernel>_params`` (dense weights or none), ``mcup_<kernel>_bitmask_params``
+  or ``mcup_<kernel>_csr_params`` (csr8 and csr4 share it).
+
+Adding an operator: a value in ``ir.Op``, its reference functions (reference.py), one ``OpSpec`` in
+``OPS`` below, and its C kernels and declaration. docs/architecture.md lists the places.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from mcuprune.model import reference
+from mcuprune.model.ir import Op, QuantLayer
+from mcuprune.resources import KERNEL_DIR
+
+VARIANTS = ("reference", "dsp")  # kernel folders under firmware/kernels/
+FORMATS = ("dense", "bitmask", "csr8", "csr4")  # weight formats (formats.py), in preference order for ties
+
+
+def check_variant(variant: str) -> None:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown kernel variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+
+
+def check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown weight format {fmt!r}; expected one of {', '.join(FORMATS)}")
+
+
+# --- scratch: Python twins of the kernels' C *_get_buffer_size ---------------------------------
+
+
+def _words_for_int16(n: int) -> int:
+    """32-bit words holding n int16 values (the q15-pair layout of mcup_dsp.h)."""
+    return (n + 1) // 2
+
+
+def has_optimized_kernel(spec: OpSpec, fmt: str | None, variant: str) -> bool:
+    """True when `variant` has its own twin of the kernel (else the build takes the reference file)."""
+    return variant != "reference" and (KERNEL_DIR / variant / spec.source(fmt)).is_file()
+
+
+# The DSP conv's strip path (firmware/kernels/dsp/conv2d_s8_dense.c): same constants as the C.
+STRIP_UNROLL_WORDS = 8  # windows up to this many words take the strip path
+STRIP_MAX_WORDS = 24  # ... and up to this many when in_c is not a multiple of 4
+STRIP_PIXELS = 128  # output pixels per segment (whole rows when they fit)
+
+
+def conv_strip_bytes(layer: QuantLayer) -> int | None:
+    """Scratch of the DSP conv's strip path, or None when the layer takes the im2col path.
+
+    A strip position holds k_h // 2 vertical row pairs plus one word for an odd last row; a
+    patch window is that many words per value of a kernel row (k_w * in_c). Scratch holds the
+    window-ordered weights, one segment's int32 accumulators, one strip per segment row and k_h
+    int8 input lines.
+
+    >>> from types import SimpleNamespace as NS
+    >>> import numpy as np
+    >>> first = NS(weights=np.zeros((16, 3, 3, 1)), out_shape=(28, 28, 16), stride=1)  # 3x3x1, 28 wide
+    >>> conv_strip_bytes(first)  # 4-row segments: 4 * (16 * 6 + 4 * 28 + 4 * 30 * 2) + 3 * 36
+    1900
+    >>> conv_strip_bytes(NS(weights=np.zeros((32, 3, 3, 16)), out_shape=(14, 14, 32), stride=1)) is None
+    True
+    """
+    out_c, k_h, k_w, in_c = (int(d) for d in layer.weights.shape)  # [out_c, k_h, k_w, in_c]
+    slots = (k_h + 1) // 2
+    words = slots * k_w * in_c
+    if words > STRIP_UNROLL_WORDS and (in_c % 4 == 0 or words > STRIP_MAX_WORDS):
+        return None
+    out_h, out_w = int(layer.out_shape[0]), int(layer.out_shape[1])
+    cols = min(out_w, STRIP_PIXELS)  # output pixels per segment row
+    rows = min(STRIP_PIXELS // max(cols, 1), out_h)  # output rows per segment
+    positions = ((cols - 1) * layer.stride + k_w) * in_c  # strip positions of one segment row
+    line_bytes = (positions + 4 + 3) // 4 * 4  # positions + 1 bytes, + 3 that word fills may touch
+    return 4 * (out_c * words + rows * cols + rows * positions * slots) + k_h * line_bytes
+
+
+def _conv2d_scratch(layer: QuantLayer, fmt: str, variant: str) -> int:
+    """conv2d. Dense DSP: the strip path's buffers (conv_strip_bytes), else two int16 im2col patches
+    (k_h * k_w * in_c values each) plus an int8 staging copy of one patch when in_c is not a
+    multiple of 4; dense reference: none. Sparse: the reference kernels hold one im2col patch as
+    int16 (rounded up to a word), the DSP ones two patches interleaved, one word per position."""
+    cols = math.prod(int(d) for d in layer.weights.shape[1:])  # k_h * k_w * in_c
+    optimized = has_optimized_kernel(OPS[Op.CONV2D], fmt, variant)
+    if fmt != "dense":
+        return 4 * cols if optimized else 4 * _words_for_int16(cols)
+    if not optimized:
+        return 0
+    strip = conv_strip_bytes(layer)
+    if strip is not None:
+        return strip
+    in_c = int(layer.weights.shape[3])
+    stage = (cols + 3) // 4 * 4 if in_c % 4 else 0  # int8 copy of a patch whose taps split groups
+    return 2 * 4 * _words_for_int16(cols) + stage
+
+
+def _dense_scratch(layer: QuantLayer, fmt: str, variant: str) -> int:
+    """dense: the DSP kernels (every format) hold the input as int16, input offset added; the
+    reference kernels need none."""
+    in_features = int(layer.weights.shape[1])  # weights [out, in]
+    return 4 * _words_for_int16(in_features) if has_optimized_kernel(OPS[Op.DENSE], fmt, variant) else 0
+
+
+def _no_scratch(layer: QuantLayer, fmt: None, variant: str) -> int:
+    return 0
+
+
+# --- compiled-in struct fields (shapes and geometry; pointers and quantization come apart) -------
+
+
+def _conv2d_fields(layer: QuantLayer) -> dict[str, int]:
+    c_out, k_h, k_w, _ = layer.weights.shape  # [out_c, k_h, k_w, in_c]
+    h, w, c = layer.in_shape
+    oh, ow, _ = layer.out_shape
+    return {"in_h": h, "in_w": w, "in_c": c, "out_h": oh, "out_w": ow, "out_c": c_out, "k_h": k_h, "k_w": k_w,
+            "stride": layer.stride, "pad": layer.pad}
+
+
+def _dense_fields(layer: QuantLayer) -> dict[str, int]:
+    return {"in_features": layer.in_shape[0], "out_features": layer.out_shape[0]}
+
+
+def _maxpool2d_fields(layer: QuantLayer) -> dict[str, int]:
+    h, w, c = layer.in_shape
+    return {"in_h": h, "in_w": w, "c": c, "pool": layer.pool}
+
+
+# --- the table ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    op: Op
+    kernel: str  # C name stem: mcup_<kernel>_s8[_<format>]
+    reference_s8: Callable  # (int8 x batch, QuantLayer) -> int8 y batch, exactly what the kernel computes
+    reference_f32: Callable  # (float x batch, FloatLayer) -> float y batch
+    fields: Callable[[QuantLayer], dict[str, int]]  # the struct's compiled-in fields, in C order
+    formats: tuple[str, ...] = ()  # weight formats it has kernels for; () for an op without weights
+    scratch: Callable[[QuantLayer, str | None, str], int] = _no_scratch  # (layer, format, variant) -> bytes
+
+    @property
+    def weighted(self) -> bool:
+        return bool(self.formats)
+
+    def _suffix(self, fmt: str | None) -> str:
+        if not self.weighted:
+            if fmt is not None:
+                raise ValueError(f"op {self.op.value} has no weight formats (got {fmt!r})")
+            return ""
+        check_format(fmt or "")
+        return f"_{fmt}"
+
+    def function(self, fmt: str | None = None) -> str:
+        """The kernel's C function (`fmt` is the weight format of a weighted op)."""
+        return f"mcup_{self.kernel}_s8{self._suffix(fmt)}"
+
+    def source(self, fmt: str | None = None) -> str:
+        """The kernel's file name, the same in every variant folder."""
+        return f"{self.kernel}_s8{self._suffix(fmt)}.c"
+
+    def struct(self, fmt: str | None = None) -> str:
+        """The kernel's parameter struct (mcup_nn.h for dense weights or none, mcup_sparse.h otherwise)."""
+        self._suffix(fmt)
+        if not self.weighted or fmt == "dense":
+            return f"mcup_{self.kernel}_params"
+        return f"mcup_{self.kernel}_{'bitmask' if fmt == 'bitmask' else 'csr'}_params"
+
+
+OPS: dict[Op, OpSpec] = {
+    spec.op: spec
+    for spec in (
+        OpSpec(Op.CONV2D, "conv2d", reference.conv2d_s8, reference.conv2d_f32, _conv2d_fields, FORMATS,
+               _conv2d_scratch),
+        OpSpec(Op.DENSE, "fc", reference.dense_s8, reference.dense_f32, _dense_fields, FORMATS, _dense_scratch),
+        OpSpec(Op.MAXPOOL2D, "maxpool2d", reference.maxpool2d_s8, reference.maxpool2d_f32, _maxpool2d_fields),
+    )
+}
+
+
+def spec_of(op: Op | str) -> OpSpec:
+    op = Op(op)
+    if op not in OPS:
+        raise ValueError(f"op {op.value} is not in the operator table")
+    return OPS[op]
+
+
+def scratch_bytes(layer: QuantLayer, fmt: str | None, variant: str) -> int:
+    """Bytes of scratch the layer's kernel needs in `fmt` on `variant`: exactly its C ``*_get_buffer_size``
+    (4-aligned). `fmt` is None for ops without weights."""
+    check_variant(variant)
+    spec = spec_of(layer.op)
+    spec.source(fmt)  # validates fmt against the op
+    return spec.scratch(layer, fmt, variant)
+
+
+def kernel_sources(variant: str, kernels: Iterable[tuple[Op | str, str | None]]) -> list[Path]:
+    """The .c files for (op, weight format) pairs (format None for ops without weights): the
+    variant's file where it exists, else the reference. One per distinct kernel, in table then
+    format order whatever the order of `kernels`, so builds are reproducible.
+
+    >>> [p.relative_to(KERNEL_DIR).as_posix() for p in kernel_sources("dsp", {("maxpool2d", None), ("dense", "csr4")})]
+    ['dsp/fc_s8_csr4.c', 'dsp/maxpool2d_s8.c']
+    """
+    check_variant(variant)
+    wanted = set()
+    for op, fmt in kernels:
+        spec = spec_of(op)
+        spec.source(fmt)  # validates fmt against the op
+        wanted.add((spec.op, fmt if spec.weighted else None))
+    sources: list[Path] = []
+    for spec in OPS.values():
+        for fmt in spec.formats or (None,):
+            if (spec.op, fmt) in wanted:
+                path = KERNEL_DIR / variant / spec.source(fmt)
+                sources.append(path if path.is_file() else KERNEL_DIR / "reference" / spec.source(fmt))
+    return sources
