@@ -34,10 +34,11 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_compile(args: argparse.Namespace) -> None:
+    from mcuprune.controller.drift_qsae import build_monitor_model
     from mcuprune.target.compile import compile_run
 
     result = compile_run(Path(args.run), args.board, Path(args.out), args.kernels, args.objective, args.renode,
-                         params=args.params)
+                         params=args.params, monitor_builder=build_monitor_model if args.params == "blob" else None)
     b = result.build
     sparse = {name: fmt for name, fmt in result.generated.formats.items() if fmt != "dense"}
     formats = f", sparse layers: {', '.join(f'{k}={v}' for k, v in sparse.items())}" if sparse else ""
@@ -93,6 +94,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
 
 def cmd_sweep(args: argparse.Namespace) -> None:
     from mcuprune.compress.sweep import sweep_run
+    from mcuprune.device.evaluate import CompileAndEvaluate
     from mcuprune.train.training import read_run_meta
 
     run = Path(args.run)
@@ -102,8 +104,8 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         fp32 = 4 * int(read_run_meta(run)["param_count"])
         budgets = [fp32 // k for k in (8, 12, 16, 20, 24)]
     out = Path(args.out) if args.out else run.with_name(f"{run.name}-sweep")
-    sweep_run(run, budgets, args.methods, out, finetune_epochs=args.finetune_epochs, board=args.board,
-              limit=args.limit, seed=args.seed)
+    measure = CompileAndEvaluate(board=args.board, limit=args.limit)
+    sweep_run(run, budgets, args.methods, out, measure, finetune_epochs=args.finetune_epochs, seed=args.seed)
     print((out / "sweep.md").read_text())
     print(f"table: {out / 'sweep.md'}, plot: {out / 'sweep.png'}")
 
@@ -161,6 +163,7 @@ def _blob_firmware(args: argparse.Namespace) -> tuple[Path, Path]:
         fw, run_dir = resolve_firmware(Path(args.firmware), None)
         return fw.path, run_dir
     from mcuprune.compress.prune import prune_run
+    from mcuprune.controller.drift_qsae import build_monitor_model
     from mcuprune.target.compile import compile_run
     from mcuprune.train.datasets import load_dataset
     from mcuprune.train.training import train_run
@@ -175,7 +178,7 @@ def _blob_firmware(args: argparse.Namespace) -> tuple[Path, Path]:
         prune_run(run_dir, "qsae", DEFAULT_PRUNE_BUDGET, None, 3, pruned)
     if not (fw_dir / "firmware.json").exists():
         print(f"[setup] compiling blob firmware for {args.board} -> {fw_dir}")
-        compile_run(pruned, args.board, fw_dir, params="blob")
+        compile_run(pruned, args.board, fw_dir, params="blob", monitor_builder=build_monitor_model)
     return fw_dir, pruned
 
 

@@ -16,6 +16,7 @@ from mcuprune.cli import main
 from mcuprune.codegen.blob import parse_header
 from mcuprune.controller.controller import StreamReport
 from mcuprune.controller.drift_demo import summarize
+from mcuprune.controller.drift_qsae import build_monitor_model
 from mcuprune.device.link import Device, QemuDevice, _free_port
 from mcuprune.target.compile import compile_run, load_firmware_dir
 
@@ -28,7 +29,7 @@ JSON_KEYS = {"name", "detection_delay", "false_alarms", "static_accuracy", "dyna
 def blob_fw(digits_run, tmp_path_factory):
     run_dir, _ = digits_run
     fw_dir = tmp_path_factory.mktemp("controller-fw")
-    compile_run(run_dir, BOARD, fw_dir, params="blob")
+    compile_run(run_dir, BOARD, fw_dir, params="blob", monitor_builder=build_monitor_model)
     return load_firmware_dir(fw_dir)
 
 

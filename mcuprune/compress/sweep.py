@@ -1,9 +1,11 @@
 """Accuracy vs model flash: prune a run at several flash budgets with several methods, compile and
 evaluate every result, and write a table (markdown + JSON) and a plot.
 
-Each point is measured, not predicted: ``model_flash_bytes`` is what the ELF holds (the sizes of
-the ``mcup_param_*`` symbols, build.py), and ``device_accuracy`` comes from running the firmware in
-QEMU (inputs over semihosting for speed). The pruning report's own prediction is kept beside it
+Each point is measured, not predicted: the caller passes ``measure``, which compiles a run and
+evaluates it on a device (the CLI passes ``device.evaluate.CompileAndEvaluate``: ``model_flash_bytes``
+is what the ELF holds, ``device_accuracy`` comes from running the firmware in QEMU). The sweep
+itself only prunes, so this stage imports nothing from the later ones. The pruning report's own
+prediction is kept beside it
 (``planned_bytes``: the final weights counted as the code generator emits them for a DSP board)
 so a gap between report and ELF is visible. The unpruned run is the first row.
 
@@ -17,7 +19,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 from mcuprune.compress.prune import DEFAULT_FINETUNE_EPOCHS, METHODS, prune_run
@@ -31,23 +34,12 @@ COLUMNS = (
 )
 
 
-def _evaluate(run_dir: Path, fw_dir: Path, board: str, objective: str, limit: int | None) -> dict:
-    from mcuprune.device.evaluate import evaluate_firmware
-    from mcuprune.target.compile import compile_run
-
-    compile_run(run_dir, board, fw_dir, objective=objective)
-    ev = evaluate_firmware(fw_dir, limit=limit, progress=False, transport="semihosting")
-    return {"model_flash_bytes": ev.model_flash_bytes, "float_accuracy": ev.float_accuracy,
-            "reference_accuracy": ev.reference_accuracy, "device_accuracy": ev.device_accuracy,
-            "mismatches": ev.mismatches, "samples": ev.samples,
-            "instructions_per_inference": round(ev.instructions_per_inference),
-            "formats": json.loads((fw_dir / "firmware.json").read_text()).get("formats", {})}
+Measure = Callable[[Path, Path], dict]  # (run directory, firmware directory to create) -> the row's measured fields
 
 
-def sweep_run(run_dir: Path, budgets: Sequence[int], methods: Sequence[str], out_dir: Path,
-              finetune_epochs: int = DEFAULT_FINETUNE_EPOCHS, board: str = "mps2-an386", objective: str = "smallest",
-              limit: int | None = None, seed: int = 0, **prune_options) -> list[dict]:
-    """Prune `run_dir` at every budget with every method, compile and evaluate each; returns the rows."""
+def sweep_run(run_dir: Path, budgets: Sequence[int], methods: Sequence[str], out_dir: Path, measure: Measure,
+              finetune_epochs: int = DEFAULT_FINETUNE_EPOCHS, seed: int = 0, **prune_options) -> list[dict]:
+    """Prune `run_dir` at every budget with every method and `measure` each result; returns the rows."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise UserError(f"unknown pruning method '{unknown[0]}': choose from {', '.join(METHODS)}")
@@ -58,7 +50,7 @@ def sweep_run(run_dir: Path, budgets: Sequence[int], methods: Sequence[str], out
     from mcuprune.train.training import read_run_meta
 
     fp32_bytes = 4 * int(read_run_meta(run_dir)["param_count"])
-    base = _evaluate(run_dir, out_dir / "unpruned" / "fw", board, objective, limit)
+    base = measure(run_dir, out_dir / "unpruned" / "fw")
     rows = [dict(method="unpruned", budget=None, planned_bytes=None, prune_seconds=0.0, **base)]
     for budget in sorted(budgets, reverse=True):
         for method in methods:
@@ -72,16 +64,18 @@ def sweep_run(run_dir: Path, budgets: Sequence[int], methods: Sequence[str], out
                 continue
             row = {"method": method, "budget": budget, "planned_bytes": report["model_bytes"],
                    "prune_seconds": round(time.time() - t0, 1)}
-            row.update(_evaluate(work / "run", work / "fw", board, objective, limit))
+            row.update(measure(work / "run", work / "fw"))
             rows.append(row)
     for row in rows:
         if row.get("model_flash_bytes"):
             row["ratio_vs_fp32"] = round(fp32_bytes / row["model_flash_bytes"], 2)
-    meta = {"run": str(run_dir), "board": board, "objective": objective, "finetune_epochs": finetune_epochs,
-            "seed": seed, "limit": limit, "fp32_bytes": fp32_bytes, "prune_options": prune_options}
+    measured = asdict(measure) if is_dataclass(measure) else {"measure": repr(measure)}
+    meta = {"run": str(run_dir), **measured, "finetune_epochs": finetune_epochs, "seed": seed,
+            "fp32_bytes": fp32_bytes, "prune_options": prune_options}
     (out_dir / "sweep.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     (out_dir / "sweep.md").write_text(markdown_table(rows) + "\n")
-    plot(rows, out_dir / "sweep.png", title=f"{run_dir.name} on {board}", fp32_bytes=fp32_bytes)
+    title = f"{run_dir.name} on {measured['board']}" if "board" in measured else run_dir.name
+    plot(rows, out_dir / "sweep.png", title=title, fp32_bytes=fp32_bytes)
     return rows
 
 

@@ -7,6 +7,7 @@ logits differ from the reference in any element.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,8 +16,8 @@ import numpy as np
 
 from mcuprune.device.link import QemuDevice
 from mcuprune.errors import UserError
-from mcuprune.model.reference import run_f32, run_s8
-from mcuprune.target.compile import FirmwareDir, load_firmware_dir
+from mcuprune.model.interpreter import run_f32, run_s8
+from mcuprune.target.compile import FirmwareDir, compile_run, load_firmware_dir
 from mcuprune.train.datasets import load_dataset, to_float, to_int8
 
 
@@ -95,3 +96,22 @@ def evaluate_firmware(fw_dir: Path, limit: int | None = None, progress: bool = T
         device_seconds=round(seconds, 2),
         transport=transport,
     )
+
+
+@dataclass(frozen=True)
+class CompileAndEvaluate:
+    """Compile a run for a board and evaluate it in QEMU (inputs over semihosting, for speed): the
+    measurement compress.sweep takes for each pruned run."""
+
+    board: str = "mps2-an386"
+    objective: str = "smallest"
+    limit: int | None = None
+
+    def __call__(self, run_dir: Path, fw_dir: Path) -> dict:
+        compile_run(run_dir, self.board, fw_dir, objective=self.objective)
+        ev = evaluate_firmware(fw_dir, limit=self.limit, progress=False, transport="semihosting")
+        return {"model_flash_bytes": ev.model_flash_bytes, "float_accuracy": ev.float_accuracy,
+                "reference_accuracy": ev.reference_accuracy, "device_accuracy": ev.device_accuracy,
+                "mismatches": ev.mismatches, "samples": ev.samples,
+                "instructions_per_inference": round(ev.instructions_per_inference),
+                "formats": json.loads((fw_dir / "firmware.json").read_text()).get("formats", {})}

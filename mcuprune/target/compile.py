@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,11 +85,10 @@ def check_blob_target(board: Board, variant: str) -> None:
                         "kernels): use --kernels reference or dsp")
 
 
-def build_monitor(model: QuantModel, x_train_uint8: np.ndarray) -> QuantModel:
-    """The monitor QSAE blob firmware runs, trained on a calibration subset (2000 images: a few seconds)."""
-    from mcuprune.controller.drift_qsae import build_monitor_qsae  # torch is imported only here
-
-    return build_monitor_qsae(model, calibration_subset(x_train_uint8)).model
+# Blob firmware runs a monitor model next to the network (controller/drift_qsae.py builds it from the
+# quantized model and the training images); the caller passes the builder in, so this stage does not
+# depend on the controller.
+MonitorBuilder = Callable[[QuantModel, np.ndarray], QuantModel]
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ def compile_model(model: QuantModel, board: Board, fw_dir: Path, variant: str,
                   monitor: QuantModel | None = None) -> CompileResult:
     """Generate, build and describe the firmware for an already-quantized model.
 
-    `params` "blob" needs `monitor` (the monitor QSAE's QuantModel, see build_monitor) and a board
+    `params` "blob" needs `monitor` (the monitor QSAE's QuantModel, drift_qsae.build_monitor_model) and a board
     with a [slots] region; the firmware directory then also holds monitor/ and blob.bin.
     """
     if params not in PARAMS_CHOICES:
@@ -114,8 +114,8 @@ def compile_model(model: QuantModel, board: Board, fw_dir: Path, variant: str,
     if blob_mode:
         check_blob_target(board, variant)
         if monitor is None:
-            raise UserError("--params blob needs the monitor QSAE: compile the run with compile_run, or pass "
-                            "monitor=build_monitor(model, training images)")
+            raise UserError("--params blob needs the monitor QSAE: pass monitor=drift_qsae.build_monitor_model(model, "
+                            "training images)")
     fw_dir.mkdir(parents=True, exist_ok=True)
     save_quant_model(model, fw_dir)
     src = fw_dir / "src"
@@ -179,7 +179,10 @@ def _write_blob_files(fw_dir: Path, generated: codegen.GeneratedModel, monitor: 
 
 
 def compile_run(run_dir: Path, board_name: str, fw_dir: Path, kernels_choice: str = "auto",
-                objective: str = "fastest", renode: bool = False, params: str = "static") -> CompileResult:
+                objective: str = "fastest", renode: bool = False, params: str = "static",
+                monitor_builder: MonitorBuilder | None = None) -> CompileResult:
+    """Quantize a run and compile it. `params` "blob" needs `monitor_builder`
+    (controller.drift_qsae.build_monitor_model), called with the quantized model and the training images."""
     board = load_board(board_name)
     variant = choose_variant(board, kernels_choice)
     if params not in PARAMS_CHOICES:
@@ -187,8 +190,11 @@ def compile_run(run_dir: Path, board_name: str, fw_dir: Path, kernels_choice: st
     monitor = None
     if params == "blob":
         check_blob_target(board, variant)  # before the minutes of quantizing and training
+        if monitor_builder is None:
+            raise UserError("--params blob needs a monitor builder: pass monitor_builder="
+                            "drift_qsae.build_monitor_model")
         model, dataset = _quantize_run(run_dir)
-        monitor = build_monitor(model, dataset.x_train)
+        monitor = monitor_builder(model, dataset.x_train)
     else:
         model = quantize_run(run_dir)
     result = compile_model(model, board, fw_dir, variant, objective, params=params, monitor=monitor)
