@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mcuprune.device.link import QemuDevice
+from mcuprune.device.qemu import QemuDevice
 from mcuprune.model.interpreter import run_s8
 from mcuprune.model.ir import Op, QuantLayer, shape_product
 from mcuprune.target.board import load_board

@@ -12,15 +12,14 @@ from mcuprune.controller.adapt import (
     dequantize_model,
     estimate_input_q,
     fit_input_map,
-    float_inputs,
     input_qparams,
     pixel_histograms,
-    quantize_chain,
 )
 from mcuprune.controller.scenarios import brightness_contrast
 from mcuprune.errors import UserError
 from mcuprune.model.interpreter import run_s8
 from mcuprune.model.ir import QParams
+from mcuprune.quantize import input_floats, quantize_model
 from mcuprune.train.datasets import to_int8
 
 
@@ -70,7 +69,7 @@ def test_moment_matching_recovers_a_known_brightness_contrast_transform(digits_r
     q, clamped = input_qparams(m)
     assert not clamped and q.zero_point == -128 + 30 and q.scale == pytest.approx(1 / 0.7 / 255, rel=0.02)
     # what the first layer computes on is the original image, to within 1 % of full scale
-    assert np.abs(float_inputs(shifted, q) - ds.x_train / 255.0).max() <= 0.01
+    assert np.abs(input_floats(shifted, q) - ds.x_train / 255.0).max() <= 0.01
 
 
 def test_the_quantiles_method_recovers_it_too(digits_run) -> None:
@@ -120,7 +119,8 @@ def test_reference_interpreter_uses_the_first_layers_input_quantization(digits_d
     _, ds, model, _ = digits_deployed
     x = np.minimum(ds.x_test, 235).astype(np.uint8)
     shifted_q = QParams(1 / 255, -108)
-    layers = quantize_chain(dequantize_model(model), shifted_q, [ql.output_q for ql in model.layers])
+    output_qs = [ql.output_q for ql in model.layers]
+    layers = quantize_model(dequantize_model(model), input_q=shifted_q, output_qs=output_qs).layers
     from dataclasses import replace
 
     moved = replace(model, input_q=shifted_q, layers=tuple(layers))
@@ -145,7 +145,7 @@ def test_no_step_gives_the_deployed_parameters_back(digits_deployed) -> None:
 
 def test_all_steps_keep_the_architecture_formats_and_budget(digits_pruned) -> None:
     from mcuprune.codegen.emit import architecture_hash
-    from mcuprune.controller.detectors import DriftMonitor
+    from mcuprune.controller.detectors import DriftDetector
     from mcuprune.controller.drift_qsae import penultimate_q
     from mcuprune.model.formats import pack, unpack
 
@@ -173,7 +173,7 @@ def test_all_steps_keep_the_architecture_formats_and_budget(digits_pruned) -> No
     assert report["reprune"]["layers"]["conv2d0"]["sparsity"] == 0.0  # dense format: kept whole
     assert any(r["nnz_after"] != r["nnz_before"] for r in report["layers"])  # the masks did change
     assert new.input_q == new.layers[0].input_q != model.input_q
-    assert isinstance(result.monitor, DriftMonitor)
+    assert isinstance(result.monitor, DriftDetector)
     assert result.monitor_qsae.model.layers[-1].output_q == penultimate_q(new)
     assert report["monitor"]["qsae_samples"] + report["monitor"]["reference_samples"] == len(shifted)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mcuprune.device.link import QemuDevice
+from mcuprune.device.qemu import QemuDevice
 from mcuprune.errors import UserError
 from mcuprune.model.interpreter import run_s8
 from mcuprune.model.ir import QuantModel

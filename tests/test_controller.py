@@ -17,7 +17,8 @@ from mcuprune.codegen.blob import parse_header
 from mcuprune.controller.controller import StreamReport
 from mcuprune.controller.drift_demo import summarize
 from mcuprune.controller.drift_qsae import build_monitor_model
-from mcuprune.device.link import Device, QemuDevice, _free_port
+from mcuprune.device.link import Device
+from mcuprune.device.qemu import QemuDevice, _free_port
 from mcuprune.target.compile import compile_run, load_firmware_dir
 
 BOARD = "mps2-an386"
@@ -160,11 +161,11 @@ def test_live_view_table_shows_samples_serving_and_detector_margins() -> None:
 
     from rich.console import Console
 
-    from mcuprune.controller.detectors import DriftMonitor, PageHinkley, PageHinkleyConfig
+    from mcuprune.controller.detectors import DriftDetector, PageHinkley, PageHinkleyConfig
     from mcuprune.controller.monitor import LiveView
 
     ph = PageHinkley(PageHinkleyConfig(field="recon_error", lam=5.0)).fit(np.random.default_rng(0).normal(10, 1, 500))
-    ctl = SimpleNamespace(drift=DriftMonitor({"recon_error": ph}), serving=SimpleNamespace(label="update-1"),
+    ctl = SimpleNamespace(drift=DriftDetector({"recon_error": ph}), serving=SimpleNamespace(label="update-1"),
                           alarms_seen=[120])
     view = LiveView(ctl, every=10)
     for i in range(30):

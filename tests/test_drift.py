@@ -9,7 +9,7 @@ import pytest
 from scipy.stats import chi2, f
 
 from mcuprune.controller.detectors import (
-    DriftMonitor,
+    DriftDetector,
     HistogramWindowTest,
     PageHinkley,
     PageHinkleyConfig,
@@ -236,9 +236,9 @@ def test_detectors_round_trip_through_json_mid_stream() -> None:
 # --- the monitor ---------------------------------------------------------------------------------
 
 
-def _two_detector_monitor(policy: str = "any") -> DriftMonitor:
+def _two_detector_monitor(policy: str = "any") -> DriftDetector:
     cfg = dict(delta=0.5, lam=3.0, clip=None)
-    return DriftMonitor({"a": PageHinkley(PageHinkleyConfig(field="a", **cfg), 0.0, 1.0),
+    return DriftDetector({"a": PageHinkley(PageHinkleyConfig(field="a", **cfg), 0.0, 1.0),
                          "b": PageHinkley(PageHinkleyConfig(field="b", **cfg), 0.0, 1.0)}, policy=policy)
 
 
@@ -275,23 +275,23 @@ def test_monitor_round_trips_through_json() -> None:
     mon = _two_detector_monitor()
     for r in records[:120]:
         mon.update(r)
-    copy = DriftMonitor.from_state(json.loads(json.dumps(mon.state())))
+    copy = DriftDetector.from_state(json.loads(json.dumps(mon.state())))
     assert [copy.update(r) for r in records[120:]] == [mon.update(r) for r in records[120:]]
     assert copy.event() == mon.event()
 
 
 def test_monitor_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError):
-        DriftMonitor({})
+        DriftDetector({})
     with pytest.raises(ValueError):
-        DriftMonitor({"a": PageHinkley(PageHinkleyConfig(), 0.0, 1.0)}, policy="majority")
+        DriftDetector({"a": PageHinkley(PageHinkleyConfig(), 0.0, 1.0)}, policy="majority")
 
 
 # --- the offline evaluation, end to end on the digits CNN ----------------------------------------
 
 
 def test_offline_evaluation_on_digits(digits_run) -> None:
-    from mcuprune.controller.drift_offline import build_monitor, evaluate_false_alarms, evaluate_scenario, prepare
+    from mcuprune.controller.drift_offline import build_detector, evaluate_false_alarms, evaluate_scenario, prepare
     from mcuprune.controller.scenarios import Scenario
     from mcuprune.target.compile import quantize_run
 
@@ -299,7 +299,7 @@ def test_offline_evaluation_on_digits(digits_run) -> None:
     model = quantize_run(run_dir)
     setup = prepare(model, dataset, qsae_samples=700, reference_samples=700, qsae_steps=300)
     assert len(setup.reference) == 700
-    monitor = build_monitor(setup.reference, dataset.num_classes)
+    monitor = build_detector(setup.reference, dataset.num_classes)
     assert set(monitor.detectors) == {"recon_error", "histogram", "top1"}
 
     fa = evaluate_false_alarms(setup, monitor, dataset, seeds=[0, 1])

@@ -14,16 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mcuprune.device.link import Device, DeviceError, DeviceTimeout, QemuDevice
-from mcuprune.device.protocol import (
-    MAX_PAYLOAD,
-    ErrorCode,
-    MsgType,
-    cobs_decode,
-    cobs_encode,
-    crc32,
-    unpack_error,
-)
+from mcuprune.device.frames import MAX_PAYLOAD, cobs_decode, cobs_encode, crc32
+from mcuprune.device.link import Device, DeviceError, DeviceTimeout
+from mcuprune.device.messages import ErrorCode, MsgType, unpack_error
+from mcuprune.device.qemu import QemuDevice
 from mcuprune.errors import UserError
 from mcuprune.target.board import Board, list_boards, load_board
 from mcuprune.target.build import BuildResult, build_project, prepare_project

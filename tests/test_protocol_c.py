@@ -2,7 +2,7 @@
 --params blob messages, slots.c, blob.c, telemetry.c) built for the host with
 gcc -fsanitize=address,undefined and fed hundreds of thousands of frames by tests/c/proto_harness.c.
 The fake blob model (tests/c/fake_model/) stands in for generated code; replies are parsed with
-mcuprune.device.protocol, so both sides of the wire format are checked against each other.
+mcuprune.device.messages, so both sides of the wire format are checked against each other.
 
 * random bytes, valid frames of every type with random payloads, and mutated valid frames (bit
   flips, truncation, duplication, reordering, lost delimiters): no sanitizer error, and
@@ -24,16 +24,12 @@ import numpy as np
 import pytest
 from test_slots_c import C_DIR, RUNTIME, TEST_CAPACITY, fake_arrays, fake_blobs, host_build, write_test_blobs
 
-from mcuprune.device.protocol import (
-    MAX_PAYLOAD,
+from mcuprune.device.frames import MAX_PAYLOAD, Frame, FrameReader, cobs_encode, crc32
+from mcuprune.device.messages import (
     ErrorCode,
-    Frame,
-    FrameReader,
     MsgType,
     ParamsMode,
     SlotStatus,
-    cobs_encode,
-    crc32,
     unpack_capture_reply,
     unpack_error,
     unpack_info,

@@ -19,27 +19,29 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mcuprune.device.protocol import (
+from mcuprune.device.frames import (
     MAX_ENCODED,
     MAX_PAYLOAD,
-    CaptureReply,
-    DeviceInfo,
-    ErrorReply,
     Frame,
     FrameError,
     FrameReader,
-    InferResult,
-    ParamsMode,
-    SlotState,
-    SlotStatus,
-    SlotSwitch,
-    UpdateBeginReply,
     cobs_decode,
     cobs_encode,
     crc32,
     decode_body,
     decode_frame,
     encode_frame,
+)
+from mcuprune.device.messages import (
+    CaptureReply,
+    DeviceInfo,
+    ErrorReply,
+    InferResult,
+    ParamsMode,
+    SlotState,
+    SlotStatus,
+    SlotSwitch,
+    UpdateBeginReply,
     pack_capture_reply,
     pack_capture_request,
     pack_error,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mcuprune.device.link import QemuDevice
+from mcuprune.device.qemu import QemuDevice
 from mcuprune.errors import UserError
 from mcuprune.target.board import Board, list_boards, load_board
 from mcuprune.target.build import build_project, prepare_project

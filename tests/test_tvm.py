@@ -23,7 +23,7 @@ from mcuprune.codegen.tvm_backend import (
     tvm_available,
     tvm_kernel_sources,
 )
-from mcuprune.device.link import QemuDevice
+from mcuprune.device.qemu import QemuDevice
 from mcuprune.errors import UserError
 from mcuprune.model.interpreter import run_s8
 from mcuprune.model.ir import Op, QuantModel

@@ -14,18 +14,11 @@ import serial
 
 from mcuprune.codegen.blob import HEADER_BYTES, pack_blob, parse_blob, parse_header
 from mcuprune.controller.drift_qsae import build_monitor_model, device_telemetry
-from mcuprune.device.link import Device, DeviceError, DeviceRejected, QemuDevice
+from mcuprune.device.frames import FrameReader
+from mcuprune.device.link import Device, DeviceError, DeviceRejected
+from mcuprune.device.messages import CaptureWhich, DeviceInfo, ErrorCode, MsgType, ParamsMode, SlotState, SlotStatus
 from mcuprune.device.powercut import perturbed_model
-from mcuprune.device.protocol import (
-    CaptureWhich,
-    DeviceInfo,
-    ErrorCode,
-    FrameReader,
-    MsgType,
-    ParamsMode,
-    SlotState,
-    SlotStatus,
-)
+from mcuprune.device.qemu import QemuDevice
 from mcuprune.device.update import check_blob_for, rollback, stream_update
 from mcuprune.errors import UserError
 from mcuprune.model.interpreter import run_s8
@@ -380,7 +373,7 @@ def test_static_firmware_reports_mode_0_and_update_is_user_error(digits_run: tup
 
 def test_faulty_line_injector_really_damages_frames() -> None:
     """The injector's corruption makes a frame invalid (so the device-side test exercises a real fault)."""
-    from mcuprune.device.protocol import Frame, encode_frame
+    from mcuprune.device.frames import Frame, encode_frame
 
     wire = bytearray(encode_frame(Frame(MsgType.UPDATE_CHUNK, 5, struct.pack("<I", 32) + bytes(range(1, 200)))))
     wire[len(wire) // 2] = (wire[len(wire) // 2] % 255) + 1

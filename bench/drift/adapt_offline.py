@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from mcuprune.controller.adapt import DEFAULT_STEPS, STEPS, adapt
-from mcuprune.controller.drift_offline import build_monitor, clone, monitor_alarms, prepare
+from mcuprune.controller.drift_offline import build_detector, clone, detector_alarms, prepare
 from mcuprune.controller.drift_qsae import device_telemetry
 from mcuprune.controller.scenarios import SCENARIOS, Scenario, stream_indices
 from mcuprune.model.costs import choose_formats
@@ -70,7 +70,7 @@ def accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
 
 def alarms_per_1000(monitor, model, qsae_model, x: np.ndarray) -> tuple[float, dict]:
     mon = clone(monitor)
-    alarms = monitor_alarms(mon, device_telemetry(model, qsae_model, x))
+    alarms = detector_alarms(mon, device_telemetry(model, qsae_model, x))
     return round(1000.0 * len(alarms) / len(x), 3), dict(mon.detector_alarms)
 
 
@@ -196,7 +196,7 @@ def main() -> None:
 
     model_bytes = sum(layer_bytes(ql, formats[ql.name]) for ql in deployed.layers if ql.has_weights)
     static_setup = prepare(deployed, dataset)
-    static_monitor = build_monitor(static_setup.reference, deployed.num_classes)
+    static_monitor = build_detector(static_setup.reference, deployed.num_classes)
     print(f"deployed {args.run}: formats {formats}, {model_bytes} B; setup {time.time() - t0:.0f} s", flush=True)
 
     scenarios = [Scenario("none", "none"), *SCENARIOS.values(), *EXTRA]

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from mcuprune.controller.drift_qsae import penultimate_activations, reconstruct_s8
-from mcuprune.device.link import QemuDevice
+from mcuprune.device.qemu import QemuDevice
 from mcuprune.model.ir import load_quant_model
 from mcuprune.model.telemetry import reconstruction_error
 from mcuprune.target.board import load_board

@@ -7,7 +7,7 @@
 If RUN does not exist it is trained first (`mcuprune train --dataset fashion-mnist --arch cnn
 --epochs 10 --out RUN`). The script quantizes the run (compiler.quantize_run), trains the monitor
 QSAE on 5,000 training images and fits the detectors on 5,000 other training images
-(drift_offline.prepare / build_monitor), then measures:
+(drift_offline.prepare / build_detector), then measures:
   - false alarms over the 10,000 unshifted test images: one pass per seed, each in its own order,
     and the probability that one pass raises a false alarm, over ORDERS more random orderings;
   - for each scenario of scenarios.SCENARIOS and each seed, a stream of LENGTH test images shifted
@@ -28,8 +28,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from mcuprune.controller.drift_offline import (
-    MonitorSpec,
-    build_monitor,
+    DetectorSpec,
+    build_detector,
     evaluate_false_alarms,
     evaluate_scenario,
     prepare,
@@ -98,7 +98,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--sweep-seeds", type=int, default=5, help="0 skips the severity sweep")
     ap.add_argument("--alpha", type=float, default=None,
-                    help="false alarms expected per 10,000 samples for each window test (default: MonitorSpec's)")
+                    help="false alarms expected per 10,000 samples for each window test (default: DetectorSpec's)")
     ap.add_argument("--orders", type=int, default=5000, help="random orderings for the false-alarm probability")
     ap.add_argument("--shift-at", type=int, default=2000)
     ap.add_argument("--length", type=int, default=3000)
@@ -110,11 +110,11 @@ def main() -> None:
     model = quantize_run(args.run)
     dataset = load_dataset(model.meta["dataset"])
     setup = prepare(model, dataset)
-    spec = MonitorSpec()
+    spec = DetectorSpec()
     if args.alpha is not None:
         spec = replace(spec, window=replace(spec.window, alpha=args.alpha),
                        predicted_class=replace(spec.predicted_class, alpha=args.alpha))
-    monitor = build_monitor(setup.reference, model.num_classes, spec)
+    monitor = build_detector(setup.reference, model.num_classes, spec)
     args.out.mkdir(parents=True, exist_ok=True)
     save_quant_model(setup.qsae_model, args.out / "qsae")
     (args.out / "monitor.json").write_text(json.dumps(monitor.state()) + "\n")

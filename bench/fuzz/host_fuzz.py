@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from mcuprune.device.protocol import MAX_PAYLOAD, Frame, FrameReader  # noqa: E402
+from mcuprune.device.frames import MAX_PAYLOAD, Frame, FrameReader  # noqa: E402
 
 
 def _load_properties():  # noqa: ANN202 - a module

@@ -25,7 +25,7 @@ import numpy as np
 
 from mcuprune.codegen import emit as codegen
 from mcuprune.codegen.tvm_backend import tvm_kernel_sources
-from mcuprune.device.link import QemuDevice
+from mcuprune.device.qemu import QemuDevice
 from mcuprune.model.interpreter import run_s8
 from mcuprune.model.ir import QuantModel
 from mcuprune.target import build

@@ -18,10 +18,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+import torch
 
 from mcuprune.compress.budget import plan_bytes
 from mcuprune.errors import UserError
 from mcuprune.model.ir import FloatModel
+from mcuprune.train.training import _to_nchw, _weight_modules
 
 MAX_SPARSITY = 0.995
 DEFAULT_INTERVAL = 50
@@ -82,9 +84,7 @@ def finetune(net, x_uint8: np.ndarray, y: np.ndarray, epochs: int, seed: int, lr
 
     on_step(step, total_steps), called before each step, may return new masks (torch layout, one
     per weight module) that replace the current ones. Returns the final masks."""
-    import torch
 
-    from mcuprune.train.training import _to_nchw, _weight_modules
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -119,7 +119,6 @@ def finetune(net, x_uint8: np.ndarray, y: np.ndarray, epochs: int, seed: int, lr
 
 
 def _apply(modules: list, tensors: list) -> None:
-    import torch
 
     with torch.no_grad():
         for module, mask in zip(modules, tensors, strict=False):

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from mcuprune.compress.activations import LayerCapture, apply_rows, capture_activations
 from mcuprune.compress.budget import (
@@ -69,6 +70,7 @@ from mcuprune.model.ir import FloatModel, Op
 from mcuprune.quantize import calibration_subset, quantize_model, quantize_weights
 from mcuprune.train.datasets import Dataset, load_dataset, to_float, to_int8
 from mcuprune.train.layout import ir_masks_to_torch
+from mcuprune.train.training import accuracy, export_float_model, fit, load_torch_model, save_run, torch_predict_logits
 
 METHODS = ("qsae", "magnitude", "magnitude-oneshot")
 CALIBRATION_SAMPLES = 2000
@@ -99,12 +101,10 @@ def check_arguments(method: str, flash_budget, kl_budget, finetune_epochs: int) 
 
 class _Net:
     """A torch network with its specs and masks, and its FloatModel on demand."""
-
     def __init__(self, net, specs: list[dict], masks: list, meta: dict) -> None:
         self.net, self.specs, self.masks, self.meta = net, specs, masks, meta
 
     def float_model(self, masks: list | None = None) -> FloatModel:
-        from mcuprune.train.training import export_float_model
 
         return export_float_model(self.net, self.specs, tuple(self.meta["input_shape"]), self.meta["name"],
                                   self.meta["num_classes"], self.masks if masks is None else masks)
@@ -152,7 +152,6 @@ def _mask_kl(layer, capture: LayerCapture, mask: np.ndarray) -> float:
 
 
 def _fit(state: _Net, dataset: Dataset, torch_masks: list, epochs: int, seed: int, lr: float) -> None:
-    from mcuprune.train.training import fit
 
     _apply_masks(state, torch_masks)  # fit applies them only after its first step
     if epochs > 0:
@@ -160,7 +159,6 @@ def _fit(state: _Net, dataset: Dataset, torch_masks: list, epochs: int, seed: in
 
 
 def _apply_masks(state: _Net, torch_masks: list) -> None:
-    import torch
 
     modules = [m for m in state.net if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     with torch.no_grad():
@@ -309,8 +307,6 @@ def prune_run(run_dir: Path, method: str, flash_budget: int | None, kl_budget: f
               calibration: int = CALIBRATION_SAMPLES, qsae_tolerance: float = DEFAULT_TOLERANCE,
               structured: bool = True, qsae_steps: int = DEFAULT_STEPS, evaluate_int8: bool = True) -> dict:
     """Prune a run and write the pruned run to `out`; returns the pruning report (also in run.json)."""
-    from mcuprune.train.training import accuracy, load_torch_model, save_run, torch_predict_logits
-
     check_arguments(method, flash_budget, kl_budget, finetune_epochs)
     run_dir, out = Path(run_dir), Path(out)
     if out.resolve() == run_dir.resolve():

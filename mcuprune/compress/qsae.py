@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from mcuprune.model.ir import FloatLayer, FloatModel, Op
 
@@ -88,8 +89,6 @@ def reconstruction_error(qsae: QSAE, x: np.ndarray) -> float:
 
 def _fake_quant(w):
     """Per-row symmetric int8 fake quantization with a straight-through gradient."""
-    import torch
-
     scale = w.detach().abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / 127.0
     q = torch.clamp(torch.round(w / scale), -127, 127) * scale
     return w + (q - w).detach()
@@ -101,8 +100,6 @@ def _prox_l1(w, opt, lam: float) -> None:
     Adam moves coordinate i by lr / (sqrt(v_i) + eps) times its gradient, so the L1 term's
     step is lr * lam / (sqrt(v_i) + eps) in the same units; a coordinate whose reconstruction
     gradient stays below lam in size is driven to, and kept at, exactly 0."""
-    import torch
-
     state = opt.state[w]
     group = opt.param_groups[0]
     beta2 = group["betas"][1]
@@ -114,8 +111,6 @@ def _prox_l1(w, opt, lam: float) -> None:
 def train_qsae(x: np.ndarray, hidden: int, lam: float, steps: int = DEFAULT_STEPS, seed: int = 0,
                lr: float = DEFAULT_LR, batch: int = DEFAULT_BATCH) -> QSAE:
     """Train a QSAE on activation vectors x (N, D): Adam, cosine learning-rate decay to 0, seeded."""
-    import torch
-
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 2 or len(x) == 0:
         raise ValueError(f"QSAE needs activation vectors (N, D), got shape {x.shape}")
@@ -198,7 +193,6 @@ def hidden_size(inputs: int) -> int:
 @dataclass(frozen=True, eq=False)
 class Selection:
     """The QSAE chosen on a λ path and what it lets pruning remove."""
-
     qsae: QSAE
     error: float  # held-out relative reconstruction error
     unused: np.ndarray  # input features whose int8 encoder column is zero

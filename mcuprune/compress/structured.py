@@ -24,6 +24,7 @@ copied. What is exact (tests/test_prune.py checks both):
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from mcuprune.train.training import _shapes, build_torch_model
 
@@ -72,8 +73,6 @@ def shrink(net, specs: list[dict], input_shape: tuple[int, int, int], remove: di
     -> the means of its input columns in torch (C,H,W) order, folded into its bias for the removed
     columns. masks: one bool array (torch layout) or None per weighted module, as in train.fit.
     """
-    import torch
-
     weighted = weighted_indices(specs)
     modules = [m for m in net if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     masks = list(masks) if masks else [None] * len(modules)

@@ -23,8 +23,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
+from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
+
 from mcuprune.compress.prune import DEFAULT_FINETUNE_EPOCHS, METHODS, prune_run
 from mcuprune.errors import UserError
+from mcuprune.train.training import read_run_meta
 
 COLUMNS = (
     ("method", "method"), ("budget", "budget B"), ("model_flash_bytes", "ELF model B"),
@@ -47,7 +50,6 @@ def sweep_run(run_dir: Path, budgets: Sequence[int], methods: Sequence[str], out
         raise UserError("give at least one flash budget")
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    from mcuprune.train.training import read_run_meta
 
     fp32_bytes = 4 * int(read_run_meta(run_dir)["param_count"])
     base = measure(run_dir, out_dir / "unpruned" / "fw")
@@ -102,12 +104,8 @@ def markdown_table(rows: list[dict]) -> str:
 def plot(rows: list[dict], path: Path, title: str = "", fp32_bytes: int | None = None) -> None:
     """Device accuracy (%) vs ELF model flash bytes (log scale), one line per method; with `fp32_bytes`,
     guides at 16x smaller than fp32 and at the unpruned float accuracy − 0.5 pp."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != "unpruned"]
     for method in methods:
         pts = sorted((r["model_flash_bytes"], 100 * r["device_accuracy"]) for r in rows
@@ -130,4 +128,3 @@ def plot(rows: list[dict], path: Path, title: str = "", fp32_bytes: int | None =
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)

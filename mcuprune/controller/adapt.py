@@ -39,7 +39,7 @@ switchable (``steps``):
   (1.0–1.2 under noise) and gains 1.4–1.8 only under rotation, so it is not a default step
   (bench/drift/README.md).
 * ``monitor``: the monitor QSAE (monitor_qsae.build_monitor_qsae) is retrained for the new model on
-  one half of the captured data and the drift monitor (drift_offline.build_monitor) is fitted on
+  one half of the captured data and the drift monitor (drift_offline.build_detector) is fitted on
   the new model's telemetry of the other half: the adapted distribution becomes the new normal.
 
 Without ``reprune`` the weights are the deployed int8 weights unchanged (dequantized and quantized
@@ -53,22 +53,28 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mcuprune.codegen.emit import architecture_hash
+from mcuprune.compress.activations import capture_activations, layer_rows, weight_matrix
+from mcuprune.compress.budget import QUANT_BYTES_PER_CHANNEL, choose_by_bytes, pareto
+from mcuprune.compress.importance import SPARSITY_LEVELS, layer_candidates, mask_for
+from mcuprune.compress.structured import consumer_of, hwc_to_chw_columns, shrink
+from mcuprune.controller import ADAPT_STEPS
+from mcuprune.controller.detectors import DriftDetector
+from mcuprune.controller.drift_offline import DetectorSpec, build_detector
+from mcuprune.controller.drift_qsae import MonitorQSAE, build_monitor_qsae, device_telemetry
 from mcuprune.errors import UserError
-from mcuprune.model.fixedpoint import quantize_multipliers
-from mcuprune.model.interpreter import run_s8, trace_f32
-from mcuprune.model.ir import FloatLayer, FloatModel, Op, QParams, QuantLayer, QuantModel, check_chain
-from mcuprune.quantize import activation_qparams, quantize_layer
+from mcuprune.model.formats import MAX_DELTA, format_bytes, layer_bytes, pack
+from mcuprune.model.interpreter import run_layer_f32, run_s8
+from mcuprune.model.ir import FloatLayer, FloatModel, Op, QParams, QuantModel
+from mcuprune.model.ops import FORMATS
+from mcuprune.quantize import activation_qparams, calibration_ranges, input_floats, quantize_model
+from mcuprune.train.datasets import load_dataset
+from mcuprune.train.training import export_float_model, load_float_model, load_torch_model, read_run_meta
 
-if TYPE_CHECKING:
-    from mcuprune.controller.detectors import DriftMonitor
-    from mcuprune.controller.drift_offline import MonitorSpec
-    from mcuprune.controller.drift_qsae import MonitorQSAE
-
-STEPS = ("input", "calibrate", "reprune", "monitor")
+STEPS = ADAPT_STEPS
 DEFAULT_STEPS = ("input", "calibrate", "monitor")  # reprune: see the module docstring
 INPUT_METHODS = ("moments", "quantiles")
 MAX_GAIN = 4.0  # the gain stays in [1/4, 4]: beyond that the capture is not a lighting change
@@ -80,21 +86,19 @@ VARIANTS = ("dsp", "reference")
 COMPENSATIONS = ("lstsq", "bias", "none")
 RIDGE = 1e-3  # of the mean Gram diagonal: a few hundred kept weights per row stay stable on ~500 samples
 RECONSTRUCT_POSITIONS = 16  # output pixels per image a conv layer's least squares sees
-_BATCH = 500
 
 
 @dataclass(frozen=True, eq=False)
 class AdaptResult:
     model: QuantModel  # the adapted int8 network (same architecture as the deployed one)
     monitor_qsae: MonitorQSAE | None  # the monitor QSAE for the new model (None without "monitor")
-    monitor: DriftMonitor | None  # fitted on the new model's telemetry of the capture (None without "monitor")
+    monitor: DriftDetector | None  # fitted on the new model's telemetry of the capture (None without "monitor")
     report: dict
 
 
 @dataclass(frozen=True)
 class InputMap:
     """Corrected pixel = gain · captured pixel + offset (pixel units, 0..255)."""
-
     gain: float
     offset: float
 
@@ -213,12 +217,6 @@ def estimate_input_q(captured_uint8: np.ndarray, class_hist: np.ndarray,
     return q, info
 
 
-def float_inputs(x_uint8: np.ndarray, input_q: QParams) -> np.ndarray:
-    """What the first layer computes on: scale · (q − z) for the device's q = p − 128 (float32)."""
-    q = np.asarray(x_uint8, dtype=np.float32) - 128.0
-    return (input_q.scale * (q - input_q.zero_point)).astype(np.float32)
-
-
 # --- float <-> int8 ---------------------------------------------------------------------------
 
 
@@ -239,30 +237,6 @@ def dequantize_model(model: QuantModel) -> FloatModel:
     return FloatModel(model.name, tuple(model.input_shape), model.num_classes, tuple(layers))
 
 
-def activation_ranges(model: FloatModel, x_uint8: np.ndarray, input_q: QParams) -> list[tuple[float, float]]:
-    """(min, max) of every layer's float output on the images as the first layer sees them."""
-    ranges = [(np.inf, -np.inf)] * len(model.layers)
-    for s in range(0, len(x_uint8), _BATCH):
-        outs = trace_f32(model, float_inputs(x_uint8[s : s + _BATCH], input_q))[1:]
-        ranges = [(min(lo, float(o.min())), max(hi, float(o.max()))) for (lo, hi), o in zip(ranges, outs, strict=True)]
-    return ranges
-
-
-def quantize_chain(model: FloatModel, input_q: QParams, output_qs: list[QParams]) -> list[QuantLayer]:
-    """Quantize every layer with the given input quantization and per-layer output quantizations
-    (maxpool passes its input quantization through)."""
-    check_chain(model.layers, model.input_shape)
-    layers, q = [], input_q
-    for layer, out_q in zip(model.layers, output_qs, strict=True):
-        ql = quantize_layer(layer, q, (0.0, 1.0))
-        if ql.has_weights:  # the requested output quantization, not one re-derived from a range
-            multiplier, shift = quantize_multipliers(q.scale * ql.weight_scales.astype(np.float64) / out_q.scale)
-            ql = replace(ql, output_q=out_q, multiplier=multiplier, shift=shift)
-        layers.append(ql)
-        q = ql.output_q
-    return layers
-
-
 # --- re-pruning from the dense parent ---------------------------------------------------------
 
 
@@ -273,10 +247,6 @@ def parent_source(run_dir: Path, captured_uint8: np.ndarray, input_q: QParams, s
     the same features are removed from the parent, with the removed columns of dense consumers
     folded into their biases at their mean on the captured data (as prune.py does on calibration
     data). A run that was not pruned is its own source."""
-    from mcuprune.compress.activations import capture_activations
-    from mcuprune.compress.structured import consumer_of, hwc_to_chw_columns, shrink
-    from mcuprune.train.training import export_float_model, load_float_model, load_torch_model, read_run_meta
-
     run_dir = Path(run_dir)
     meta = read_run_meta(run_dir)
     parent = meta.get("pruned_from")
@@ -295,7 +265,7 @@ def parent_source(run_dir: Path, captured_uint8: np.ndarray, input_q: QParams, s
               for s in meta.get("pruning", {}).get("structured", []) if s["removed"]}
     fold: dict[int, np.ndarray] = {}
     if remove:
-        caps = capture_activations(full, float_inputs(captured_uint8, input_q), seed=seed)
+        caps = capture_activations(full, input_floats(captured_uint8, input_q), seed=seed)
         for producer in remove:
             consumer = consumer_of(specs, producer)
             if consumer is not None and full.layers[consumer].op is Op.DENSE:
@@ -309,16 +279,12 @@ def parent_source(run_dir: Path, captured_uint8: np.ndarray, input_q: QParams, s
 
 
 def _row_ptr_dtype(weights_int8: np.ndarray, fmt: str) -> str | None:
-    from mcuprune.model.formats import MAX_DELTA, pack
 
     return pack(weights_int8, fmt).row_ptr.dtype.name if fmt in MAX_DELTA else None
 
 
 def forced_bytes(mask: np.ndarray, fmt: str) -> int:
     """Upper bound of a layer's bytes in `fmt` when every kept weight is non-zero (planning count)."""
-    from mcuprune.compress.budget import QUANT_BYTES_PER_CHANNEL
-    from mcuprune.model.formats import format_bytes
-
     m = np.asarray(mask, dtype=bool)
     return format_bytes(m.astype(np.int8), fmt) + QUANT_BYTES_PER_CHANNEL * int(m.shape[0])
 
@@ -326,8 +292,6 @@ def forced_bytes(mask: np.ndarray, fmt: str) -> int:
 def _levels_near(sparsity: float) -> tuple[float, ...]:
     """importance.SPARSITY_LEVELS plus a fine grid around the deployed sparsity: the budget is the
     deployed bytes, so the plan usually lands there, and the coarse grid would waste bytes."""
-    from mcuprune.compress.importance import SPARSITY_LEVELS
-
     near = [sparsity + d for d in (-0.03, -0.02, -0.01, -0.005, 0.0, 0.005, 0.01, 0.02, 0.03)]
     return tuple(sorted(set(SPARSITY_LEVELS) | {round(v, 4) for v in near if 0.0 <= v < 1.0}))
 
@@ -342,14 +306,9 @@ def reprune(source: FloatModel, deployed: QuantModel, formats: dict[str, str], c
     while its inputs come from the already re-pruned layers (ridge least squares per output
     channel); ``bias`` folds the pruned weights' contribution at the mean captured input into the
     bias; ``none`` only masks."""
-    from mcuprune.compress.activations import capture_activations, weight_matrix
-    from mcuprune.compress.budget import choose_by_bytes, pareto
-    from mcuprune.compress.importance import layer_candidates, mask_for
-    from mcuprune.model.formats import layer_bytes
-
     if compensation not in COMPENSATIONS:
         raise ValueError(f"unknown compensation {compensation!r}: choose one of {', '.join(COMPENSATIONS)}")
-    x_float = float_inputs(captured_uint8, input_q)
+    x_float = input_floats(captured_uint8, input_q)
     caps = capture_activations(source, x_float, seed=seed)
     deployed_layers = {ql.name: ql for ql in deployed.layers if ql.has_weights}
     budget = sum(layer_bytes(ql, formats[name]) for name, ql in deployed_layers.items())
@@ -402,9 +361,6 @@ def reconstruct(source: FloatModel, pruned: FloatModel, x_float: np.ndarray, see
     """Refit the kept weights and the bias of every weighted layer of `pruned`, in order, so that its
     pre-activations on `x_float` match `source`'s (ridge least squares per output channel, inputs
     from the already refitted layers). Masks stay as they are."""
-    from mcuprune.compress.activations import layer_rows, weight_matrix
-    from mcuprune.model.interpreter import run_layer_f32
-
     rng = np.random.default_rng(seed)
     x_src = x_pr = np.asarray(x_float, dtype=np.float32)
     layers = []
@@ -451,9 +407,6 @@ def check_same_architecture(deployed: QuantModel, new: QuantModel, formats: dict
     """Raise ValueError unless `new` fits the firmware compiled for `deployed` in `formats`: same ops,
     shapes and hyper-parameters, weights packable in their formats (same row-pointer types), the
     same architecture hash for every kernel variant, and every int8 constraint of the kernels."""
-    from mcuprune.codegen.emit import architecture_hash
-    from mcuprune.model.formats import pack
-
     if len(new.layers) != len(deployed.layers) or tuple(new.input_shape) != tuple(deployed.input_shape):
         raise ValueError("the adapted model has a different layer count or input shape")
     for old, ql in zip(deployed.layers, new.layers, strict=True):
@@ -484,7 +437,6 @@ def check_same_architecture(deployed: QuantModel, new: QuantModel, formats: dict
 
 def _check_arguments(deployed: QuantModel, formats: dict[str, str], captured: np.ndarray, steps: tuple[str, ...],
                      input_method: str, compensation: str) -> np.ndarray:
-    from mcuprune.model.ops import FORMATS
 
     bad = [s for s in steps if s not in STEPS]
     if bad:
@@ -515,7 +467,7 @@ def adapt(run_dir: Path, deployed: QuantModel, formats: dict[str, str], captured
           steps: tuple[str, ...] = DEFAULT_STEPS, seed: int = 0, input_method: str = "moments",
           compensation: str = "lstsq", train_images: np.ndarray | None = None,
           train_labels: np.ndarray | None = None, qsae_steps: int = 2000,
-          monitor_spec: MonitorSpec | None = None) -> AdaptResult:
+          monitor_spec: DetectorSpec | None = None) -> AdaptResult:
     """New parameters for the deployed architecture from unlabeled captured inputs (module docstring).
 
     run_dir: the run the deployed model was compiled from (its dataset gives the training pixel
@@ -533,8 +485,6 @@ def adapt(run_dir: Path, deployed: QuantModel, formats: dict[str, str], captured
     if "input" in steps:
         t = time.perf_counter()
         if train_images is None or train_labels is None:
-            from mcuprune.train.datasets import load_dataset
-            from mcuprune.train.training import read_run_meta
 
             dataset = load_dataset(read_run_meta(Path(run_dir))["dataset"])
             train_images, train_labels = dataset.x_train, dataset.y_train
@@ -543,7 +493,7 @@ def adapt(run_dir: Path, deployed: QuantModel, formats: dict[str, str], captured
 
         def predict(q: QParams | None) -> np.ndarray:
             q = input_q if q is None else q
-            model = replace(deployed, input_q=q, layers=tuple(quantize_chain(base, q, deployed_out)))
+            model = replace(deployed, input_q=q, layers=quantize_model(base, input_q=q, output_qs=deployed_out).layers)
             return run_s8(model, x8).argmax(axis=1)
 
         input_q, report["input"] = estimate_input_q(x, class_hist, predict, input_method)
@@ -560,18 +510,17 @@ def adapt(run_dir: Path, deployed: QuantModel, formats: dict[str, str], captured
     if "calibrate" in steps:
         t = time.perf_counter()
         out_qs, q = [], input_q
-        for layer, (lo, hi) in zip(source.layers, activation_ranges(source, x, input_q), strict=True):
+        for layer, (lo, hi) in zip(source.layers, calibration_ranges(source, x, input_q), strict=True):
             q = q if layer.op is Op.MAXPOOL2D else activation_qparams(lo, hi)
             out_qs.append(q)
         seconds["calibrate"] = time.perf_counter() - t
     else:
         out_qs = deployed_out
-    layers = quantize_chain(source, input_q, out_qs)
+    layers = quantize_model(source, input_q=input_q, output_qs=out_qs).layers
     meta = dict(deployed.meta, adapted={"steps": list(steps), "captured": int(len(x)), "seed": seed})
     model = replace(deployed, input_q=input_q, layers=tuple(layers), meta=meta)
     check_same_architecture(deployed, model, formats)
 
-    from mcuprune.model.formats import layer_bytes
 
     report["layers"] = [{"name": ql.name, "format": formats[ql.name], "nnz_before": nnz_before[ql.name],
                          "nnz_after": int(np.count_nonzero(ql.weights)),
@@ -586,15 +535,13 @@ def adapt(run_dir: Path, deployed: QuantModel, formats: dict[str, str], captured
     monitor_qsae = monitor = None
     if "monitor" in steps:
         t = time.perf_counter()
-        from mcuprune.controller.drift_offline import build_monitor
-        from mcuprune.controller.drift_qsae import build_monitor_qsae, device_telemetry
 
         order = np.random.default_rng(seed).permutation(len(x))
         half = len(x) // 2
         fit_x, ref_x = x[np.sort(order[:half])], x[np.sort(order[half:])]
         monitor_qsae = build_monitor_qsae(model, fit_x, steps=qsae_steps, seed=seed)
         reference = device_telemetry(model, monitor_qsae.model, ref_x)
-        monitor = build_monitor(reference, model.num_classes, monitor_spec)
+        monitor = build_detector(reference, model.num_classes, monitor_spec)
         report["monitor"] = {"qsae_samples": int(len(fit_x)), "reference_samples": int(len(ref_x)),
                              "qsae_hidden": monitor_qsae.qsae.hidden,
                              "thresholds": {n: round(d.threshold, 3) for n, d in monitor.detectors.items()}}

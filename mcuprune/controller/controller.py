@@ -30,14 +30,18 @@ from typing import TextIO
 
 import numpy as np
 
-from mcuprune.controller.adapt import STEPS
-from mcuprune.controller.detectors import DriftMonitor
+from mcuprune.codegen.blob import parse_header
+from mcuprune.controller.adapt import STEPS, adapt
+from mcuprune.controller.detectors import DriftDetector
+from mcuprune.controller.drift_offline import build_detector
 from mcuprune.controller.drift_qsae import device_outputs, device_telemetry
 from mcuprune.device.link import Device, DeviceError
+from mcuprune.device.update import stream_update
 from mcuprune.errors import UserError
 from mcuprune.model.ir import QuantModel
 from mcuprune.model.telemetry import Telemetry
-from mcuprune.target.compile import FirmwareDir
+from mcuprune.quantize import calibration_indices
+from mcuprune.target.compile import FirmwareDir, compile_model, load_firmware_dir
 from mcuprune.train.datasets import to_int8
 
 CAPTURE_INPUT = 0
@@ -48,7 +52,6 @@ TELEMETRY_FIELDS = ("top1", "confidence_q15", "recon_error", "histogram")
 
 class JsonlLog:
     """One JSON object per line, each with the wall time `t` (s since the log opened) and `event`."""
-
     def __init__(self, sink: Path | TextIO | None, append: bool = True) -> None:
         self._own = isinstance(sink, Path)
         mode = "a" if append else "w"
@@ -84,7 +87,6 @@ def _json_default(obj: object) -> object:
 class ServingModel:
     """What the device is serving, as the host knows it: the int8 model, its monitor QSAE and the
     blob id the device reports for it. Its reference outputs are what every RESULT must equal."""
-
     model: QuantModel
     monitor: QuantModel
     blob_id: int
@@ -98,17 +100,15 @@ class ServingModel:
 @dataclass
 class AdaptOutcome:
     """What the adaptation step hands back to the controller."""
-
     model: QuantModel
     monitor: QuantModel
-    drift: DriftMonitor
+    drift: DriftDetector
     report: dict
 
 
 @dataclass
 class StreamReport:
     """Per-sample outcomes of one run of the controller over a stream."""
-
     predictions: list[int] = field(default_factory=list)  # the device's top-1 per sample
     serving: list[str] = field(default_factory=list)  # label of the model that answered each sample
     alarms: list[int] = field(default_factory=list)  # 0-based sample indices of drift alarms
@@ -120,8 +120,7 @@ class StreamReport:
 class HostController:
     """See the module docstring. `adapt` maps captured uint8 inputs to an AdaptOutcome;
     `update` installs an AdaptOutcome on the device and returns (new blob id, report dict)."""
-
-    def __init__(self, device: Device, serving: ServingModel, drift: DriftMonitor, log: JsonlLog,
+    def __init__(self, device: Device, serving: ServingModel, drift: DriftDetector, log: JsonlLog,
                  adapt: Callable[[np.ndarray], AdaptOutcome] | None,
                  update: Callable[[AdaptOutcome], tuple[int, dict]] | None,
                  capture_samples: int = 1000, feed: str = "uart", batch: int = 50,
@@ -262,8 +261,6 @@ def _drift_fields(event: dict) -> dict:
 def reference_images(x_train: np.ndarray, samples: int = 5000, seed: int = 1) -> np.ndarray:
     """Training images for the drift detectors' reference: none of the calibration subset, on which
     the quantization and the factory monitor QSAE were fitted (its reconstruction error is lower there)."""
-    from mcuprune.quantize import calibration_indices
-
     n = len(x_train)
     free = np.setdiff1d(np.arange(n), calibration_indices(n))
     if len(free) == 0:  # a small dataset (digits): all of it calibrated; the reference is then optimistic
@@ -273,7 +270,6 @@ def reference_images(x_train: np.ndarray, samples: int = 5000, seed: int = 1) ->
 
 
 def factory_serving(fw: FirmwareDir) -> ServingModel:
-    from mcuprune.codegen.blob import parse_header
 
     if fw.params != "blob" or fw.monitor is None or fw.blob_path is None:
         raise UserError(f"{fw.path} is --params static firmware: the host controller needs a blob build "
@@ -281,11 +277,9 @@ def factory_serving(fw: FirmwareDir) -> ServingModel:
     return ServingModel(fw.model, fw.monitor, parse_header(fw.blob_path.read_bytes()).blob_id, "factory")
 
 
-def factory_drift_monitor(serving: ServingModel, x_train: np.ndarray, num_classes: int) -> DriftMonitor:
-    """The default drift monitor (drift_offline.MonitorSpec) fitted on the factory model's telemetry."""
-    from mcuprune.controller.drift_offline import build_monitor
-
-    return build_monitor(device_telemetry(serving.model, serving.monitor, reference_images(x_train)), num_classes)
+def factory_drift_detector(serving: ServingModel, x_train: np.ndarray, num_classes: int) -> DriftDetector:
+    """The default drift monitor (drift_offline.DetectorSpec) fitted on the factory model's telemetry."""
+    return build_detector(device_telemetry(serving.model, serving.monitor, reference_images(x_train)), num_classes)
 
 
 ADAPT_STEPS = STEPS  # every step, re-pruning included (the issue asks for it; --adapt-steps to choose)
@@ -294,8 +288,6 @@ ADAPT_STEPS = STEPS  # every step, re-pruning included (the issue asks for it; -
 def make_adapter(run_dir: Path, fw: FirmwareDir, seed: int = 0,
                  steps: tuple[str, ...] = ADAPT_STEPS) -> Callable[[np.ndarray], AdaptOutcome]:
     """Captured uint8 inputs -> new parameters for `fw`'s architecture (adapt.adapt with `steps`)."""
-    from mcuprune.controller.adapt import adapt
-
     def run(captured: np.ndarray) -> AdaptOutcome:
         result = adapt(run_dir, fw.model, fw.formats, captured, seed=seed, steps=steps)
         return AdaptOutcome(result.model, result.monitor_qsae.model, result.monitor, result.report)
@@ -305,8 +297,6 @@ def make_adapter(run_dir: Path, fw: FirmwareDir, seed: int = 0,
 
 def stream_updater(get_device: Callable[[], Device], fw: FirmwareDir) -> Callable[[AdaptOutcome], tuple[int, dict]]:
     """Install an adaptation by streaming its blob into the device's spare slot (update.stream_update)."""
-    from mcuprune.device.update import stream_update
-
     def run(outcome: AdaptOutcome) -> tuple[int, dict]:
         blob = fw.update_blob(outcome.model, outcome.monitor)
         rep = stream_update(get_device(), blob)
@@ -321,8 +311,6 @@ def reflash_updater(fw: FirmwareDir, workdir: Path,
     """Install an adaptation by re-flashing: compile a new blob firmware whose factory blob is the
     adapted model (into workdir/fw-reflash-N), let `flash` put it on the board and return the
     reconnected Device, then confirm with INFO that the new factory blob is serving."""
-    from mcuprune.target.compile import compile_model, load_firmware_dir
-
     count = 0
 
     def run(outcome: AdaptOutcome) -> tuple[int, dict]:

@@ -38,7 +38,7 @@ category, e.g. the predicted class, as a one-hot vector: a test of the class fre
     between overlapping windows. This is conservative, and the bound rests on the normal
     approximation of a W-sample mean of count vectors.
 
-DriftMonitor
+DriftDetector
     Feeds each telemetry record to its detectors, declares drift by a policy (``any``: a detector
     fired on this sample; ``all``: every detector has fired since the last reset), counts samples
     and alarms, resets every detector after a drift alarm (``reset_on_alarm``), and describes each
@@ -52,6 +52,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from scipy.stats import f
 
 TRANSFORMS = ("none", "sqrt", "log1p")
 DIRECTIONS = ("up", "down", "both")
@@ -91,7 +92,6 @@ class PageHinkleyConfig:
 
 class PageHinkley:
     """Page-Hinkley test on a standardized scalar stream (see the module docstring)."""
-
     kind = "page_hinkley"
 
     def __init__(self, config: PageHinkleyConfig | None = None, mean: float | None = None,
@@ -285,8 +285,6 @@ def merge_groups(mean_counts: np.ndarray, window: int, min_expected: float) -> l
 
 def hotelling_threshold(p: int, n: int, alpha: float) -> float:
     """Upper alpha quantile of Hotelling's T²(p, n − 1) = p(n − 1)/(n − p) F(p, n − p)."""
-    from scipy.stats import f  # scipy comes with scikit-learn
-
     if n <= p:
         raise ValueError(f"a reference of {n} samples cannot estimate a {p}-dimensional covariance")
     return float(p * (n - 1) / (n - p) * f.isf(alpha, p, n - p))
@@ -294,7 +292,6 @@ def hotelling_threshold(p: int, n: int, alpha: float) -> float:
 
 class HistogramWindowTest:
     """Windowed Hotelling T² test of a vector stream against a reference (see the module docstring)."""
-
     kind = "histogram_window"
 
     def __init__(self, config: WindowTestConfig | None = None) -> None:
@@ -444,9 +441,8 @@ def detector_from_state(state: Mapping) -> Detector:
 # --- the monitor --------------------------------------------------------------------------------
 
 
-class DriftMonitor:
+class DriftDetector:
     """Detectors over telemetry records (mappings field -> value) with an alarm policy and counters."""
-
     def __init__(self, detectors: Mapping[str, Detector], policy: str = "any", reset_on_alarm: bool = True) -> None:
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got '{policy}'")
@@ -512,7 +508,7 @@ class DriftMonitor:
                 "detectors": {name: det.state() for name, det in self.detectors.items()}}
 
     @classmethod
-    def from_state(cls, state: Mapping) -> DriftMonitor:
+    def from_state(cls, state: Mapping) -> DriftDetector:
         mon = cls({name: detector_from_state(s) for name, s in state["detectors"].items()}, state["policy"],
                   state["reset_on_alarm"])
         mon.samples, mon.alarms = int(state["samples"]), int(state["alarms"])

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
 
 from mcuprune.controller.controller import (
     ADAPT_STEPS,
@@ -29,15 +30,16 @@ from mcuprune.controller.controller import (
     JsonlLog,
     ServingModel,
     StreamReport,
-    factory_drift_monitor,
+    factory_drift_detector,
     factory_serving,
     make_adapter,
     reflash_updater,
     stream_updater,
 )
-from mcuprune.controller.detectors import DriftMonitor
+from mcuprune.controller.detectors import DriftDetector
 from mcuprune.controller.scenarios import Scenario, make_stream
-from mcuprune.device.link import Device, QemuDevice
+from mcuprune.device.link import Device
+from mcuprune.device.qemu import QemuDevice
 from mcuprune.model.interpreter import BATCH, run_s8
 from mcuprune.target.compile import FirmwareDir, load_firmware_dir
 from mcuprune.train.datasets import Dataset, to_int8
@@ -126,12 +128,8 @@ def run_scenario(scenario: Scenario, dataset: Dataset, cfg: DemoConfig,
 
 def plot_timelines(timelines: dict[str, dict], out: Path, window: int = 200) -> None:
     """Rolling accuracy of the static and the dynamic model per scenario, with shift/alarm/update marks."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(timelines), 1, figsize=(9, 2.3 * len(timelines)), squeeze=False)
+    fig = Figure(figsize=(9, 2.3 * len(timelines)))
+    axes = fig.subplots(len(timelines), 1, squeeze=False)
     kernel = np.ones(window) / window
     for ax, (name, tl) in zip(axes[:, 0], timelines.items(), strict=True):
         for key, style in (("static", "C0"), ("dynamic", "C1")):
@@ -150,7 +148,6 @@ def plot_timelines(timelines: dict[str, dict], out: Path, window: int = 200) -> 
     axes[-1, 0].set_xlabel("sample")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
-    plt.close(fig)
 
 
 def write_report(results: dict, out_dir: Path) -> None:
@@ -169,15 +166,14 @@ def _pct(v: float | None) -> str:
     return "—" if v is None else f"{100 * v:.2f} %"
 
 
-def reference_monitor(drift: DriftMonitor) -> Callable[[], DriftMonitor]:
+def reference_monitor(drift: DriftDetector) -> Callable[[], DriftDetector]:
     """A factory of fresh copies of a fitted monitor (one per scenario)."""
     state = drift.state()
-    return lambda: DriftMonitor.from_state(state)
+    return lambda: DriftDetector.from_state(state)
 
 
 class QemuSession:
     """One emulated board: the blob firmware in QEMU on a persistent memory file (its slots)."""
-
     def __init__(self, fw: FirmwareDir, memory_file: Path) -> None:
         self.fw = fw
         self.memory_file = memory_file
@@ -217,7 +213,7 @@ def run_drift_demo(run_dir: Path, fw_dir: Path, dataset: Dataset, cfg: DemoConfi
     factory = factory_serving(fw)
     out_dir.mkdir(parents=True, exist_ok=True)
     progress(f"[drift-demo] fitting the drift detectors on {fw.model.name}'s telemetry of held-out training images")
-    monitor_state = factory_drift_monitor(factory, dataset.x_train, dataset.num_classes).state()
+    monitor_state = factory_drift_detector(factory, dataset.x_train, dataset.num_classes).state()
     log = JsonlLog(out_dir / "events.jsonl", append=False)
     adapter = make_adapter(run_dir, fw, seed=cfg.seed, steps=cfg.adapt_steps)
     summaries, timelines = [], {}
@@ -231,7 +227,7 @@ def run_drift_demo(run_dir: Path, fw_dir: Path, dataset: Dataset, cfg: DemoConfi
                        else reflash_updater(fw, out_dir / "reflash", session.reflash))
 
             def make(lg: JsonlLog, device: Device = device, updater=updater) -> HostController:
-                return HostController(device, factory, DriftMonitor.from_state(monitor_state), lg, adapter, updater,
+                return HostController(device, factory, DriftDetector.from_state(monitor_state), lg, adapter, updater,
                                       capture_samples=cfg.capture_samples, feed=cfg.feed)
 
             progress(f"[drift-demo] scenario {scenario.name}")

@@ -10,7 +10,7 @@ Data use (no test image is used for fitting anything):
   come from the telemetry of `reference_samples` *other* training images;
 * streams (scenarios.make_stream) and the false-alarm run use the test split.
 
-The default monitor (MonitorSpec) watches three telemetry fields: the QSAE reconstruction error
+The default monitor (DetectorSpec) watches three telemetry fields: the QSAE reconstruction error
 (Page-Hinkley), the penultimate activation histogram and the predicted class (windowed T² tests).
 
 Per scenario stream: the index of every drift alarm, the detection delay (the number of shifted
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from mcuprune.controller.detectors import (
-    DriftMonitor,
+    DriftDetector,
     HistogramWindowTest,
     PageHinkley,
     PageHinkleyConfig,
@@ -38,6 +38,7 @@ from mcuprune.controller.drift_qsae import build_monitor_qsae, device_telemetry
 from mcuprune.controller.scenarios import Scenario, make_stream
 from mcuprune.model.ir import QuantModel
 from mcuprune.model.telemetry import Telemetry
+from mcuprune.target.compile import quantize_run
 from mcuprune.train.datasets import Dataset, load_dataset
 
 DEFAULT_QSAE_SAMPLES = 5000
@@ -45,7 +46,7 @@ DEFAULT_REFERENCE_SAMPLES = 5000
 
 
 @dataclass(frozen=True)
-class MonitorSpec:
+class DetectorSpec:
     """The default monitor: Page-Hinkley on the QSAE reconstruction error, the window test on the
     activation histogram, and the window test on the predicted class (its frequencies), any of which
     declares drift. Each window test expects at most α = 1e-4 false alarms per 10,000 samples (its
@@ -53,7 +54,6 @@ class MonitorSpec:
     On the Fashion-MNIST test set, α = 1e-3 let one pass in ten (one ordering in ~450) raise a
     false alarm; α = 1e-4 costs the default scenarios at most ~20 samples of delay
     (bench/drift/README.md)."""
-
     page_hinkley: PageHinkleyConfig = field(default_factory=lambda: PageHinkleyConfig(
         field="recon_error", delta=0.25, direction="both", transform="log1p", clip=4.0))
     window: WindowTestConfig = field(default_factory=lambda: WindowTestConfig(
@@ -93,10 +93,10 @@ def prepare(model: QuantModel, dataset: Dataset, qsae_samples: int = DEFAULT_QSA
     return DriftSetup(model, qsae_model, reference)
 
 
-def build_monitor(reference: Telemetry, num_classes: int, spec: MonitorSpec | None = None) -> DriftMonitor:
-    """The default DriftMonitor with its references fitted to clean telemetry (λ calibrated);
+def build_detector(reference: Telemetry, num_classes: int, spec: DetectorSpec | None = None) -> DriftDetector:
+    """The default DriftDetector with its references fitted to clean telemetry (λ calibrated);
     detectors are named after the telemetry field they watch."""
-    spec = spec or MonitorSpec()
+    spec = spec or DetectorSpec()
     ph_values = getattr(reference, spec.page_hinkley.field)
     ph = PageHinkley(spec.page_hinkley).fit(ph_values)
     lam = calibrate_lambda(ph, ph_values, spec.ph_horizon, runs=spec.ph_runs, quantile=spec.ph_quantile,
@@ -106,19 +106,19 @@ def build_monitor(reference: Telemetry, num_classes: int, spec: MonitorSpec | No
     if spec.predicted_class is not None:
         cfg = replace(spec.predicted_class, categories=num_classes)
         detectors[cfg.field] = HistogramWindowTest(cfg).fit(getattr(reference, cfg.field))
-    return DriftMonitor(detectors, policy="any", reset_on_alarm=True)
+    return DriftDetector(detectors, policy="any", reset_on_alarm=True)
 
 
-def clone(monitor: DriftMonitor, only: str | None = None) -> DriftMonitor:
+def clone(monitor: DriftDetector, only: str | None = None) -> DriftDetector:
     """A fresh copy of a monitor (through its serialized state), optionally keeping one detector."""
     state = monitor.state()
     if only is not None:
         state = dict(state, detectors={only: state["detectors"][only]},
                      detector_alarms={only: 0}, fired_since_reset=[])
-    return DriftMonitor.from_state(state)
+    return DriftDetector.from_state(state)
 
 
-def monitor_alarms(monitor: DriftMonitor, telemetry: Telemetry) -> list[int]:
+def detector_alarms(monitor: DriftDetector, telemetry: Telemetry) -> list[int]:
     """Stream every record through the monitor; the 0-based indices at which it declared drift."""
     fields = {det.config.field for det in monitor.detectors.values()}
     columns = {f: getattr(telemetry, f) for f in fields}
@@ -135,13 +135,13 @@ def _accuracy(pred: np.ndarray, y: np.ndarray) -> float | None:
     return round(float(np.mean(pred == y)), 4) if len(y) else None
 
 
-def evaluate_stream(setup: DriftSetup, monitor: DriftMonitor, x: np.ndarray, y: np.ndarray,
+def evaluate_stream(setup: DriftSetup, monitor: DriftDetector, x: np.ndarray, y: np.ndarray,
                     shifted: np.ndarray) -> dict:
     """Alarms, delays (combined and per detector), pre-shift false alarms and accuracies of one stream."""
     tel = device_telemetry(setup.model, setup.qsae_model, x)
     shift_at = int(np.argmax(shifted)) if shifted.any() else len(shifted)
-    alarms = monitor_alarms(clone(monitor), tel)
-    per_detector = {name: first_delay(monitor_alarms(clone(monitor, name), tel), shift_at)
+    alarms = detector_alarms(clone(monitor), tel)
+    per_detector = {name: first_delay(detector_alarms(clone(monitor, name), tel), shift_at)
                     for name in monitor.detectors}
     return {
         "alarms": alarms,
@@ -155,7 +155,7 @@ def evaluate_stream(setup: DriftSetup, monitor: DriftMonitor, x: np.ndarray, y: 
     }
 
 
-def evaluate_scenario(setup: DriftSetup, monitor: DriftMonitor, dataset: Dataset, scenario: Scenario, shift_at: int,
+def evaluate_scenario(setup: DriftSetup, monitor: DriftDetector, dataset: Dataset, scenario: Scenario, shift_at: int,
                       length: int, seeds: list[int], budget: int = 300) -> dict:
     """Run the scenario's stream for each seed and summarize (worst case over seeds for the delay)."""
     runs = [evaluate_stream(setup, monitor, *make_stream(dataset, scenario, shift_at, length, seed)) for seed in seeds]
@@ -180,7 +180,7 @@ def evaluate_scenario(setup: DriftSetup, monitor: DriftMonitor, dataset: Dataset
     }
 
 
-def false_alarm_probability(monitor: DriftMonitor, clean: Telemetry, orders: int, seed: int = 0) -> dict:
+def false_alarm_probability(monitor: DriftDetector, clean: Telemetry, orders: int, seed: int = 0) -> dict:
     """Over `orders` random orderings of clean telemetry: the fraction of orderings in which each
     detector's statistic, and any detector's, exceeds its threshold at least once (one pass each)."""
     rng = np.random.default_rng(seed)
@@ -195,7 +195,7 @@ def false_alarm_probability(monitor: DriftMonitor, clean: Telemetry, orders: int
             "any": float(any_hit.mean())}
 
 
-def evaluate_false_alarms(setup: DriftSetup, monitor: DriftMonitor, dataset: Dataset, seeds: list[int],
+def evaluate_false_alarms(setup: DriftSetup, monitor: DriftDetector, dataset: Dataset, seeds: list[int],
                           orders: int = 0) -> dict:
     """The whole unshifted test split, once per seed in a seeded order: drift alarms per pass, and the
     largest statistic each detector reached relative to its threshold (the safety margin); with
@@ -227,8 +227,6 @@ def evaluate_false_alarms(setup: DriftSetup, monitor: DriftMonitor, dataset: Dat
 
 def setup_from_run(run_dir: Path, seed: int = 0) -> tuple[DriftSetup, Dataset]:
     """Quantize a trained run (compiler.quantize_run), load its dataset and prepare() the drift setup."""
-    from mcuprune.target.compile import quantize_run  # (compiler pulls in the code generator; keep this module light)
-
     model = quantize_run(run_dir)
     dataset = load_dataset(model.meta["dataset"])
     return prepare(model, dataset, seed=seed), dataset

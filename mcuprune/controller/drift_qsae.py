@@ -25,7 +25,7 @@ from mcuprune.compress.qsae import QSAE, hidden_size, qsae_to_float_model, train
 from mcuprune.model.interpreter import BATCH, trace_s8
 from mcuprune.model.ir import QParams, QuantModel
 from mcuprune.model.telemetry import Telemetry, concat, exp_table, telemetry_from_tensors
-from mcuprune.quantize import calibration_subset, quantize_layer, quantize_model
+from mcuprune.quantize import activation_qparams, calibration_subset, quantize_layer, quantize_model
 from mcuprune.train.datasets import to_int8
 
 DEFAULT_LAMBDA = 1e-4  # qsae.LAMBDA_PATH[0]: the weakest sparsity, the best reconstruction
@@ -68,7 +68,7 @@ def build_monitor_qsae(model: QuantModel, calib_uint8: np.ndarray, hidden: int |
                                                        "lam": lam, "steps": steps, "seed": seed,
                                                        "calibration_samples": len(act)})
     encoder = qmodel.layers[0]
-    decoder = quantize_layer(float_model.layers[1], encoder.output_q, (lo, hi))
+    decoder = quantize_layer(float_model.layers[1], encoder.output_q, activation_qparams(lo, hi))
     if decoder.output_q.zero_point != q.zero_point or not np.isclose(decoder.output_q.scale, q.scale, rtol=1e-9):
         raise AssertionError(f"QSAE output quantization {decoder.output_q} is not the penultimate {q}")
     return MonitorQSAE(trained, replace(qmodel, layers=(encoder, decoder)))

@@ -18,13 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from rich.live import Live
+from rich.table import Table
 
 from mcuprune.controller.controller import (
     ADAPT_STEPS,
     HostController,
     JsonlLog,
     ServingModel,
-    factory_drift_monitor,
+    factory_drift_detector,
     factory_serving,
     make_adapter,
     reflash_updater,
@@ -111,8 +113,6 @@ class LiveView:
         self.samples = 0
         self._live = None
         if sys.stdout.isatty():
-            from rich.live import Live
-
             self._live = Live(self._table(), refresh_per_second=4)
             self._live.start()
 
@@ -136,9 +136,7 @@ class LiveView:
                 ("recon error (mean, last 200)", f"{np.mean(self.recon):.0f}" if self.recon else "—"),
                 ("detector / threshold", stats or "—"), ("alarms", str(len(c.alarms_seen)))]
 
-    def _table(self):  # noqa: ANN202 - rich type only imported when live
-        from rich.table import Table
-
+    def _table(self) -> Table:
         table = Table(title="mcuprune monitor")
         table.add_column("")
         table.add_column("")
@@ -164,7 +162,7 @@ def run_monitor(port: str, fw: FirmwareDir, run_dir: Path, cfg: MonitorConfig, l
         raise UserError(f"the device at {port} runs architecture 0x{info.arch_hash:08x}, {fw.path} is "
                         f"0x{fw.arch_hash:08x}: flash that firmware or pass the one the device runs")
     serving = serving_for(fw, info.active_blob_id)
-    drift = factory_drift_monitor(serving, dataset.x_train, dataset.num_classes)
+    drift = factory_drift_detector(serving, dataset.x_train, dataset.num_classes)
     if cfg.update == "stream":
         updater = stream_updater(lambda: controller.device, fw)
     elif cfg.update == "reflash":

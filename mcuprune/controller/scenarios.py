@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.ndimage import rotate
 
 from mcuprune.train.datasets import Dataset
 
@@ -54,8 +55,6 @@ def gaussian_noise(x: np.ndarray, sigma: float, seed: int) -> np.ndarray:
 
 def rotation(x: np.ndarray, degrees: float) -> np.ndarray:
     """Rotate every image by `degrees` about its centre: bilinear, black fill, same size."""
-    from scipy.ndimage import rotate  # scipy comes with scikit-learn
-
     x = _check_images(x)
     out = rotate(x.astype(np.float64), float(degrees), axes=(1, 2), reshape=False, order=1, mode="constant", cval=0.0)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
@@ -76,7 +75,6 @@ def class_prior(num_classes: int, classes: tuple[int, ...], weight: float) -> np
 @dataclass(frozen=True)
 class Scenario:
     """A named drift: `kind` is one of KINDS, `params` its keyword arguments (JSON-able)."""
-
     name: str
     kind: str
     params: dict = field(default_factory=dict)

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from mcuprune.device.link import QemuDevice
+from mcuprune.device.qemu import QemuDevice
 from mcuprune.errors import UserError
 from mcuprune.model.interpreter import run_f32, run_s8
 from mcuprune.target.compile import FirmwareDir, compile_run, load_firmware_dir
 from mcuprune.train.datasets import load_dataset, to_float, to_int8
+from mcuprune.train.training import load_float_model
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,6 @@ class Evaluation:
 
 
 def float_logits(fw: FirmwareDir, x_uint8: np.ndarray) -> np.ndarray:
-    from mcuprune.train.training import load_float_model
 
     run_dir = Path(fw.model.meta["run_dir"])
     float_model, _ = load_float_model(run_dir)

@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from mcuprune.codegen.blob import parse_header
-from mcuprune.device.link import DeviceError, QemuDevice
+from mcuprune.device.link import DeviceError
+from mcuprune.device.qemu import QemuDevice
 from mcuprune.device.update import Updater
 from mcuprune.errors import UserError
 from mcuprune.model.interpreter import run_s8

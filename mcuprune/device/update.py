@@ -16,13 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mcuprune.codegen.blob import HEADER_BYTES, BlobError, BlobHeader, parse_blob, parse_header
+from mcuprune.device.frames import Frame, FrameError
 from mcuprune.device.link import REFLASH_HINT, Device, DeviceError, DeviceRejected, DeviceTimeout
-from mcuprune.device.protocol import (
+from mcuprune.device.messages import (
     MAX_CHUNK_DATA,
     DeviceInfo,
     ErrorCode,
-    Frame,
-    FrameError,
     MsgType,
     SlotSwitch,
     pack_update_chunk,

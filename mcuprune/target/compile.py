@@ -23,12 +23,15 @@ import numpy as np
 from mcuprune import __version__
 from mcuprune.codegen import emit as codegen
 from mcuprune.codegen.blob import parse_header
+from mcuprune.codegen.tvm_backend import tvm_kernel_sources
 from mcuprune.errors import UserError
 from mcuprune.model.ir import QuantModel, load_quant_model, save_quant_model
 from mcuprune.quantize import calibration_subset, quantize_model
 from mcuprune.target import build
 from mcuprune.target.board import Board, check_fits, list_boards, load_board
+from mcuprune.target.renode import write_renode_files
 from mcuprune.train.datasets import Dataset, load_dataset
+from mcuprune.train.training import load_float_model
 
 KERNEL_CHOICES = ("auto", "reference", "dsp", "tvm")
 FIRMWARE_FORMAT_VERSION = 1
@@ -55,7 +58,6 @@ def quantize_run(run_dir: Path) -> QuantModel:
 
 
 def _quantize_run(run_dir: Path) -> tuple[QuantModel, Dataset]:
-    from mcuprune.train.training import load_float_model  # torch is imported only here
 
     float_model, meta = load_float_model(run_dir)
     dataset = load_dataset(meta["dataset"])
@@ -132,8 +134,6 @@ def compile_model(model: QuantModel, board: Board, fw_dir: Path, variant: str,
                         f"holds {board.slots.capacity:,} B: use a smaller model")
     _write_blob_files(fw_dir, generated, monitor if blob_mode else None)
     if variant == "tvm":
-        from mcuprune.codegen.tvm_backend import tvm_kernel_sources
-
         sources = tvm_kernel_sources(model, fw_dir / "tvm", formats=generated.formats)
     else:
         sources = generated.kernel_sources(model, variant)
@@ -199,8 +199,6 @@ def compile_run(run_dir: Path, board_name: str, fw_dir: Path, kernels_choice: st
         model = quantize_run(run_dir)
     result = compile_model(model, board, fw_dir, variant, objective, params=params, monitor=monitor)
     if renode:
-        from mcuprune.target.renode import write_renode_files
-
         if board.renode is None:
             raise UserError(f"board {board.name} has no [renode] platform: Renode files cannot be generated for it")
         write_renode_files(fw_dir, board)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from sklearn.datasets import load_digits as sk_load_digits
 
 from mcuprune.errors import UserError
 
@@ -119,7 +120,6 @@ def _split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int) -> tup
 
 
 def load_digits() -> Dataset:
-    from sklearn.datasets import load_digits as sk_load_digits
 
     bunch = sk_load_digits()
     # 0..16 intensities -> 0..255 so every dataset shares the uint8 input quantization.

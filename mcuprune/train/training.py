@@ -17,6 +17,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn as nn
+from tqdm import tqdm
 
 from mcuprune import __version__
 from mcuprune.errors import UserError
@@ -77,8 +80,6 @@ def _shapes(specs: list[dict], input_shape: tuple[int, int, int]) -> list[tuple[
 
 def build_torch_model(specs: list[dict], input_shape: tuple[int, int, int]):
     """nn.Sequential for NCHW float input; one trainable module per conv/dense spec."""
-    import torch.nn as nn
-
     modules: list = []
     flat = False
     for spec, (in_shape, _) in zip(specs, _shapes(specs, input_shape), strict=True):
@@ -97,7 +98,6 @@ def build_torch_model(specs: list[dict], input_shape: tuple[int, int, int]):
 
 
 def _weight_modules(net) -> list:
-    import torch.nn as nn
 
     return [m for m in net if isinstance(m, (nn.Conv2d, nn.Linear))]
 
@@ -143,13 +143,11 @@ def export_float_model(net, specs: list[dict], input_shape: tuple[int, int, int]
 
 
 def _to_nchw(x_uint8: np.ndarray):
-    import torch
 
     return torch.from_numpy(np.ascontiguousarray(to_float(x_uint8).transpose(0, 3, 1, 2)))
 
 
 def torch_predict_logits(net, x_uint8: np.ndarray, batch: int = 1000) -> np.ndarray:
-    import torch
 
     net.eval()
     outs = []
@@ -162,9 +160,6 @@ def torch_predict_logits(net, x_uint8: np.ndarray, batch: int = 1000) -> np.ndar
 def fit(net, x_uint8: np.ndarray, y: np.ndarray, epochs: int, seed: int, lr: float = 1e-3,
         batch: int = 128, desc: str = "train", masks: list | None = None) -> None:
     """Adam + cross-entropy; `masks` (one bool array or None per weight module) stay applied."""
-    import torch
-    from tqdm import tqdm
-
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
@@ -197,8 +192,6 @@ def accuracy(logits: np.ndarray, y: np.ndarray) -> float:
 
 def train_run(dataset: Dataset, dataset_spec: str, arch: str, epochs: int, out: Path, seed: int = 0) -> dict:
     """Train a network and write the run directory; returns its metadata."""
-    import torch
-
     if epochs < 1:
         raise UserError(f"--epochs must be at least 1, got {epochs}")
     torch.manual_seed(seed)
@@ -230,8 +223,6 @@ def save_run(out: Path, net, meta: dict, masks: list | None = None) -> None:
     """Write checkpoint.pt (specs, weights, optional pruning masks) and run.json.
 
     `masks`: one bool numpy array in torch weight layout, or None, per conv/dense module."""
-    import torch
-
     out.mkdir(parents=True, exist_ok=True)
     mask_tensors = [None if m is None else torch.from_numpy(np.asarray(m, dtype=bool)) for m in (masks or [])]
     torch.save({"specs": meta["specs"], "state_dict": net.state_dict(), "masks": mask_tensors}, out / "checkpoint.pt")
@@ -256,8 +247,6 @@ def load_torch_model(run_dir: Path):
     """(nn.Sequential with the trained weights, run metadata, masks); clear errors for damaged runs.
 
     masks: one bool numpy array (torch weight layout) or None per conv/dense module."""
-    import torch
-
     meta = read_run_meta(run_dir)
     ckpt_path = run_dir / "checkpoint.pt"
     if not ckpt_path.exists():
