@@ -42,7 +42,8 @@ def cmd_compile(args: argparse.Namespace) -> None:
     from mcuprune.target.compile import compile_run
 
     result = compile_run(Path(args.run), args.board, Path(args.out), args.kernels, args.objective, args.renode,
-                         params=args.params, monitor_builder=build_monitor_model if args.params == "blob" else None)
+                         params=args.params, monitor_builder=build_monitor_model if args.params == "blob" else None,
+                         calibration=Path(args.calibration) if args.calibration else None)
     b = result.build
     sparse = {name: fmt for name, fmt in result.generated.formats.items() if fmt != "dense"}
     formats = f", sparse layers: {', '.join(f'{k}={v}' for k, v in sparse.items())}" if sparse else ""
@@ -62,7 +63,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         result = run_renode(fw.path, fw.board)
         print(f"renode-test {result.robot} passed: the firmware booted and printed its banner")
         return
-    ev = evaluate_firmware(Path(args.fwdir), limit=args.limit, progress=not args.json, transport=args.transport)
+    ev = evaluate_firmware(Path(args.fwdir), limit=args.limit, progress=not args.json, transport=args.transport,
+                           inputs=Path(args.inputs) if args.inputs else None,
+                           outputs=Path(args.outputs) if args.outputs else None, oracle=args.oracle, seed=args.seed)
     if args.json:
         _print_json(ev.to_dict())
         return
@@ -72,12 +75,48 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def _print_evaluations(evs: list) -> None:
     header = ("board", "kernels", "samples", "float acc", "int8 ref acc", "device acc", "mismatches",
               "model B", "fp32 B", "flash B", "RAM B", "instr/inference")
-    rows = [(e.board, e.kernels, str(e.samples), f"{e.float_accuracy:.4f}", f"{e.reference_accuracy:.4f}",
-             f"{e.device_accuracy:.4f}", str(e.mismatches), str(e.model_flash_bytes), str(e.fp32_model_bytes),
+    def acc(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
+    rows = [(e.board, e.kernels, str(e.samples), acc(e.float_accuracy), acc(e.reference_accuracy),
+             acc(e.device_accuracy), str(e.mismatches), str(e.model_flash_bytes), str(e.fp32_model_bytes),
              str(e.firmware_flash_bytes), str(e.ram_bytes), f"{e.instructions_per_inference:,.0f}") for e in evs]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     for line in (header, *rows):
         print("  ".join(cell.rjust(w) for cell, w in zip(line, widths, strict=True)))
+
+
+def cmd_import(args: argparse.Namespace) -> None:
+    from mcuprune.frontend.files import import_model_file
+    from mcuprune.train.runs import write_imported_run
+
+    path = Path(args.model)
+    model, meta = import_model_file(path)
+    doc = write_imported_run(Path(args.out), model, {**meta, "source_file": str(path.resolve()),
+                                                     **({"dataset": args.dataset} if args.dataset else {})})
+    summary = {"run": args.out, "kind": doc["kind"], "name": model.name, "layers": len(model.layers),
+               "input_shape": list(model.input_shape), "outputs": model.num_classes,
+               "ops": sorted({layer.op.value for layer in model.layers})}
+    if args.json:
+        _print_json(summary)
+        return
+    print(f"imported {path.name} as a {doc['kind']} run: {len(model.layers)} layers ({', '.join(summary['ops'])}), "
+          f"input {tuple(model.input_shape)}, {model.num_classes} outputs -> {args.out}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from mcuprune.frontend.tflite import export_tflite
+    from mcuprune.target.compile import load_firmware_dir
+
+    fw = load_firmware_dir(Path(args.fwdir))
+    out = Path(args.out)
+    if out.is_dir():
+        raise UserError(f"{out} is a directory: give a file name such as model.tflite")
+    data = export_tflite(fw.model)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(out)
+    print(f"wrote {out} ({len(data):,} B): the int8 model of {fw.path} for TFLite Micro")
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
@@ -99,7 +138,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
 def cmd_sweep(args: argparse.Namespace) -> None:
     from mcuprune.compress.sweep import sweep_run
     from mcuprune.device.evaluate import CompileAndEvaluate
-    from mcuprune.train.training import read_run_meta
+    from mcuprune.train.runs import read_run_meta
 
     run = Path(args.run)
     if args.budgets:
@@ -254,7 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a network and write a run directory")
     p.add_argument("--dataset", required=True, help="fashion-mnist, digits or PATH.npz (x, y)")
-    p.add_argument("--arch", choices=("mlp", "cnn"), default="cnn")
+    p.add_argument("--arch", choices=("mlp", "cnn", "resnet8", "dscnn"), default="cnn",
+                   help="mlp, cnn: mcuprune's own small networks; resnet8, dscnn: the MLPerf Tiny shapes for the "
+                   "dataset's input size (PyTorch modules entering through the PyTorch importer)")
     p.add_argument("--epochs", type=int, default=None, help="default: 10 for fashion-mnist, 40 for digits")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="run directory to create")
@@ -273,8 +314,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", choices=("static", "blob"), default="static",
                    help="static: parameters compiled in (default); blob: parameters in an updatable model blob "
                    "with on-device telemetry (boards with a [slots] region)")
+    p.add_argument("--calibration", default=None, metavar="NPZ",
+                   help="float run: calibration inputs (.npz holding x, the float model's input units); default: a "
+                   "subset of the run's dataset")
     p.add_argument("--out", required=True, help="firmware directory to create")
     p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("import", help="bring your own model: an int8 .tflite or a torch.export .pt2 becomes a run")
+    p.add_argument("model", help="MODEL.tflite (fully integer-quantized, taken as is) or MODEL.pt2 "
+                   "(torch.export.save; quantized by compile)")
+    p.add_argument("--dataset", default=None, help="dataset the model's inputs come from (fashion-mnist, digits, "
+                   "PATH.npz), for calibration and evaluation")
+    p.add_argument("--out", required=True, help="run directory to create")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("export", help="write a firmware's int8 model as a .tflite that TFLite Micro runs")
+    p.add_argument("fwdir")
+    p.add_argument("--format", choices=("tflite",), default="tflite")
+    p.add_argument("--out", required=True, help="MODEL.tflite to write")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("evaluate", help="run a firmware in QEMU and compare with the int8 reference")
     p.add_argument("fwdir")
@@ -282,6 +341,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--emulator", choices=("qemu", "renode"), default="qemu",
                    help="renode: run the generated Robot Framework test (needs renode-test on PATH)")
+    p.add_argument("--inputs", default=None, metavar="NPZ", help="inputs instead of the test set: x with shape "
+                   "(N, *model input shape); int8 as the device takes them, or float (quantized with the model's "
+                   "input scale and zero point)")
+    p.add_argument("--outputs", default=None, metavar="NPZ", help="write the device's int8 outputs as y (N, outputs)")
+    p.add_argument("--oracle", choices=("none", "tflm"), default="none",
+                   help="tflm: also run every input through TFLite Micro's interpreter (tflm_mismatches)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the inputs of a model without a dataset")
     p.add_argument("--transport", choices=("uart", "semihosting"), default="uart",
                    help="how inputs reach the device: over the UART (default), or read from a host file through "
                    "semihosting (emulator only, ~20x faster under QEMU)")

@@ -17,6 +17,7 @@ from unittest import mock
 
 import numpy as np
 import pytest
+from host_c import host_build
 
 from mcuprune.codegen import emit as codegen
 from mcuprune.codegen.blob import HEADER_BYTES, pack_blob, parse_blob, parse_header
@@ -31,8 +32,6 @@ from mcuprune.train.datasets import to_int8
 REPO = Path(__file__).resolve().parent.parent
 RUNTIME = RUNTIME_DIR
 HARNESS = Path(__file__).resolve().parent / "blob_harness" / "blob_host.c"
-HOST_CFLAGS = ["-std=c11", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-fno-omit-frame-pointer",
-               "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
 RUNTIME_SOURCES = ("bind_check.c", "blob.c", "crc32.c", "telemetry.c")
 BAD_BLOB = 9  # MCUP_ERR_BAD_BLOB
 
@@ -66,7 +65,7 @@ def models(digits_run, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Factory model (85 % pruned) and an update of the same architecture (95 % pruned, quantized
     with other calibration images), each with its monitor QSAE."""
     from mcuprune.controller.drift_qsae import build_monitor_qsae
-    from mcuprune.quantize import quantize_model
+    from mcuprune.quantize import quantize_image_model
     from mcuprune.target.compile import quantize_run
     from mcuprune.train.training import load_float_model
 
@@ -74,7 +73,7 @@ def models(digits_run, tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("blob-models")
     model = quantize_run(_masked_run(run_dir, tmp / "p85", 0.85))
     float_update, _ = load_float_model(_masked_run(run_dir, tmp / "p95", 0.95))
-    update = quantize_model(float_update, dataset.x_train[700:1100])
+    update = quantize_image_model(float_update, dataset.x_train[700:1100])
     return {
         "dataset": dataset,
         "model": model,
@@ -92,19 +91,11 @@ def _generate(model: QuantModel, monitor: QuantModel, formats: dict[str, str], s
 
 
 def _host_build(model: QuantModel, monitor: QuantModel, formats: dict[str, str], out: Path) -> Path:
-    gcc = shutil.which("gcc")
-    if gcc is None:
-        pytest.skip("gcc is not installed (apt-get install gcc)")
     gen = _generate(model, monitor, formats, out / "src")
     assert gen.formats == formats
-    kernels = gen.kernel_sources(model, "reference")
-    exe = out / "blob_host"
-    cmd = [gcc, *HOST_CFLAGS, f"-I{out / 'src'}", f"-I{INCLUDE_DIR}", f"-I{RUNTIME}", f"-I{BSP_DIR}",
-           str(out / "src" / "model.c"), str(out / "src" / "model_data.c"), *map(str, kernels),
-           *(str(RUNTIME / name) for name in RUNTIME_SOURCES), str(HARNESS), "-o", str(exe)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    return exe
+    sources = [out / "src" / "model.c", out / "src" / "model_data.c", *gen.kernel_sources(model, "reference"),
+               *(RUNTIME / name for name in RUNTIME_SOURCES), HARNESS]  # fmt: skip
+    return host_build(out / "blob_host", sources, [out / "src", INCLUDE_DIR, RUNTIME, BSP_DIR])
 
 
 @pytest.fixture(scope="module")
@@ -527,7 +518,7 @@ def test_compile_blob_firmware_directory(models, tmp_path: Path) -> None:
     assert fw.update_blob(model, monitor) == result.generated.blob
     from dataclasses import replace
 
-    other = replace(model, layers=model.layers[:-1] + (replace(model.layers[-1], relu=True),))
+    other = replace(model, layers=(replace(model.layers[0], dilation=(2, 2)),) + model.layers[1:])
     with pytest.raises(UserError, match="re-flash"):
         fw.update_blob(other, monitor)
 

@@ -29,7 +29,7 @@ def test_outputs_are_the_layer_applied_to_the_captured_inputs(digits_model) -> N
         cap = caps[layer.name]
         assert cap.inputs.shape[1] == weight_matrix(layer).shape[1]
         assert cap.outputs.shape == (len(cap.inputs), layer.out_shape[-1])
-        expected = apply_rows(cap.inputs, weight_matrix(layer), layer.bias, layer.relu)
+        expected = apply_rows(cap.inputs, weight_matrix(layer), layer.bias, layer.clamp)
         np.testing.assert_allclose(cap.outputs, expected, rtol=1e-5, atol=1e-5)
         assert cap.relu == layer.relu
 
@@ -39,10 +39,10 @@ def test_all_positions_reproduce_the_float_trace(digits_model) -> None:
     model, x = digits_model
     caps = capture_activations(model, x[:20], positions=10_000, max_rows=10**7, seed=0)
     trace = trace_f32(model, x[:20])
-    for i, layer in enumerate(model.layers):
+    for layer in model.layers:
         if layer.weights is None:
             continue
-        full = trace[i + 1].reshape(-1, layer.out_shape[-1])
+        full = trace[layer.name].reshape(-1, layer.out_shape[-1])
         got = caps[layer.name].outputs
         # conv rows come in a random pixel order per image: compare them as sorted sets of rows
         assert got.shape == full.shape
@@ -53,10 +53,10 @@ def test_input_norms_and_means_are_exact_over_every_position(digits_model) -> No
     model, x = digits_model
     caps = capture_activations(model, x, positions=2, max_rows=50, seed=0)  # sampling must not matter
     trace = trace_f32(model, x)
-    for i, layer in enumerate(model.layers):
+    for layer in model.layers:
         if layer.weights is None:
             continue
-        rows = layer_rows(trace[i], layer).reshape(-1, weight_matrix(layer).shape[1]).astype(np.float64)
+        rows = layer_rows(trace[layer.inputs[0]], layer).reshape(-1, weight_matrix(layer).shape[1]).astype(np.float64)
         np.testing.assert_allclose(caps[layer.name].input_norms, np.linalg.norm(rows, axis=0), rtol=1e-5)
         np.testing.assert_allclose(caps[layer.name].input_means, rows.mean(axis=0), rtol=1e-5, atol=1e-7)
         assert caps[layer.name].positions == len(rows)

@@ -4,23 +4,29 @@ from __future__ import annotations
 
 import ctypes
 import math
-import subprocess
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pytest
+from host_c import host_build
 from hypothesis import given
 from hypothesis import strategies as st
 
 from mcuprune.model.fixedpoint import (
     INT32_MAX,
     INT32_MIN,
+    count_leading_zeros32,
     doubling_high_mult,
+    exp_on_negative_values,
+    get_reciprocal,
+    one_over_one_plus_x_for_x_in_0_1,
     quantize_multiplier,
     requantize,
     requantize_s8,
     rounding_divide_by_pot,
+    rounding_half_sum,
+    saturating_rounding_multiply_by_pot,
 )
 from mcuprune.resources import INCLUDE_DIR
 
@@ -102,15 +108,57 @@ def test_numpy_matches_exact_oracle(acc: int, multiplier: int, shift: int) -> No
     assert requantize(np.array([acc]), multiplier, shift)[0] == oracle_requantize(acc, multiplier, shift)
 
 
+def int32_samples(seed: int, n: int = 3000) -> np.ndarray:
+    """The int32 edge values and seeded random ones."""
+    edges = [INT32_MIN, INT32_MIN + 1, -(2**30), -(2**30) - 1, -3, -2, -1, 0, 1, 2, 3, 2**30, 2**30 + 1, INT32_MAX]
+    return np.concatenate([edges, np.random.default_rng(seed).integers(INT32_MIN, INT32_MAX, n, endpoint=True)])
+
+
+def test_high_mult_and_divide_match_the_oracle_on_arrays() -> None:
+    """The vectorised shortcuts (one shift for the high multiply, a nudge for the divide) against the
+    exact definitions, with per-element exponents mixing 0 (the general path) and > 0."""
+    a, b = int32_samples(1), int32_samples(2)[::-1]
+    expected = [INT32_MAX if x == y == INT32_MIN else round_half_up(Fraction(int(x) * int(y), 2**31))
+                for x, y in zip(a, b, strict=True)]
+    assert doubling_high_mult(a, b).tolist() == expected
+    exponents = np.random.default_rng(3).integers(0, 32, a.size)
+    for e in (exponents, np.maximum(exponents, 1), 1, 31):
+        es = np.broadcast_to(e, a.shape)
+        assert rounding_divide_by_pot(a, e).tolist() == [round_half_away(Fraction(int(x), 2 ** int(k)))
+                                                          for x, k in zip(a, es, strict=True)]
+
+
+def test_gemmlowp_helpers_match_their_definitions() -> None:
+    x = int32_samples(4)
+    for exponent in (-31, -5, -1, 0, 1, 5, 30):
+        want = [round_half_away(Fraction(int(v), 2**-exponent)) if exponent < 0
+                else min(max(int(v) * 2**exponent, INT32_MIN), INT32_MAX) for v in x]
+        assert saturating_rounding_multiply_by_pot(x, exponent).tolist() == want
+    y = int32_samples(5)
+    assert rounding_half_sum(x, y).tolist() == [round_half_away(Fraction(int(u) + int(v), 2))
+                                                for u, v in zip(x, y, strict=True)]
+    assert count_leading_zeros32(x).tolist() == [32 - (int(v) & 0xFFFFFFFF).bit_length() for v in x]
+
+
+def test_softmax_fixed_point_functions_approximate_exp_and_reciprocal() -> None:
+    """exp on Q5.26 arguments and 1/x on Q12.19 values, against float64 (TFLM bit-exactness of the
+    whole softmax is in tests/test_reference_tflm.py)."""
+    rng = np.random.default_rng(6)
+    arg = np.concatenate([[0, -1, -(2**26), -(31 * 2**26)], -rng.integers(0, 32 * 2**26, 2000)])
+    got = exp_on_negative_values(arg, 5) / 2.0**31
+    np.testing.assert_allclose(got, np.exp(arg / 2.0**26), rtol=0, atol=3e-7)  # the Q0.31 polynomial: ~2e-7
+    a = rng.integers(0, 2**31, 2000)
+    np.testing.assert_allclose(one_over_one_plus_x_for_x_in_0_1(a) / 2.0**31, 1 / (1 + a / 2.0**31), atol=5e-9)
+    total = rng.integers(2**19, 2**31 - 1, 2000)  # sums of exps in Q12.19: 1 .. 4096
+    reciprocal, bits_over_unit = get_reciprocal(total, 12)
+    np.testing.assert_allclose(reciprocal * 2.0 ** -(31 + bits_over_unit), 2.0**19 / total, rtol=1e-8)
+
+
 @pytest.fixture(scope="module")
 def c_requant(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
-    tmp = tmp_path_factory.mktemp("requant")
-    src = tmp / "requant.c"
-    src.write_text('#include "mcup_requant.h"\n'
-                   "int32_t requant(int32_t a, int32_t m, int32_t s) { return mcup_requantize(a, m, s); }\n")
-    lib = tmp / "librequant.so"
-    subprocess.run(["gcc", "-O2", "-std=c11", "-Wall", "-Wextra", "-Werror", "-shared", "-fPIC",
-                    f"-I{INCLUDE_DIR}", str(src), "-o", str(lib)], check=True)
+    source = ('#include "mcup_requant.h"\n'
+              "int32_t requant(int32_t a, int32_t m, int32_t s) { return mcup_requantize(a, m, s); }\n")
+    lib = host_build(tmp_path_factory.mktemp("requant") / "librequant.so", [], [INCLUDE_DIR], shared=True, text=source)
     dll = ctypes.CDLL(str(lib))
     dll.requant.restype = ctypes.c_int32
     dll.requant.argtypes = [ctypes.c_int32] * 3

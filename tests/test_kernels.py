@@ -11,21 +11,18 @@ from __future__ import annotations
 
 import ctypes
 import doctest
-import os
-import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings
-from hypothesis import strategies as st
+from host_c import kernel_library, require
+from hypothesis import given, settings
+from kernel_cases import Case, QuantParamsC, c_ptr, make_layer, quant_params, random_cases
 
 import mcuprune.model.ops
-from mcuprune.model.fixedpoint import quantize_multipliers
-from mcuprune.model.ir import Op, QParams, QuantLayer, conv_out_hw
+from mcuprune.model.ir import Op, QuantLayer
 from mcuprune.model.ops import (
     OPS,
     STRIP_MAX_WORDS,
@@ -36,40 +33,16 @@ from mcuprune.model.ops import (
     kernel_sources,
     scratch_bytes,
 )
-from mcuprune.model.reference import conv2d_s8, dense_s8, im2col, maxpool2d
+from mcuprune.model.reference import conv2d_s8, dense_s8, maxpool2d
 from mcuprune.resources import INCLUDE_DIR, KERNEL_DIR
 
-HOST_CFLAGS = ["-O2", "-Wall", "-Wextra", "-Werror", "-std=c11", "-shared", "-fPIC"]
-VARIANT_CFLAGS = {"reference": [], "dsp": ["-DMCUP_EMULATE_DSP"]}
 CANARY = 0x5A  # fills the bytes around every output and past every scratch buffer
 HARNESS_DIR = Path(__file__).resolve().parent / "kernel_harness"
 
 
-def _require(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{tool} is required in CI")
-        pytest.skip(f"{tool} not installed")
-    return path
+# --- ctypes mirrors of firmware/include/mcup_nn.h (mcup_quant_params: kernel_cases.py) --------
 
-
-# --- ctypes mirrors of firmware/include/mcup_nn.h -------------------------------------------
-
-_I32P = ctypes.POINTER(ctypes.c_int32)
 _I8P = ctypes.POINTER(ctypes.c_int8)
-
-
-class QuantParamsC(ctypes.Structure):
-    _fields_ = [
-        ("bias", _I32P),
-        ("multiplier", _I32P),
-        ("shift", _I32P),
-        ("input_offset", ctypes.c_int32),
-        ("output_offset", ctypes.c_int32),
-        ("act_min", ctypes.c_int32),
-        ("act_max", ctypes.c_int32),
-    ]
 
 
 class FcParamsC(ctypes.Structure):
@@ -92,13 +65,6 @@ class Maxpool2dParamsC(ctypes.Structure):
     _fields_ = [(name, ctypes.c_int32) for name in ("in_h", "in_w", "c", "pool")]
 
 
-def _ptr(array: np.ndarray | None, ctype):
-    if array is None:
-        return ctypes.POINTER(ctype)()  # NULL
-    assert array.flags.c_contiguous
-    return array.ctypes.data_as(ctypes.POINTER(ctype))
-
-
 def _at(values: np.ndarray, lead: int, fill: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A copy of int8 `values` (flattened) starting `lead` bytes past a word boundary, and its buffer
     (which has `fill` bytes around it): lead = 1 makes every 32-bit load of the kernels unaligned."""
@@ -119,23 +85,9 @@ class Call:
 
     def __init__(self, layer: QuantLayer, null_bias: bool, lead: int = 0, act_max: int | None = None):
         w, self.w_buf = _at(layer.weights, lead)
-        self.keep = [
-            w,
-            None if null_bias else np.ascontiguousarray(layer.bias, dtype=np.int32),
-            np.ascontiguousarray(layer.multiplier, dtype=np.int32),
-            np.ascontiguousarray(layer.shift, dtype=np.int32),
-        ]
-        w, bias, mult, shift = self.keep
-        self.weights = _ptr(w, ctypes.c_int8)
-        self.q = QuantParamsC(
-            bias=_ptr(bias, ctypes.c_int32),
-            multiplier=_ptr(mult, ctypes.c_int32),
-            shift=_ptr(shift, ctypes.c_int32),
-            input_offset=-layer.input_q.zero_point,
-            output_offset=layer.output_q.zero_point,
-            act_min=layer.act_min,
-            act_max=layer.act_max if act_max is None else act_max,
-        )
+        self.q, quant = quant_params(layer, null_bias, act_max)
+        self.keep = [w, *quant]
+        self.weights = c_ptr(w, ctypes.c_int8)
 
 
 class Kernels:
@@ -153,7 +105,7 @@ class Kernels:
         lead = 1 places input and output one byte past a word boundary."""
         x, _x_buf = _at(x, lead)
         out, out_buf = _at(np.full(out_size, CANARY, dtype=np.int8), lead, fill=CANARY)
-        args = [ctypes.byref(params), _ptr(x, ctypes.c_int8), _ptr(out, ctypes.c_int8)]
+        args = [ctypes.byref(params), c_ptr(x, ctypes.c_int8), c_ptr(out, ctypes.c_int8)]
         words = np.full((scratch or 0) // 4 + 4, CANARY * 0x01010101, dtype=np.uint32)  # 4-aligned
         if scratch is not None:  # maxpool takes no scratch argument
             args.append(ctypes.c_void_p(words.ctypes.data) if scratch else None)
@@ -210,15 +162,10 @@ class Kernels:
 
 @pytest.fixture(scope="module", params=VARIANTS)
 def kernels(request, tmp_path_factory) -> Kernels:
-    gcc = _require("gcc")
     variant = request.param
     lib_path = tmp_path_factory.mktemp(f"kernels_{variant}") / f"libmcup_{variant}.so"
     dense_kernels = [(Op.CONV2D, "dense"), (Op.DENSE, "dense"), (Op.MAXPOOL2D, None)]
-    sources = [str(p) for p in [*kernel_sources(variant, dense_kernels), HARNESS_DIR / "layout.c"]]
-    cmd = [gcc, *HOST_CFLAGS, *VARIANT_CFLAGS[variant], f"-I{INCLUDE_DIR}", *sources, "-o", str(lib_path)]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    assert result.returncode == 0, f"{' '.join(cmd)}\n{result.stderr}"
-    return Kernels(variant, ctypes.CDLL(str(lib_path)))
+    return Kernels(variant, kernel_library(lib_path, variant, dense_kernels, [HARNESS_DIR / "layout.c"]))
 
 
 def test_ctypes_mirrors_match_header(kernels: Kernels):
@@ -240,34 +187,7 @@ def test_ctypes_mirrors_match_header(kernels: Kernels):
     assert list(layout) == expected
 
 
-# --- the case table -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Case:
-    """One layer configuration. Requantization is chosen so outputs spread over about +-100 levels
-    around the output zero point; `rescale` > 1 widens that (20 saturates most outputs). Small
-    x_max/w_max give small accumulators, hence rescale factors > 1 (left shifts)."""
-
-    name: str
-    op: Op
-    in_shape: tuple[int, ...]  # (H, W, C) or (features,)
-    out_c: int  # out_features for dense
-    k: int = 3
-    k_w: int | None = None  # None: square kernel k x k
-    stride: int = 1
-    pad: int = 0
-    in_zp: int = 0
-    out_zp: int = 0
-    relu: bool = False
-    null_bias: bool = False
-    rescale: float = 1.0
-    x_max: int = 128  # inputs drawn from [-x_max, x_max)
-    w_max: int = 128  # weights drawn from [-w_max, w_max)
-    seed: int = 0
-    misalign: bool = False  # weights, input and output start 1 byte past a word boundary
-    act_max: int = 127  # clamp top passed to the kernel (QuantLayer always has 127)
-
+# --- the case table (Case, make_layer: kernel_cases.py) -------------------------------------
 
 FC_CASES = [
     Case("fc_len4_even_rows", Op.DENSE, (16,), 8),
@@ -354,47 +274,6 @@ POOL_CASES = [
 ]
 
 
-def make_layer(case: Case) -> tuple[QuantLayer, np.ndarray]:
-    """A QuantLayer with random int8 weights and a seeded random input for it."""
-    rng = np.random.default_rng(case.seed)
-    if case.op is Op.DENSE:
-        in_shape = case.in_shape
-        out_shape: tuple[int, ...] = (case.out_c,)
-        weights = rng.integers(-case.w_max, case.w_max, size=(case.out_c, in_shape[0]))
-    else:
-        h, w, c = case.in_shape
-        k_w = case.k if case.k_w is None else case.k_w
-        oh, ow = conv_out_hw(h, w, case.k, k_w, case.stride, case.pad)
-        in_shape, out_shape = (h, w, c), (oh, ow, case.out_c)
-        weights = rng.integers(-case.w_max, case.w_max, size=(case.out_c, case.k, k_w, c))
-    weights = weights.astype(np.int8)
-    x = rng.integers(-case.x_max, case.x_max, size=in_shape).astype(np.int8)
-    fan_in = int(np.prod(weights.shape[1:]))
-    bias_max = int(case.x_max * case.w_max * np.sqrt(fan_in) / 4) + 1  # about the accumulator spread
-    bias = rng.integers(-bias_max, bias_max, size=case.out_c)
-    bias = bias.astype(np.int32)
-    # Pick rescale factors that spread each channel's outputs over about +-100 levels (x20 saturates).
-    if case.op is Op.DENSE:
-        patches = x.astype(np.int64)[None] - case.in_zp
-    else:
-        _, k_h, k_w, _ = weights.shape
-        patches = im2col(x.astype(np.int64)[None], k_h, k_w, case.stride, case.pad, case.in_zp) - case.in_zp
-    acc = patches.reshape(-1, fan_in) @ weights.reshape(case.out_c, -1).astype(np.int64).T
-    acc = acc + (0 if case.null_bias else bias)
-    spread = np.maximum(np.abs(acc).max(axis=0), 1)  # per output channel
-    reals = case.rescale * 100.0 / spread * rng.uniform(0.3, 1.2, size=case.out_c)
-    if case.out_c > 2:
-        reals[1] = 0.0  # a channel with multiplier 0 (dead channel)
-    multiplier, shift = quantize_multipliers(reals)
-    layer = QuantLayer(
-        name=case.name, op=case.op, in_shape=in_shape, out_shape=out_shape,
-        input_q=QParams(0.02, case.in_zp), output_q=QParams(0.05, case.out_zp),
-        weights=weights, bias=np.zeros_like(bias) if case.null_bias else bias,
-        multiplier=multiplier, shift=shift, relu=case.relu, stride=case.stride, pad=case.pad,
-    )  # fmt: skip
-    return layer, x
-
-
 @pytest.mark.parametrize("case", FC_CASES, ids=lambda c: c.name)
 def test_fc_matches_reference(kernels: Kernels, case: Case):
     layer, x = make_layer(case)
@@ -412,28 +291,13 @@ def test_conv2d_matches_reference(kernels: Kernels, case: Case):
     np.testing.assert_array_equal(got, expected)
 
 
-@st.composite
-def random_cases(draw, op: Op) -> Case:
-    """Small layers of any shape the kernels accept, for the property tests below."""
-    common = dict(
-        in_zp=draw(st.integers(-128, 127)),
-        out_zp=draw(st.integers(-128, 127)),
-        relu=draw(st.booleans()),
-        null_bias=draw(st.booleans()),
-        rescale=draw(st.sampled_from([0.5, 1.0, 3.0])),
-        seed=draw(st.integers(0, 2**16)),
-    )
-    if op is Op.DENSE:
-        return Case("random", op, (draw(st.integers(1, 40)),), draw(st.integers(1, 9)), **common)
-    h, w, k_h, k_w = (draw(st.integers(1, 7)) for _ in range(4))
-    pad = draw(st.integers(0, max(min(k_h, k_w) - 1, 0)))
-    assume(h + 2 * pad >= k_h and w + 2 * pad >= k_w)
-    in_c, out_c, stride = draw(st.integers(1, 9)), draw(st.integers(1, 6)), draw(st.integers(1, 3))
-    return Case("random", op, (h, w, in_c), out_c, k=k_h, k_w=k_w, stride=stride, pad=pad, **common)
+def small_cases(op: Op):
+    """Dense layers of any shape the kernels accept, for the property tests below."""
+    return random_cases(op, max_features=40, max_hw=7, max_in_c=9)
 
 
 @settings(max_examples=150, derandomize=True, deadline=None, database=None)
-@given(case=random_cases(Op.CONV2D))
+@given(case=small_cases(Op.CONV2D))
 def test_conv2d_random_shapes(kernels: Kernels, case: Case):
     layer, x = make_layer(case)
     got = kernels.conv2d(x, layer, null_bias=case.null_bias)
@@ -443,7 +307,7 @@ def test_conv2d_random_shapes(kernels: Kernels, case: Case):
 
 
 @settings(max_examples=100, derandomize=True, deadline=None, database=None)
-@given(case=random_cases(Op.DENSE))
+@given(case=small_cases(Op.DENSE))
 def test_fc_random_shapes(kernels: Kernels, case: Case):
     layer, x = make_layer(case)
     got = kernels.dense(x, layer, null_bias=case.null_bias)
@@ -586,14 +450,14 @@ ARM_BUILDS = [
 
 @pytest.mark.parametrize(("target", "variant", "source"), ARM_BUILDS)
 def test_kernel_cross_compiles(tmp_path: Path, target: str, variant: str, source: Path):
-    cc = _require("arm-none-eabi-gcc")
+    cc = require("arm-none-eabi-gcc")
     cmd = [cc, *ARM_CFLAGS, *TARGETS[target][0], f"-I{INCLUDE_DIR}", "-c", str(source)]
     result = subprocess.run([*cmd, "-o", str(tmp_path / "k.o")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 
 
 def test_dsp_kernels_refuse_cores_without_dsp(tmp_path: Path):
-    cc = _require("arm-none-eabi-gcc")
+    cc = require("arm-none-eabi-gcc")
     source = KERNEL_DIR / "dsp" / "fc_s8_dense.c"
     cmd = [cc, *ARM_CFLAGS, *TARGETS["m3"][0], f"-I{INCLUDE_DIR}", "-c", str(source)]
     cmd += ["-o", str(tmp_path / "k.o")]
@@ -613,7 +477,7 @@ def test_ops_doctests():
 def test_bench_kernels_bit_exact_in_qemu(tmp_path: Path):
     """bench/kernels/run.py runs both variants on mps2-an386 and fails on any numpy mismatch."""
     for tool in ("arm-none-eabi-gcc", "qemu-system-arm"):
-        _require(tool)
+        require(tool)
     script = Path(__file__).resolve().parent.parent / "bench" / "kernels" / "run.py"
     cmd = [sys.executable, str(script), "--build-dir", str(tmp_path)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)

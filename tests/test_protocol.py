@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from host_c import host_build
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -535,14 +536,8 @@ int main(int argc, char **argv)
 
 @pytest.fixture(scope="module")
 def c_harness(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("c-harness")
-    (folder / "harness.c").write_text(HARNESS)
-    exe = folder / "harness"
-    cmd = ["gcc", "-std=c11", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-fsanitize=address,undefined",
-           "-fno-sanitize-recover=all", f"-DCAP={C_BODY_CAP}u", f"-I{RUNTIME}", str(folder / "harness.c"),
-           str(RUNTIME / "cobs.c"), str(RUNTIME / "crc32.c"), "-o", str(exe)]
-    subprocess.run(cmd, check=True, capture_output=True)
-    return exe
+    return host_build(tmp_path_factory.mktemp("c-harness") / "harness", [RUNTIME / "cobs.c", RUNTIME / "crc32.c"],
+                      [RUNTIME], [f"CAP={C_BODY_CAP}u"], text=HARNESS)
 
 
 def _run_harness(exe: Path, data: bytes, *args: str) -> bytes:

@@ -20,7 +20,7 @@ from mcuprune.compress.qsae import (
     unused_inputs,
 )
 from mcuprune.model.interpreter import run_f32, run_s8
-from mcuprune.quantize import quantize_model
+from mcuprune.quantize import INPUT_Q, input_floats, quantize_model
 
 
 def _activations(n: int = 3000, seed: int = 0) -> np.ndarray:
@@ -105,7 +105,7 @@ def test_export_is_an_int8_model_that_reproduces_the_qsae(tmp_path) -> None:
     np.testing.assert_allclose(run_f32(model, to_unit(q, x)), q.reconstruct(x), rtol=1e-4, atol=1e-4)
     # the int8 pipeline keeps the QSAE's int8 weights exactly
     images = to_uint8_images(q, x)
-    qmodel = quantize_model(model, images)
+    qmodel = quantize_model(model, input_floats(images, INPUT_Q), input_q=INPUT_Q)
     for qlayer, w in zip(qmodel.layers, (q.w_enc, q.w_dec), strict=True):
         np.testing.assert_array_equal(qlayer.weights, int8_rows(w)[0])
     int8_out = run_s8(qmodel, images.astype(np.int16) - 128)

@@ -8,9 +8,9 @@ import pytest
 from mcuprune.model.arena import plan_arena
 from mcuprune.model.fixedpoint import quantize_multipliers
 from mcuprune.model.interpreter import run_f32, run_s8
-from mcuprune.model.ir import Op, QParams, QuantLayer
+from mcuprune.model.ir import INPUT, FloatLayer, FloatModel, Op, QParams, QuantLayer, shape_product, verify
 from mcuprune.model.reference import conv2d_s8
-from mcuprune.quantize import activation_qparams, calibration_subset, quantize_model, quantize_weights
+from mcuprune.quantize import activation_qparams, quantize_image_model, quantize_weights
 from mcuprune.train.datasets import to_float, to_int8
 
 
@@ -33,7 +33,7 @@ def test_int8_reference_agrees_with_torch_float(arch: str, tmp_path) -> None:
     train_run(ds, "digits", arch, epochs=40, out=tmp_path, seed=1)
     net, _, _ = load_torch_model(tmp_path)
     model, _ = load_float_model(tmp_path)
-    qmodel = quantize_model(model, calibration_subset(ds.x_train))
+    qmodel = quantize_image_model(model, ds.x_train)
     torch_pred = torch_predict_logits(net, ds.x_test).argmax(1)
     int8_pred = run_s8(qmodel, to_int8(ds.x_test)).argmax(1)
     agreement = (torch_pred == int8_pred).mean()
@@ -71,7 +71,8 @@ def naive_conv(x: np.ndarray, layer: QuantLayer) -> np.ndarray:
                 acc = int(layer.bias[co])
                 for ky in range(k_h):
                     for kx in range(k_w):
-                        iy, ix = oy * layer.stride - layer.pad + ky, ox * layer.stride - layer.pad + kx
+                        iy = oy * layer.stride[0] - layer.padding[0] + ky
+                        ix = ox * layer.stride[1] - layer.padding[2] + kx
                         if 0 <= iy < h and 0 <= ix < w:
                             for ci in range(c_in):
                                 pixel = int(x[iy, ix, ci]) - layer.input_q.zero_point
@@ -91,23 +92,74 @@ def test_conv_reference_matches_loops(stride: int, pad: int) -> None:
     layer = QuantLayer("c", Op.CONV2D, (h, w, c_in), (oh, ow, c_out), QParams(0.1, 7), QParams(0.2, -3),
                        weights=rng.integers(-127, 128, (c_out, 3, 3, c_in)).astype(np.int8),
                        bias=rng.integers(-5000, 5000, c_out).astype(np.int32), multiplier=mult, shift=shift,
-                       relu=True, stride=stride, pad=pad)
+                       act_min=-3, stride=(stride, stride), padding=(pad, pad, pad, pad))
     x = rng.integers(-128, 128, (1, h, w, c_in)).astype(np.int8)
     expected = requantize_s8(naive_conv(x[0], layer), mult, shift, -3, layer.act_min, 127)
     assert (conv2d_s8(x, layer)[0] == expected).all()
 
 
+def _random_graph(rng: np.random.Generator) -> FloatModel:
+    """A random chain of dense layers with residual adds and reshapes: tensors of many sizes and lifetimes."""
+    layers: list[FloatLayer] = []
+    names, width = [INPUT], int(rng.integers(4, 64))
+    for i in range(int(rng.integers(2, 12))):
+        previous = names[-1]
+        kind = rng.integers(0, 4)
+        if kind == 0 and i > 1:  # a residual add of the last tensor and an earlier one of the same width
+            same = [n for n, layer in zip(names[1:], layers, strict=True) if layer.out_shape == (width,)][:-1]
+            if same:
+                layers.append(FloatLayer(f"add{i}", Op.ADD, (width,), (width,), inputs=(previous, same[0])))
+                names.append(f"add{i}")
+                continue
+        if kind == 1:
+            layers.append(FloatLayer(f"reshape{i}", Op.RESHAPE, (width,), (width, 1, 1), inputs=(previous,)))
+            layers.append(FloatLayer(f"flat{i}", Op.RESHAPE, (width, 1, 1), (width,), inputs=(f"reshape{i}",)))
+            names += [f"reshape{i}", f"flat{i}"]
+            continue
+        out = int(rng.integers(4, 64)) if kind == 2 else width
+        layers.append(FloatLayer(f"dense{i}", Op.DENSE, (width,), (out,), np.ones((out, width), np.float32),
+                                 np.zeros(out, np.float32), inputs=(previous,)))
+        names.append(f"dense{i}")
+        width = out
+    return FloatModel("g", (layers[0].in_shape[0],), width, tuple(layers))
+
+
 def test_arena_never_overlaps_live_tensors() -> None:
+    """Every two tensors live at the same layer get disjoint bytes; reshapes share their input's bytes."""
     rng = np.random.default_rng(0)
-    for _ in range(200):
-        sizes = rng.integers(1, 5000, rng.integers(1, 8)).tolist()
-        plan = plan_arena(sizes)
-        for i, (off, size) in enumerate(zip(plan.offsets, sizes, strict=True)):
+    for _ in range(300):
+        model = _random_graph(rng)
+        verify(model)
+        plan = plan_arena(model)
+        for name, (first, last) in plan.lifetimes.items():
+            size = shape_product(next(layer.out_shape for layer in model.layers if layer.name == name))
+            off = plan.offsets[name]
             assert off % 4 == 0 and off + size <= plan.size
-            if i > 0:  # tensor i-1 is read while tensor i is written
-                prev_off, prev_size = plan.offsets[i - 1], sizes[i - 1]
-                assert off >= prev_off + prev_size or prev_off >= off + size
-        assert plan.size <= max(sizes) + max(sizes) + 8
+            for other, (o_first, o_last) in plan.lifetimes.items():
+                if other != name and first <= o_last and o_first <= last:
+                    o_off = plan.offsets[other]
+                    o_size = shape_product(next(layer.out_shape for layer in model.layers if layer.name == other))
+                    assert off >= o_off + o_size or o_off >= off + size, (name, other)
+        for layer in model.layers[:-1]:
+            if layer.op is Op.RESHAPE:
+                assert plan.storage[layer.name] == plan.storage[layer.inputs[0]]
+            for name in layer.inputs:  # a reader runs inside its input's lifetime
+                owner = plan.storage[name]
+                if owner in plan.lifetimes:
+                    first, last = plan.lifetimes[owner]
+                    assert first <= model.layers.index(layer) <= last
+
+
+def test_arena_of_a_chain_is_two_tensors() -> None:
+    """In a chain two tensors are live at a time, so the plan needs max(size[i] + size[i+1]) bytes."""
+    sizes = [12544, 3136, 6272, 1568, 64, 10]
+    layers, width = [], 16
+    for i, size in enumerate(sizes):
+        layers.append(FloatLayer(f"d{i}", Op.DENSE, (width,), (size,), np.ones((size, width), np.float32),
+                                 np.zeros(size, np.float32)))
+        width = size
+    plan = plan_arena(FloatModel("chain", (16,), sizes[-1], tuple(layers)))
+    assert plan.size == max(a + b for a, b in zip(sizes[:-2], sizes[1:-1], strict=True))
 
 
 def test_pruning_masks_survive_save_and_follow_the_hwc_layout(digits_run, tmp_path) -> None:

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import host_c
 import numpy as np
 import pytest
 
@@ -31,9 +32,6 @@ TEST_CAPACITY = 8192  # the harness's region: 4096 + 2 * 8192 bytes
 FAKE_ARCH = 0xFA4E0001  # tests/c/fake_model/model.h MCUP_ARCH_HASH
 FAKE_OUTPUT, FAKE_PENULTIMATE = 4, 8
 FIXED_BYTES = 624  # header, 4-entry table, weights, bias, exp table: where the padding starts
-
-HOST_CFLAGS = ["-std=c11", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-fsanitize=address,undefined",
-               "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
 
 
 def fake_arrays(seed: int, length: int, exp0: int = 32768) -> list[np.ndarray]:
@@ -88,12 +86,8 @@ def write_test_blobs(path: Path) -> dict[str, bytes]:
 
 def host_build(out: Path, sources: list[Path], defines: tuple[str, ...] = ()) -> Path:
     """Build `sources` with the fake model for the host, under ASan and UBSan."""
-    cmd = ["gcc", *HOST_CFLAGS, f"-DTEST_CAPACITY={TEST_CAPACITY}u", *(f"-D{d}" for d in defines),
-           f"-I{C_DIR / 'fake_model'}", f"-I{C_DIR}", f"-I{out.parent}", f"-I{RUNTIME}", f"-I{BSP_DIR}",
-           *map(str, sources), "-o", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return out
+    includes = [C_DIR / "fake_model", C_DIR, out.parent, RUNTIME, BSP_DIR]
+    return host_c.host_build(out, sources, includes, (f"TEST_CAPACITY={TEST_CAPACITY}u", *defines))
 
 
 SLOT_SOURCES = [RUNTIME / "slots.c", RUNTIME / "blob.c", RUNTIME / "crc32.c", RUNTIME / "telemetry.c",

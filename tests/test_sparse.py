@@ -12,44 +12,31 @@ from __future__ import annotations
 import ctypes
 import doctest
 import itertools
-import os
-import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from host_c import kernel_library, require
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from kernel_cases import Case, QuantParamsC, c_ptr, make_layer, quant_params, random_cases
 
 import mcuprune.codegen.emit
 import mcuprune.model.costs
 import mcuprune.model.formats
 from mcuprune.codegen.emit import c_definitions, params_initializer
 from mcuprune.model.costs import choose_format, choose_formats, kernel_code_bytes, load_costs, predict_instructions
-from mcuprune.model.fixedpoint import quantize_multipliers
 from mcuprune.model.formats import MAX_DELTA, SPARSE_FORMATS, format_bytes, layer_bytes, pack, unpack
-from mcuprune.model.ir import Op, QParams, QuantLayer, conv_out_hw
+from mcuprune.model.ir import Op, QuantLayer
 from mcuprune.model.ops import FORMATS, OPS, VARIANTS, kernel_sources, scratch_bytes
-from mcuprune.model.reference import conv2d_s8, dense_s8, im2col
+from mcuprune.model.reference import conv2d_s8, dense_s8
 from mcuprune.resources import INCLUDE_DIR, KERNEL_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
-HOST_CFLAGS = ["-O2", "-Wall", "-Wextra", "-Werror", "-std=c11", "-shared", "-fPIC"]
-VARIANT_CFLAGS = {"reference": [], "dsp": ["-DMCUP_EMULATE_DSP"]}
 CANARY = 0x5A
 ALL_PAIRS = [(op, fmt) for op in (Op.DENSE, Op.CONV2D) for fmt in SPARSE_FORMATS]
-
-
-def _require(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{tool} is required in CI")
-        pytest.skip(f"{tool} not installed")
-    return path
 
 
 # --- packing --------------------------------------------------------------------------------
@@ -174,82 +161,15 @@ def test_conv_weights_pack_as_rows_of_k_h_k_w_in_c():
         np.testing.assert_array_equal(unpack(packed), w)
 
 
-# --- layers and the case table -------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Case:
-    name: str
-    op: Op
-    in_shape: tuple[int, ...]  # (H, W, C) or (features,)
-    out_c: int
-    sparsity: float = 0.9  # fraction of weights pruned (random unstructured mask)
-    pattern: str = "random"  # random | zero_rows | gaps (non-zeros 15/16/255/256/300 apart)
-    k: int = 3
-    k_w: int | None = None
-    stride: int = 1
-    pad: int = 0
-    in_zp: int = 0
-    out_zp: int = 0
-    relu: bool = False
-    null_bias: bool = False
-    seed: int = 0
-
-
-def make_layer(case: Case) -> tuple[QuantLayer, np.ndarray]:
-    """A pruned QuantLayer (weights 0 outside the mask, never 0 inside) and an input for it."""
-    rng = np.random.default_rng(case.seed)
-    if case.op is Op.DENSE:
-        in_shape, out_shape = case.in_shape, (case.out_c,)
-        w_shape: tuple[int, ...] = (case.out_c, case.in_shape[0])
-    else:
-        h, w, c = case.in_shape
-        k_w = case.k if case.k_w is None else case.k_w
-        in_shape, out_shape = (h, w, c), (*conv_out_hw(h, w, case.k, k_w, case.stride, case.pad), case.out_c)
-        w_shape = (case.out_c, case.k, k_w, c)
-    magnitudes = rng.integers(1, 128, size=w_shape) * rng.choice([-1, 1], size=w_shape)
-    mask = rng.random(w_shape) >= case.sparsity
-    flat = mask.reshape(case.out_c, -1)
-    if case.pattern == "zero_rows":
-        flat[::2] = False
-    elif case.pattern == "gaps":
-        flat[:] = False
-        cols = flat.shape[1]
-        for r in range(case.out_c):
-            c = r % 3
-            for gap in (15, 16, 255, 256, 300, 1)[r % 2 :]:
-                if c < cols:
-                    flat[r, c] = True
-                c += gap
-    weights = np.where(mask, magnitudes, 0).astype(np.int8)
-    x = rng.integers(-128, 128, size=in_shape).astype(np.int8)
-    fan_in = flat.shape[1]
-    bias = rng.integers(-2000, 2000, size=case.out_c).astype(np.int32)
-    if case.op is Op.DENSE:
-        patches = x.astype(np.int64)[None] - case.in_zp
-    else:
-        _, k_h, k_w, _ = weights.shape
-        patches = im2col(x.astype(np.int64)[None], k_h, k_w, case.stride, case.pad, case.in_zp) - case.in_zp
-    acc = patches.reshape(-1, fan_in) @ weights.reshape(case.out_c, -1).astype(np.int64).T
-    acc = acc + (0 if case.null_bias else bias)
-    reals = 100.0 / np.maximum(np.abs(acc).max(axis=0), 1) * rng.uniform(0.3, 1.2, size=case.out_c)
-    multiplier, shift = quantize_multipliers(reals)
-    layer = QuantLayer(
-        name=case.name, op=case.op, in_shape=in_shape, out_shape=out_shape,
-        input_q=QParams(0.02, case.in_zp), output_q=QParams(0.05, case.out_zp),
-        weights=weights, bias=np.zeros_like(bias) if case.null_bias else bias,
-        multiplier=multiplier, shift=shift, relu=case.relu, stride=case.stride, pad=case.pad, mask=mask,
-    )  # fmt: skip
-    return layer, x
-
+# --- the case table (Case, make_layer: kernel_cases.py) -------------------------------------
 
 FC_CASES = [
     Case("fc_dense_0pct", Op.DENSE, (40,), 7, sparsity=0.0, in_zp=3),
     Case("fc_50pct", Op.DENSE, (64,), 9, sparsity=0.5, in_zp=-128, out_zp=-5),
-    Case("fc_90pct", Op.DENSE, (200,), 12, in_zp=-7, out_zp=10),
+    Case("fc_90pct", Op.DENSE, (200,), 12, sparsity=0.9, in_zp=-7, out_zp=10),
     Case("fc_all_zero", Op.DENSE, (33,), 5, sparsity=1.0, in_zp=20, out_zp=-3),
     Case("fc_zero_rows", Op.DENSE, (50,), 6, sparsity=0.3, pattern="zero_rows", in_zp=127),
-    Case("fc_gaps_over_255", Op.DENSE, (900,), 5, pattern="gaps", in_zp=-1),
+    Case("fc_gaps_over_255", Op.DENSE, (900,), 5, sparsity=0.9, pattern="gaps", in_zp=-1),
     Case("fc_tails", Op.DENSE, (37,), 11, sparsity=0.6, in_zp=5),  # odd rows, row lengths % 4, 37 % 8
     Case("fc_in1", Op.DENSE, (1,), 3, sparsity=0.5, in_zp=-20),
     Case("fc_relu", Op.DENSE, (100,), 8, sparsity=0.8, in_zp=-3, out_zp=-20, relu=True),
@@ -261,10 +181,10 @@ FC_CASES = [
 CONV_CASES = [
     Case("conv_dense_0pct", Op.CONV2D, (5, 5, 4), 6, sparsity=0.0, pad=1, in_zp=-3, out_zp=7),
     Case("conv_50pct_pad1", Op.CONV2D, (6, 6, 8), 8, sparsity=0.5, pad=1, in_zp=-128),
-    Case("conv_90pct_pad0", Op.CONV2D, (7, 6, 16), 9, in_zp=5),
+    Case("conv_90pct_pad0", Op.CONV2D, (7, 6, 16), 9, sparsity=0.9, in_zp=5),
     Case("conv_all_zero", Op.CONV2D, (4, 4, 3), 4, sparsity=1.0, pad=1, in_zp=12, out_zp=-9),
     Case("conv_zero_rows", Op.CONV2D, (5, 4, 4), 5, sparsity=0.4, pattern="zero_rows", pad=1, in_zp=-60),
-    Case("conv_gaps_over_255", Op.CONV2D, (5, 5, 40), 4, pattern="gaps", pad=1, in_zp=2),  # k = 360
+    Case("conv_gaps_over_255", Op.CONV2D, (5, 5, 40), 4, sparsity=0.9, pattern="gaps", pad=1, in_zp=2),  # k = 360
     Case("conv_in1_pad1", Op.CONV2D, (9, 8, 1), 4, sparsity=0.5, pad=1, in_zp=-128, out_zp=-128),
     Case("conv_in1_odd_pixels", Op.CONV2D, (7, 7, 1), 5, sparsity=0.3, in_zp=12),  # 25 pixels
     Case("conv_stride2_pad1", Op.CONV2D, (8, 7, 16), 8, sparsity=0.8, stride=2, pad=1, in_zp=-128),
@@ -294,17 +214,10 @@ def test_cases_exercise_their_paths():
 
 # --- ctypes mirrors of firmware/include/mcup_sparse.h ---------------------------------------
 
-_I32P = ctypes.POINTER(ctypes.c_int32)
 _I8P = ctypes.POINTER(ctypes.c_int8)
 _U8P = ctypes.POINTER(ctypes.c_uint8)
 _CONV_DIMS = ("in_h", "in_w", "in_c", "out_h", "out_w", "out_c", "k_h", "k_w", "stride", "pad")
 _CONV_SHAPE = [(name, ctypes.c_int32) for name in _CONV_DIMS]
-
-
-class QuantParamsC(ctypes.Structure):
-    _fields_ = [("bias", _I32P), ("multiplier", _I32P), ("shift", _I32P)] + [
-        (name, ctypes.c_int32) for name in ("input_offset", "output_offset", "act_min", "act_max")
-    ]
 
 
 _BITMASK_FIELDS = [("mask", _U8P), ("values", _I8P), ("q", QuantParamsC)]
@@ -358,13 +271,6 @@ def _layout_source() -> str:
             f"    {body},\n}};\n")  # fmt: skip
 
 
-def _ptr(array: np.ndarray | None, ctype):
-    if array is None or array.size == 0:
-        return ctypes.POINTER(ctype)()  # NULL
-    assert array.flags.c_contiguous
-    return array.ctypes.data_as(ctypes.POINTER(ctype))
-
-
 class SparseKernels:
     """The six sparse kernels of one variant, compiled for the host, called like numpy ops."""
 
@@ -379,23 +285,14 @@ class SparseKernels:
         packed = pack(layer.weights, fmt)
         keep = [np.ascontiguousarray(a) for a in packed.arrays().values()]
         arrays = dict(zip(packed.arrays(), keep, strict=True))
-        quant = [
-            None if null_bias else np.ascontiguousarray(layer.bias, dtype=np.int32),
-            np.ascontiguousarray(layer.multiplier, dtype=np.int32),
-            np.ascontiguousarray(layer.shift, dtype=np.int32),
-        ]
+        q, quant = quant_params(layer, null_bias)
         keep += quant
-        q = QuantParamsC(
-            bias=_ptr(quant[0], ctypes.c_int32), multiplier=_ptr(quant[1], ctypes.c_int32),
-            shift=_ptr(quant[2], ctypes.c_int32), input_offset=-layer.input_q.zero_point,
-            output_offset=layer.output_q.zero_point, act_min=layer.act_min, act_max=layer.act_max,
-        )  # fmt: skip
         if fmt == "bitmask":
-            fields = {"mask": _ptr(arrays["mask"], ctypes.c_uint8), "values": _ptr(arrays["values"], ctypes.c_int8)}
+            fields = {"mask": c_ptr(arrays["mask"], ctypes.c_uint8), "values": c_ptr(arrays["values"], ctypes.c_int8)}
         else:
             fields = {
-                "values": _ptr(arrays["values"], ctypes.c_int8),
-                "deltas": _ptr(arrays["deltas"], ctypes.c_uint8),
+                "values": c_ptr(arrays["values"], ctypes.c_int8),
+                "deltas": c_ptr(arrays["deltas"], ctypes.c_uint8),
                 "row_ptr": ctypes.c_void_p(arrays["row_ptr"].ctypes.data),
                 "row_ptr_bytes": arrays["row_ptr"].dtype.itemsize,
             }
@@ -422,7 +319,7 @@ class SparseKernels:
         out = np.full(out_size + 8, CANARY, dtype=np.uint8)
         words = np.full(scratch // 4 + 4, CANARY * 0x01010101, dtype=np.uint32)
         fn = getattr(self.lib, OPS[layer.op].function(fmt))
-        fn(ctypes.byref(params), _ptr(x, ctypes.c_int8), _ptr(out, ctypes.c_int8),
+        fn(ctypes.byref(params), c_ptr(x, ctypes.c_int8), c_ptr(out, ctypes.c_int8),
            ctypes.c_void_p(words.ctypes.data) if scratch else None)  # fmt: skip
         assert (out[out_size:] == CANARY).all(), "kernel wrote past its output"
         assert (words[scratch // 4 :] == CANARY * 0x01010101).all(), "kernel wrote past its scratch"
@@ -431,17 +328,12 @@ class SparseKernels:
 
 @pytest.fixture(scope="module", params=VARIANTS)
 def sparse_kernels(request, tmp_path_factory) -> SparseKernels:
-    gcc = _require("gcc")
     variant = request.param
     build = tmp_path_factory.mktemp(f"sparse_{variant}")
     layout = build / "layout.c"
     layout.write_text(_layout_source())
-    lib_path = build / f"libmcup_sparse_{variant}.so"
-    sources = [str(p) for p in [*kernel_sources(variant, ALL_PAIRS), layout]]
-    cmd = [gcc, *HOST_CFLAGS, *VARIANT_CFLAGS[variant], f"-I{INCLUDE_DIR}", *sources, "-o", str(lib_path)]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    assert result.returncode == 0, f"{' '.join(cmd)}\n{result.stderr}"
-    return SparseKernels(variant, ctypes.CDLL(str(lib_path)))
+    lib = kernel_library(build / f"libmcup_sparse_{variant}.so", variant, ALL_PAIRS, [layout])
+    return SparseKernels(variant, lib)
 
 
 def test_ctypes_mirrors_match_header(sparse_kernels: SparseKernels):
@@ -475,28 +367,14 @@ def test_scratch_bytes_match_c(sparse_kernels: SparseKernels, case: Case, fmt: s
     assert c_size % 4 == 0
 
 
-@st.composite
-def random_cases(draw, op: Op) -> Case:
-    common = dict(
-        sparsity=draw(st.sampled_from([0.0, 0.3, 0.6, 0.85, 0.97, 1.0])),
-        in_zp=draw(st.integers(-128, 127)),
-        out_zp=draw(st.integers(-128, 127)),
-        relu=draw(st.booleans()),
-        null_bias=draw(st.booleans()),
-        seed=draw(st.integers(0, 2**16)),
-    )
-    if op is Op.DENSE:
-        return Case("random", op, (draw(st.integers(1, 300)),), draw(st.integers(1, 9)), **common)
-    h, w, k_h, k_w = (draw(st.integers(1, 6)) for _ in range(4))
-    pad = draw(st.integers(0, max(min(k_h, k_w) - 1, 0)))
-    assume(h + 2 * pad >= k_h and w + 2 * pad >= k_w)
-    in_c, out_c, stride = draw(st.integers(1, 20)), draw(st.integers(1, 6)), draw(st.integers(1, 3))
-    return Case("random", op, (h, w, in_c), out_c, k=k_h, k_w=k_w, stride=stride, pad=pad, **common)
+def pruned_cases(op: Op):
+    """Pruned layers of any shape the kernels accept, for the property test below."""
+    return random_cases(op, max_features=300, max_hw=6, max_in_c=20, sparsities=[0.0, 0.3, 0.6, 0.85, 0.97, 1.0])
 
 
 @settings(max_examples=60, derandomize=True, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
-@given(case=st.sampled_from([Op.DENSE, Op.CONV2D]).flatmap(random_cases), fmt=st.sampled_from(SPARSE_FORMATS))
+@given(case=st.sampled_from([Op.DENSE, Op.CONV2D]).flatmap(pruned_cases), fmt=st.sampled_from(SPARSE_FORMATS))
 def test_kernel_random_shapes(sparse_kernels: SparseKernels, case: Case, fmt: str):
     layer, x = make_layer(case)
     got = sparse_kernels.run(layer, fmt, x, null_bias=case.null_bias)
@@ -510,7 +388,6 @@ def test_kernel_random_shapes(sparse_kernels: SparseKernels, case: Case, fmt: st
 @pytest.mark.parametrize(("op", "fmt"), ALL_PAIRS + [(Op.DENSE, "dense"), (Op.CONV2D, "dense")], ids=str)
 def test_emitted_c_runs_bit_exact(tmp_path: Path, op: Op, fmt: str):
     """c_definitions + params_initializer produce a params struct the kernel runs correctly."""
-    gcc = _require("gcc")
     case = FC_CASES[6] if op is Op.DENSE else CONV_CASES[9]
     layer, x = make_layer(case)
     packed = pack(layer.weights, fmt)
@@ -528,17 +405,12 @@ def test_emitted_c_runs_bit_exact(tmp_path: Path, op: Op, fmt: str):
         f"void run(const int8_t *in, int8_t *out, void *s) {{ {function}(&layer, in, out, s); }}\n"
     )  # fmt: skip
     (tmp_path / "model.c").write_text(source)
-    lib_path = tmp_path / "libmodel.so"
-    sources = [tmp_path / "model.c", *kernel_sources("dsp", [(op, fmt)])]
-    cmd = [gcc, *HOST_CFLAGS, "-DMCUP_EMULATE_DSP", f"-I{INCLUDE_DIR}", *map(str, sources), "-o", str(lib_path)]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    lib = ctypes.CDLL(str(lib_path))
+    lib = kernel_library(tmp_path / "libmodel.so", "dsp", [(op, fmt)], [tmp_path / "model.c"])
     lib.scratch_size.restype = ctypes.c_int32
     assert lib.scratch_size() == scratch_bytes(layer, fmt, "dsp")
     scratch = np.zeros(lib.scratch_size() // 4 + 1, dtype=np.uint32)
     out = np.zeros(int(np.prod(layer.out_shape)), dtype=np.int8)
-    lib.run(_ptr(x.ravel(), ctypes.c_int8), _ptr(out, ctypes.c_int8), ctypes.c_void_p(scratch.ctypes.data))
+    lib.run(c_ptr(x.ravel(), ctypes.c_int8), c_ptr(out, ctypes.c_int8), ctypes.c_void_p(scratch.ctypes.data))
     np.testing.assert_array_equal(out.reshape(layer.out_shape), _reference(layer, x))
 
 
@@ -680,7 +552,7 @@ ARM_BUILDS = [
 
 @pytest.mark.parametrize(("target", "source"), ARM_BUILDS)
 def test_kernel_cross_compiles(tmp_path: Path, target: str, source: Path):
-    cc = _require("arm-none-eabi-gcc")
+    cc = require("arm-none-eabi-gcc")
     cmd = [cc, *ARM_CFLAGS, *ARM_TARGETS[target], f"-I{INCLUDE_DIR}", "-c", str(source), "-o", str(tmp_path / "k.o")]
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -693,7 +565,7 @@ def test_kernel_cross_compiles(tmp_path: Path, target: str, source: Path):
 def test_sparse_kernels_bit_exact_in_qemu(tmp_path: Path):
     """bench/sparse/run.py --quick: every kernel, both variants, M4 and M3, checked against numpy."""
     for tool in ("arm-none-eabi-gcc", "qemu-system-arm"):
-        _require(tool)
+        require(tool)
     script = ROOT / "bench" / "sparse" / "run.py"
     cmd = [sys.executable, str(script), "--quick", "--build-dir", str(tmp_path)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)

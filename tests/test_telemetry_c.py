@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
 import struct
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+from host_c import host_build
 
 from mcuprune.model.telemetry import exp_table, telemetry_from_tensors
 from mcuprune.resources import RUNTIME_DIR
@@ -73,18 +73,8 @@ int main(int argc, char **argv)
 
 @pytest.fixture(scope="module")
 def harness(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    gcc = shutil.which("gcc")
-    if gcc is None:
-        pytest.skip("gcc is not installed (apt-get install gcc)")
-    tmp = tmp_path_factory.mktemp("telemetry-c")
-    (tmp / "main.c").write_text(HARNESS)
-    exe = tmp / "telemetry_host"
-    proc = subprocess.run([gcc, "-std=c11", "-O1", "-g", "-Wall", "-Wextra", "-Werror", "-fno-omit-frame-pointer",
-                           "-fsanitize=address,undefined", "-fno-sanitize-recover=all", f"-I{RUNTIME}",
-                           str(RUNTIME / "telemetry.c"), str(tmp / "main.c"), "-o", str(exe)],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    return exe
+    return host_build(tmp_path_factory.mktemp("telemetry-c") / "telemetry_host", [RUNTIME / "telemetry.c"], [RUNTIME],
+                      text=HARNESS)
 
 
 def _run(exe: Path, table: np.ndarray, cases: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]],

@@ -2,10 +2,10 @@
 """Kernel micro-benchmark: instructions per MAC of the reference and DSP kernels in QEMU.
 
 Max-pool cases count instructions per output. Generates fixed random layers (seeded) as C data,
-builds bench.c once per kernel variant for mps2-an386 (Cortex-M4, -O2), runs both under
-`qemu-system-arm -icount shift=0` and prints a table. Every output checksum must equal the numpy
-reference's (mcuprune.model.reference), so the figures come with an on-target bit-exactness check.
-Exit status 1 on any mismatch.
+builds the harness (bench/harness/) once per kernel variant for mps2-an386 (Cortex-M4, -O2), runs
+both under `qemu-system-arm -icount shift=0` and prints a table. Every output checksum must equal
+the numpy reference's (mcuprune.model.reference), so the figures come with an on-target
+bit-exactness check. Exit status 1 on any mismatch.
 
     .venv/bin/python bench/kernels/run.py [--build-dir build/bench_kernels] [--markdown]
 """
@@ -13,9 +13,6 @@ Exit status 1 on any mismatch.
 from __future__ import annotations
 
 import argparse
-import re
-import shutil
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,23 +20,17 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "bench" / "harness")]
+
+from qemu_bench import M4, Target, bench_data, build, c_array, case_c, fnv1a, run_all  # noqa: E402
 
 from mcuprune.model.fixedpoint import quantize_multipliers  # noqa: E402
 from mcuprune.model.ir import Op, QParams, QuantLayer, conv_out_hw  # noqa: E402
-from mcuprune.model.ops import kernel_sources, scratch_bytes  # noqa: E402
+from mcuprune.model.ops import OPS, scratch_bytes  # noqa: E402
 from mcuprune.model.reference import conv2d_s8, dense_s8, im2col, maxpool2d  # noqa: E402
-from mcuprune.resources import INCLUDE_DIR  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
 DENSE_KERNELS = [(Op.DENSE, "dense"), (Op.CONV2D, "dense"), (Op.MAXPOOL2D, None)]
-VARIANTS = ("reference", "dsp")
-CPU_FLAGS = ["-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"]
-CFLAGS = ["-O2", "-std=c11", "-Wall", "-Wextra", "-Werror", "-ffunction-sections", "-fdata-sections"]
-QEMU = ["-M", "mps2-an386", "-icount", "shift=0", "-semihosting-config", "enable=on,target=native",
-        "-nographic", "-monitor", "none", "-serial", "none"]  # fmt: skip
-INSTRUCTIONS_PER_TICK = 40  # 25 MHz core clock, 1 ns per instruction under icount shift=0
-SENTINEL = "MCUP-BENCH-DONE"
+TARGETS = {variant: Target("cortex-m4", variant, "mps2-an386", M4) for variant in ("reference", "dsp")}
 
 
 @dataclass(frozen=True)
@@ -115,31 +106,27 @@ def make_layer(case: BenchCase) -> tuple[QuantLayer, np.ndarray]:
     return layer, x
 
 
-def c_array(ctype: str, name: str, values: np.ndarray, lead: int = 0) -> str:
-    """A static const, 4-byte aligned C array, after `lead` padding elements (data at name + lead).
-
-    >>> c_array("int8_t", "w", np.array([1, -2]))
-    'static const int8_t w[2] __attribute__((aligned(4))) = {\\n    1, -2,\\n};\\n'
-    """
-    flat = ["0"] * lead + [str(int(v)) for v in np.asarray(values).ravel()]
-    rows = [", ".join(flat[i : i + 24]) + "," for i in range(0, len(flat), 24)]
-    body = "\n".join("    " + row for row in rows)
-    return f"static const {ctype} {name}[{len(flat)}] __attribute__((aligned(4))) = {{\n{body}\n}};\n"
+def work(case: BenchCase, layer: QuantLayer) -> int:
+    """MACs (nominal: every tap counts, padding included); outputs for max-pool."""
+    out_size = int(np.prod(layer.out_shape))
+    return out_size if case.op is Op.MAXPOOL2D else out_size * int(layer.weights[0].size)
 
 
-def layer_c(case: BenchCase, layer: QuantLayer, x: np.ndarray) -> tuple[str, str]:
-    """C definitions of one case's data and its bench_cases[] entry."""
+def layer_c(case: BenchCase, layer: QuantLayer, x: np.ndarray, variant: str) -> tuple[str, str]:
+    """C definitions of one case's data and wrappers, and its bench_cases[] entry."""
     n = case.name
     lead = 1 if case.misalign else 0
     out_size = int(np.prod(layer.out_shape))
+    fmt = "dense" if layer.has_weights else None
+    wrappers, entry = case_c(n, OPS[case.op].function(fmt), f"{n}_params", f"{n}_input + {lead}", out_size,
+                             scratch_bytes(layer, fmt, variant), lead, scratch=layer.has_weights)  # fmt: skip
     if case.op is Op.MAXPOOL2D:
         h, w, c = layer.in_shape
         parts = [
             c_array("int8_t", f"{n}_input", x, lead),
             f"static const mcup_maxpool2d_params {n}_params = {{{h}, {w}, {c}, {layer.pool}}};\n",
         ]
-        entry = f'{{"{n}", BENCH_POOL, 0, 0, &{n}_params, {n}_input + {lead}, {lead}, {out_size}, {out_size}u}}'
-        return "\n".join(parts), entry
+        return "\n".join([*parts, wrappers]), entry
     parts = [
         c_array("int8_t", f"{n}_weights", layer.weights, lead),
         c_array("int32_t", f"{n}_bias", layer.bias),
@@ -147,70 +134,28 @@ def layer_c(case: BenchCase, layer: QuantLayer, x: np.ndarray) -> tuple[str, str
         c_array("int32_t", f"{n}_shift", layer.shift),
         c_array("int8_t", f"{n}_input", x, lead),
     ]
-    weights, x_ptr = f"{n}_weights + {lead}", f"{n}_input + {lead}"
+    weights = f"{n}_weights + {lead}"
     q = (
         f"{{{n}_bias, {n}_multiplier, {n}_shift, {-layer.input_q.zero_point}, "
         f"{layer.output_q.zero_point}, {layer.act_min}, {layer.act_max}}}"
     )
-    macs = out_size * int(layer.weights[0].size)
     if case.op is Op.DENSE:
         out_f, in_f = layer.weights.shape
         parts.append(f"static const mcup_fc_params {n}_params = {{{in_f}, {out_f}, {weights}, {q}}};\n")
-        entry = f'{{"{n}", BENCH_FC, &{n}_params, 0, 0, {x_ptr}, {lead}, {out_size}, {macs}u}}'
     else:
         out_c, k_h, k_w, in_c = layer.weights.shape
         (in_h, in_w, _), (out_h, out_w, _) = layer.in_shape, layer.out_shape
         dims = f"{in_h}, {in_w}, {in_c}, {out_h}, {out_w}, {out_c}, {k_h}, {k_w}, {layer.stride}, {layer.pad}"
         parts.append(f"static const mcup_conv2d_params {n}_params = {{{dims}, {weights}, {q}}};\n")
-        entry = f'{{"{n}", BENCH_CONV, 0, &{n}_params, 0, {x_ptr}, {lead}, {out_size}, {macs}u}}'
-    return "\n".join(parts), entry
+    return "\n".join([*parts, wrappers]), entry
 
 
-def write_data(path: Path, variant: str, layers: list[tuple[BenchCase, QuantLayer, np.ndarray]]) -> None:
-    defs, entries = zip(*(layer_c(case, layer, x) for case, layer, x in layers), strict=True)
+def build_variant(variant: str, build_dir: Path, layers: list[tuple[BenchCase, QuantLayer, np.ndarray]]) -> Path:
+    defs, entries = zip(*(layer_c(case, layer, x, variant) for case, layer, x in layers), strict=True)
     scratch = max(scratch_bytes(layer, "dense" if layer.has_weights else None, variant) for _, layer, _ in layers)
     max_out = max(int(np.prod(layer.out_shape)) for _, layer, _ in layers)  # bench.c adds 1 for out_lead
-    path.write_text(
-        f"/* Generated by bench/kernels/run.py for the {variant} kernels: do not edit. */\n"
-        f"#define BENCH_SCRATCH_BYTES {scratch} /* mcuprune.model.ops.scratch_bytes, max over cases */\n"
-        f"#define BENCH_MAX_OUT {max_out}\n\n" + "\n".join(defs) + "\n"
-        "static const bench_case bench_cases[] = {\n    " + ",\n    ".join(entries) + ",\n};\n"
-    )
-
-
-def fnv1a(data: np.ndarray) -> int:
-    h = 2166136261
-    for b in np.asarray(data, dtype=np.int8).ravel().view(np.uint8):
-        h = ((h ^ int(b)) * 16777619) & 0xFFFFFFFF
-    return h
-
-
-def build(variant: str, build_dir: Path, layers) -> Path:
-    out = build_dir / variant
-    out.mkdir(parents=True, exist_ok=True)
-    write_data(out / "bench_data.h", variant, layers)
-    sources = [HERE / "startup.c", HERE / "bench.c", *kernel_sources(variant, DENSE_KERNELS)]
-    elf = out / "bench.elf"
-    cmd = [
-        "arm-none-eabi-gcc", *CPU_FLAGS, *CFLAGS, f'-DBENCH_VARIANT="{variant}"',
-        f"-I{out}", f"-I{HERE}", f"-I{INCLUDE_DIR}", *map(str, sources),
-        "-nostartfiles", "-Wl,--gc-sections", f"-T{HERE / 'link.ld'}", "-o", str(elf),
-    ]  # fmt: skip
-    subprocess.run(cmd, check=True)
-    return elf
-
-
-def run_qemu(elf: Path) -> str:
-    cmd = ["qemu-system-arm", *QEMU, "-kernel", str(elf)]
-    # Semihosting console output goes to QEMU's stderr when no chardev is given: merge the two.
-    result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
-    if result.returncode != 0 or SENTINEL not in result.stdout:
-        raise SystemExit(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}")
-    return result.stdout
-
-
-LINE = re.compile(r"case (\w+) variant=(\w+) work=(\d+) ticks=(\d+) checksum=0x([0-9a-f]{8})")
-CALIB = re.compile(r"calib instructions=(\d+) ticks=(\d+) empty_ticks=(\d+)")
+    data = bench_data(f"bench/kernels/run.py for the {variant} kernels", defs, entries)
+    return build(build_dir / variant, TARGETS[variant], data, DENSE_KERNELS, max_out, scratch)
 
 
 def main() -> int:
@@ -218,9 +163,6 @@ def main() -> int:
     parser.add_argument("--build-dir", type=Path, default=ROOT / "build" / "bench_kernels")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     args = parser.parse_args()
-    for tool in ("arm-none-eabi-gcc", "qemu-system-arm"):
-        if shutil.which(tool) is None:
-            raise SystemExit(f"{tool} not found on PATH")
 
     layers = [(case, *make_layer(case)) for case in CASES]
     expected = {}
@@ -228,37 +170,38 @@ def main() -> int:
         if case.op is Op.MAXPOOL2D:
             expected[case.name] = fnv1a(maxpool2d(x[None], layer.pool)[0])
         else:
-            run = dense_s8 if case.op is Op.DENSE else conv2d_s8
-            expected[case.name] = fnv1a(run(x[None], layer)[0])
+            reference = dense_s8 if case.op is Op.DENSE else conv2d_s8
+            expected[case.name] = fnv1a(reference(x[None], layer)[0])
 
-    results: dict[tuple[str, str], tuple[int, int, int]] = {}
+    runs = run_all({v: (build_variant(v, args.build_dir, layers), t.machine) for v, t in TARGETS.items()})
     ok = True
-    for variant in VARIANTS:
-        stdout = run_qemu(build(variant, args.build_dir, layers))
-        instructions, ticks, empty = map(int, CALIB.search(stdout).groups())
-        per_tick = instructions / ticks
-        print(f"{variant}: calibration {instructions} instructions = {ticks} ticks "
-              f"({per_tick:.2f} instructions/tick), empty measurement {empty} ticks")  # fmt: skip
-        if abs(per_tick - INSTRUCTIONS_PER_TICK) > 0.5:
-            print(f"  expected {INSTRUCTIONS_PER_TICK} instructions/tick: is icount off?")
+    for variant, run in runs.items():
+        print(f"{variant}: calibration {run.calib_instructions} instructions = {run.calib_ticks} ticks "
+              f"({run.instructions_per_tick:.2f} instructions/tick), "
+              f"empty measurement {run.empty_ticks} ticks")  # fmt: skip
+        error = run.calibration_error()
+        if error is not None:
+            print(f"  {error}")
             ok = False
-        for name, _, work, case_ticks, checksum in LINE.findall(stdout):
-            results[name, variant] = (int(work), int(case_ticks) - int(empty), int(checksum, 16))
-            if int(checksum, 16) != expected[name] or int(case_ticks) == 0:
-                print(f"  MISMATCH {name} {variant}: checksum 0x{checksum}, numpy 0x{expected[name]:08x}")
+        for name, (instructions, checksum) in run.cases.items():
+            if checksum != expected[name] or instructions == 0:
+                print(f"  MISMATCH {name} {variant}: checksum 0x{checksum:08x}, numpy 0x{expected[name]:08x}")
                 ok = False
+        if set(run.cases) != set(expected):
+            print(f"  {variant}: cases {sorted(run.cases)}, expected {sorted(expected)}")
+            return 1
 
     # work: MACs for FC and conv, outputs for max-pool; "per unit" divides by it
     header = ["kernel", "work", "reference instr", "per unit", "dsp instr", "per unit", "speed-up",
               "checksum (both = numpy)"]  # fmt: skip
     rows = []
-    for case in CASES:
-        work, ref_ticks, checksum = results[case.name, "reference"]
-        _, dsp_ticks, _ = results[case.name, "dsp"]
-        ref_i, dsp_i = ref_ticks * INSTRUCTIONS_PER_TICK, dsp_ticks * INSTRUCTIONS_PER_TICK
+    for case, layer, _ in layers:
+        units = work(case, layer)
+        ref_i, checksum = runs["reference"].cases[case.name]
+        dsp_i, _ = runs["dsp"].cases[case.name]
         unit = "outputs" if case.op is Op.MAXPOOL2D else "MACs"
-        rows.append([case.name, f"{work} {unit}", f"{ref_i}", f"{ref_i / work:.2f}", f"{dsp_i}",
-                     f"{dsp_i / work:.2f}", f"{ref_i / dsp_i:.2f}x", f"0x{checksum:08x}"])  # fmt: skip
+        rows.append([case.name, f"{units} {unit}", f"{ref_i}", f"{ref_i / units:.2f}", f"{dsp_i}",
+                     f"{dsp_i / units:.2f}", f"{ref_i / dsp_i:.2f}x", f"0x{checksum:08x}"])  # fmt: skip
     if args.markdown:
         print("| " + " | ".join(header) + " |")
         print("|" + "|".join("---" for _ in header) + "|")

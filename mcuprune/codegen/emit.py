@@ -183,16 +183,16 @@ def architecture_hash(model: QuantModel, variant: str, formats: dict[str, str] |
     _check_params_mode(params)
     formats = formats or {}
     desc = [
-        [layer.op.value, list(layer.in_shape), list(layer.out_shape), layer.stride, layer.pad, layer.pool,
-         layer.relu, formats.get(layer.name, "dense")]
+        [layer.op.value, list(layer.inputs), list(layer.in_shape), list(layer.out_shape), list(layer.stride),
+         list(layer.padding), list(layer.dilation), list(layer.window), layer.depth_multiplier,
+         formats.get(layer.name, "dense")]
         for layer in model.layers
     ]
     doc: list = [variant, desc]
     if params == "blob":
         if monitor is None:
             raise UserError("params mode 'blob' needs the monitor QSAE model")
-        doc += ["blob", [[layer.op.value, list(layer.in_shape), list(layer.out_shape), layer.relu]
-                         for layer in monitor.layers]]
+        doc += ["blob", [[layer.op.value, list(layer.in_shape), list(layer.out_shape)] for layer in monitor.layers]]
     return zlib.crc32(json.dumps(doc, separators=(",", ":")).encode())
 
 
@@ -232,8 +232,18 @@ def penultimate_size(model: QuantModel) -> int:
     return shape_product(model.layers[-1].in_shape)
 
 
+# Ops blob firmware can run: every quantization-dependent constant of theirs lives in the blob.
+# ADD, MEAN, SOFTMAX, PAD and average pooling compile theirs in, so an update could not change them.
+BLOB_OPS = (Op.CONV2D, Op.DEPTHWISE_CONV2D, Op.DENSE, Op.MAXPOOL2D, Op.RESHAPE)
+
+
 def check_monitor(model: QuantModel, monitor: QuantModel | None) -> None:
-    """The monitor QSAE blob firmware runs: dense encoder D -> H, dense decoder H -> D on the penultimate D."""
+    """Blob firmware runs the model's ops from BLOB_OPS and the monitor QSAE: dense encoder D -> H, dense
+    decoder H -> D on the penultimate D."""
+    other = [layer for layer in model.layers if layer.op not in BLOB_OPS]
+    if other:
+        raise UserError(f"layer {other[0].name} ({other[0].op.value}) cannot run in --params blob firmware yet "
+                        f"(blob firmware runs {', '.join(op.value for op in BLOB_OPS)}): use --params static")
     if monitor is None:
         raise UserError("params mode 'blob' needs the monitor QSAE model (monitor_qsae.build_monitor_qsae)")
     d = penultimate_size(model)
@@ -325,28 +335,36 @@ class GeneratedModel:
         return kernel_sources(variant, weighted | others)
 
 
-def _layer_call(layer: QuantLayer, index: int, n_layers: int, arena: ArenaPlan, fmt: str | None,
-                blob: bool = False) -> dict:
-    src = "input" if index == 0 else f"mcup_arena + {arena.offsets[index - 1]}"
-    dst = "logits" if index == n_layers - 1 else f"mcup_arena + {arena.offsets[index]}"
-    spec = spec_of(layer.op)
-    describe = f"{layer.op.value} {layer.in_shape} -> {layer.out_shape}" + (" + relu" if layer.relu else "")
+def _describe(layer: QuantLayer, fmt: str | None, blob: bool) -> str:
+    """One comment line per layer in model.c: op, shapes, inputs, clamp, weights."""
+    text = f"{layer.name} = {layer.op.value}({', '.join(layer.inputs)}) {layer.in_shape} -> {layer.out_shape}"
+    if (layer.act_min, layer.act_max) != (-128, 127):
+        text += f", clamp [{layer.act_min}, {layer.act_max}]"
     if layer.has_weights and blob:
-        describe += f", {fmt} weights from the blob"
+        text += f", {fmt} weights from the blob"
     elif layer.has_weights:
-        describe += f", {fmt} weights ({int(np.count_nonzero(layer.weights))}/{layer.weights.size} non-zero)"
-    return {
-        "name": layer.name,
-        "index": index,
-        "struct_type": spec.struct(fmt),
-        "var": f"mcup_layer_{layer.name}",
-        "init": params_initializer(layer, fmt, blob),
-        "function": spec.function(fmt),
-        "src": src,
-        "dst": dst,
-        "uses_scratch": layer.has_weights,
-        "describe": describe,
-    }
+        text += f", {fmt} weights ({int(np.count_nonzero(layer.weights))}/{layer.weights.size} non-zero)"
+    return text
+
+
+def _layer_call(layer: QuantLayer, index: int, arena: ArenaPlan, fmt: str | None, blob: bool = False) -> dict:
+    """What model.c needs for one layer: its params struct and the C statement that runs it.
+
+    A RESHAPE runs nothing (its output is its input's bytes); only when it is the model's last layer
+    are the bytes copied to the caller's output buffer."""
+    spec = spec_of(layer.op)
+    srcs = [arena.location(name) for name in layer.inputs]
+    dst = arena.location(layer.name)
+    entry = {"name": layer.name, "index": index, "var": f"mcup_layer_{layer.name}", "struct_type": None,
+             "init": None, "function": None, "uses_scratch": layer.has_weights, "describe": _describe(layer, fmt, blob)}
+    if spec.kernel is None:
+        size = shape_product(layer.out_shape)
+        entry["call"] = f"memcpy({dst}, {srcs[0]}, {size});" if dst != srcs[0] else None
+        return entry
+    args = [f"&{entry['var']}", *srcs, dst] + (["mcup_scratch"] if entry["uses_scratch"] else [])
+    entry.update(struct_type=spec.struct(fmt), init=params_initializer(layer, fmt, blob), function=spec.function(fmt),
+                 call=f"{spec.function(fmt)}({', '.join(args)});", src=srcs[0], dst=dst)
+    return entry
 
 
 # Blob mode: params struct fields mcup_bind sets from a checked mcup_bound_layer, per format.
@@ -381,13 +399,16 @@ def check_supported(model: QuantModel) -> None:
 def _blob_context(model: QuantModel, monitor: QuantModel, formats: dict[str, str], arena: ArenaPlan,
                   layer_calls: list[dict], blob: bytes) -> dict:
     """What the templates need for blob mode: the bind table, the monitor, the penultimate tensor."""
-    n = len(model.layers)
     pen_size = penultimate_size(model)
-    pen_offset = arena.offsets[n - 2]
-    # mcup_monitor reads the penultimate tensor after mcup_run returned: arena.py's ping-pong plan
-    # keeps tensor n-2 in place while the last layer reads it, the last layer writes the caller's
-    # logits (not the arena) and kernels work in mcup_scratch, so nothing overwrites it.
-    assert len(arena.offsets) == n - 1 and pen_offset + align_up(pen_size) <= arena.size
+    pen_owner = arena.storage[model.layers[-1].inputs[0]]
+    if pen_owner not in arena.offsets:
+        raise UserError(f"model {model.name}: the last layer reads the model input directly, so blob firmware "
+                        "has no penultimate activations for the monitor")
+    pen_offset = arena.offsets[pen_owner]
+    # mcup_monitor reads the penultimate tensor after mcup_run returned: it is live until the last
+    # layer, which writes the caller's buffer (not the arena), and kernels work in mcup_scratch, so
+    # nothing overwrites it after the last layer has read it.
+    assert pen_offset + align_up(pen_size) <= arena.size
     assert layer_calls[-1]["dst"] == "logits" and layer_calls[-1]["src"] == f"mcup_arena + {pen_offset}"
     encoder, decoder = monitor.layers
     bind = [_bind_entry(layer, fmt, f"mcup_layer_{layer.name}") for layer, fmt in _weighted(model, formats)]
@@ -434,14 +455,13 @@ def generate_model_sources(model: QuantModel, variant: str, src_dir: Path, sourc
     if blob_mode:
         check_monitor(model, monitor)
     formats = choose_formats(model.layers, variant, objective, core)
-    n = len(model.layers)
-    arena = plan_arena([shape_product(layer.out_shape) for layer in model.layers[:-1]])
+    arena = plan_arena(model)
     fmt_of = [formats.get(layer.name, "dense") if layer.has_weights else None for layer in model.layers]
     scratch_of = [scratch_bytes(layer, fmt, variant) for layer, fmt in zip(model.layers, fmt_of, strict=True)]
     if blob_mode:
         scratch_of += [scratch_bytes(layer, "dense", variant) for layer in monitor.layers]
     scratch = max(scratch_of + [0])
-    layer_calls = [_layer_call(layer, i, n, arena, fmt, blob_mode)
+    layer_calls = [_layer_call(layer, i, arena, fmt, blob_mode)
                    for i, (layer, fmt) in enumerate(zip(model.layers, fmt_of, strict=True))]
     arch_hash = architecture_hash(model, variant, formats, params=params, monitor=monitor)
     blob_context: dict | None = None

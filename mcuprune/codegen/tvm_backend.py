@@ -83,9 +83,22 @@ class TvmKernel:
 # Wrapper dispatch: mcup_*_params fields compared against TvmKernel.key, in this order.
 _KEY_FIELDS: dict[Op, tuple[str, ...]] = {
     Op.DENSE: ("in_features", "out_features"),
-    Op.CONV2D: ("in_h", "in_w", "in_c", "out_h", "out_w", "out_c", "k_h", "k_w", "stride", "pad"),
-    Op.MAXPOOL2D: ("in_h", "in_w", "c", "pool"),
+    Op.CONV2D: ("in_h", "in_w", "in_c", "out_h", "out_w", "out_c", "k_h", "k_w", "stride_h", "pad_top"),
+    Op.MAXPOOL2D: ("in_h", "in_w", "c", "k_h"),
 }
+
+
+def _refuse(layer: QuantLayer, what: str) -> UserError:
+    return UserError(f"layer '{layer.name}': the tvm kernel backend supports {what} only; use --kernels auto")
+
+
+def _square(layer: QuantLayer) -> tuple[int, int]:
+    """(stride, pad) of a layer whose geometry the TVM kernels take: equal strides, one padding all
+    round, no dilation (the shapes of mcuprune's own CNNs)."""
+    (sh, sw), (top, bottom, left, right) = layer.stride, layer.padding
+    if sh != sw or len({top, bottom, left, right}) != 1 or tuple(layer.dilation) != (1, 1):
+        raise _refuse(layer, "equal strides, equal padding on every side and no dilation")
+    return int(sh), int(top)
 
 
 def kernel_for(layer: QuantLayer) -> TvmKernel:
@@ -97,11 +110,15 @@ def kernel_for(layer: QuantLayer) -> TvmKernel:
         c_out, k_h, k_w, _ = (int(d) for d in layer.weights.shape)
         h, w, c = (int(d) for d in layer.in_shape)
         oh, ow, _ = (int(d) for d in layer.out_shape)
-        key = (h, w, c, oh, ow, c_out, k_h, k_w, int(layer.stride), int(layer.pad))
+        key = (h, w, c, oh, ow, c_out, k_h, k_w, *_square(layer))
         return TvmKernel(layer.op, key, "mcup_tvm_conv2d_{}x{}x{}_{}x{}x{}_k{}x{}_s{}_p{}".format(*key))
     if layer.op is Op.MAXPOOL2D:
         h, w, c = (int(d) for d in layer.in_shape)
-        key = (h, w, c, int(layer.pool))
+        pool = int(layer.window[0])
+        if (tuple(layer.window) != (pool, pool) or tuple(layer.stride) != (pool, pool) or any(layer.padding)
+                or (layer.act_min, layer.act_max) != (-128, 127)):
+            raise _refuse(layer, "max pooling with a square window equal to its stride, no padding and no clamp")
+        key = (h, w, c, pool)
         return TvmKernel(layer.op, key, "mcup_tvm_maxpool2d_{}x{}x{}_p{}".format(*key))
     raise UserError(f"layer '{layer.name}' of type {layer.op.value} has no TVM kernel "
                     f"(supported: {', '.join(op.value for op in _KEY_FIELDS)})")
@@ -329,7 +346,7 @@ void mcup_maxpool2d_s8(const mcup_maxpool2d_params *p, const int8_t *input, int8
     DLTensor tensors[2];
     TVMFFIAny args[2];
 {_tensor_args(tensors)}
-    int64_t output_shape[3] = {{p->in_h / p->pool, p->in_w / p->pool, p->c}};
+    int64_t output_shape[3] = {{p->out_h, p->out_w, p->c}};
     mcup_tvm_arg_tensor(&args[1], &tensors[1], output, 3, output_shape, 0u, 8u);
     mcup_tvm_call(fn, args, 2);
 }}

@@ -1,6 +1,7 @@
 """Activation capture: what every conv/dense layer sees and produces on calibration data.
 
-For each weighted layer of a FloatModel (HWC layout, see ir.py) the capture holds
+For each conv/dense layer of a FloatModel (HWC layout, see ir.py; depthwise layers are not
+matrices over a shared input, so they are pruned only structurally) the capture holds
 
 * ``inputs``  (rows, fan_in): the layer's input vectors — the flattened input of a dense layer,
   or im2col patches ([k_h][k_w][c_in] order, zero padding) of a conv layer at sampled output
@@ -23,8 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mcuprune.model.interpreter import run_layer_f32
-from mcuprune.model.ir import FloatLayer, FloatModel, Op
-from mcuprune.model.reference import im2col
+from mcuprune.model.ir import INPUT, FloatLayer, FloatModel, Op
 
 DEFAULT_POSITIONS = 8
 DEFAULT_MAX_ROWS = 16384
@@ -53,18 +53,36 @@ def weight_matrix(layer: FloatLayer) -> np.ndarray:
     return w.reshape(w.shape[0], -1)
 
 
+CAPTURED_OPS = (Op.CONV2D, Op.DENSE)
+
+
+def conv_patches(x: np.ndarray, layer: FloatLayer) -> np.ndarray:
+    """(N, H, W, C) -> (N, OH, OW, k_h * k_w * C) patches in [kh][kw][c] order, zero padding, with the
+    layer's strides, padding and dilation."""
+    n, _, _, c = x.shape
+    _, k_h, k_w, _ = layer.weights.shape
+    (oh, ow, _), (sh, sw), (dh, dw) = layer.out_shape, layer.stride, layer.dilation
+    top, bottom, left, right = layer.padding
+    xp = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    cols = np.empty((n, oh, ow, k_h, k_w, c), dtype=x.dtype)
+    rows, columns = sh * (oh - 1) + 1, sw * (ow - 1) + 1  # input extent one tap covers
+    for i in range(k_h):
+        for j in range(k_w):
+            cols[:, :, :, i, j, :] = xp[:, i * dh : i * dh + rows : sh, j * dw : j * dw + columns : sw]
+    return cols.reshape(n, oh, ow, k_h * k_w * c)
+
+
 def layer_rows(x: np.ndarray, layer: FloatLayer) -> np.ndarray:
     """Input vectors of a weighted layer: (N, fan_in) for dense, (N, OH, OW, fan_in) for conv."""
     if layer.op is Op.DENSE:
         return x.reshape(x.shape[0], -1)
-    _, k_h, k_w, _ = layer.weights.shape
-    return im2col(x, k_h, k_w, layer.stride, layer.pad, 0.0)
+    return conv_patches(x, layer)
 
 
-def apply_rows(rows: np.ndarray, weights2d: np.ndarray, bias: np.ndarray, relu: bool) -> np.ndarray:
-    """act(rows @ W.T + b): a layer's output for input vectors (float32)."""
+def apply_rows(rows: np.ndarray, weights2d: np.ndarray, bias: np.ndarray, clamp: tuple[float, float]) -> np.ndarray:
+    """clamp(rows @ W.T + b): a layer's output for input vectors (float32)."""
     y = rows @ weights2d.T.astype(np.float32) + bias.astype(np.float32)
-    return np.maximum(y, 0.0) if relu else y
+    return np.clip(y, *clamp) if np.isfinite(clamp).any() else y
 
 
 class _Accumulator:
@@ -109,22 +127,24 @@ class _Accumulator:
 
 def capture_activations(model: FloatModel, x_float: np.ndarray, positions: int = DEFAULT_POSITIONS,
                         max_rows: int = DEFAULT_MAX_ROWS, seed: int = 0) -> dict[str, LayerCapture]:
-    """Inputs/outputs of every conv/dense layer on float images (N, H, W, C), keyed by layer name."""
+    """Inputs/outputs of every conv/dense layer on float inputs (N, *input_shape), keyed by layer name."""
     rng = np.random.default_rng(seed)
-    accs = {layer.name: _Accumulator(layer, max_rows) for layer in model.layers if layer.weights is not None}
+    accs = {layer.name: _Accumulator(layer, max_rows) for layer in model.layers if layer.op in CAPTURED_OPS}
     for start in range(0, len(x_float), BATCH):
-        x = np.asarray(x_float[start : start + BATCH], dtype=np.float32)
+        tensors = {INPUT: np.asarray(x_float[start : start + BATCH], dtype=np.float32)}
         for layer in model.layers:
-            if layer.weights is None:
-                x = run_layer_f32(x, layer).astype(np.float32)
+            ins = [tensors[name] for name in layer.inputs]
+            if layer.op not in CAPTURED_OPS:
+                tensors[layer.name] = run_layer_f32(layer, *ins).astype(np.float32)
                 continue
+            x = ins[0]
             rows = layer_rows(x, layer)
-            out = apply_rows(rows, weight_matrix(layer), layer.bias, layer.relu)
+            out = apply_rows(rows, weight_matrix(layer), layer.bias, layer.clamp)
             pick = None
             if layer.op is Op.CONV2D:
                 pixels = out.shape[1] * out.shape[2]
                 p = min(positions, pixels)
                 pick = np.argsort(rng.random((len(x), pixels)), axis=1)[:, :p]
             accs[layer.name].add(rows, out, pick)
-            x = out.astype(np.float32)
+            tensors[layer.name] = out.astype(np.float32)
     return {name: acc.result() for name, acc in accs.items()}

@@ -53,7 +53,7 @@ def layer_candidates(layer: FloatLayer, capture: LayerCapture, levels: tuple[flo
     cands = []
     for tau in taus:
         mask = imp > tau
-        after = apply_rows(capture.inputs, w2 * mask.reshape(w2.shape), layer.bias, layer.relu)
+        after = apply_rows(capture.inputs, w2 * mask.reshape(w2.shape), layer.bias, layer.clamp)
         kl = 0.0 if mask.all() else output_kl(capture.outputs, after, bins, zero_spike=layer.relu)
         cands.append(Candidate(tau=tau, sparsity=float(1.0 - mask.mean()), bytes=mask_bytes(mask), kl=kl))
     return cands

@@ -119,7 +119,6 @@ def finetune(net, x_uint8: np.ndarray, y: np.ndarray, epochs: int, seed: int, lr
 
 
 def _apply(modules: list, tensors: list) -> None:
-
     with torch.no_grad():
         for module, mask in zip(modules, tensors, strict=False):
             if mask is not None:

@@ -67,7 +67,7 @@ from mcuprune.compress.structured import consumer_of, hwc_to_chw_columns, shrink
 from mcuprune.errors import UserError
 from mcuprune.model.interpreter import run_s8
 from mcuprune.model.ir import FloatModel, Op
-from mcuprune.quantize import calibration_subset, quantize_model, quantize_weights
+from mcuprune.quantize import calibration_subset, quantize_image_model, quantize_weights
 from mcuprune.train.datasets import Dataset, load_dataset, to_float, to_int8
 from mcuprune.train.layout import ir_masks_to_torch
 from mcuprune.train.training import accuracy, export_float_model, fit, load_torch_model, save_run, torch_predict_logits
@@ -105,7 +105,6 @@ class _Net:
         self.net, self.specs, self.masks, self.meta = net, specs, masks, meta
 
     def float_model(self, masks: list | None = None) -> FloatModel:
-
         return export_float_model(self.net, self.specs, tuple(self.meta["input_shape"]), self.meta["name"],
                                   self.meta["num_classes"], self.masks if masks is None else masks)
 
@@ -148,18 +147,16 @@ def _mask_kl(layer, capture: LayerCapture, mask: np.ndarray) -> float:
     w2 = (w * mask).reshape(w.shape[0], -1)
     if mask.all():
         return 0.0
-    return output_kl(capture.outputs, apply_rows(capture.inputs, w2, layer.bias, layer.relu), zero_spike=layer.relu)
+    return output_kl(capture.outputs, apply_rows(capture.inputs, w2, layer.bias, layer.clamp), zero_spike=layer.relu)
 
 
 def _fit(state: _Net, dataset: Dataset, torch_masks: list, epochs: int, seed: int, lr: float) -> None:
-
     _apply_masks(state, torch_masks)  # fit applies them only after its first step
     if epochs > 0:
         fit(state.net, dataset.x_train, dataset.y_train, epochs, seed, lr=lr, desc="fine-tune", masks=torch_masks)
 
 
 def _apply_masks(state: _Net, torch_masks: list) -> None:
-
     modules = [m for m in state.net if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     with torch.no_grad():
         for module, mask in zip(modules, torch_masks, strict=True):
@@ -298,7 +295,7 @@ def layer_report(model: FloatModel, chosen: dict[str, Candidate]) -> list[dict]:
 
 def int8_accuracy(model: FloatModel, dataset: Dataset) -> float:
     """Test accuracy of the int8 reference on the model quantized as `mcuprune compile` does."""
-    qmodel = quantize_model(model, calibration_subset(dataset.x_train))
+    qmodel = quantize_image_model(model, dataset.x_train)
     return float((run_s8(qmodel, to_int8(dataset.x_test)).argmax(1) == dataset.y_test).mean())
 
 

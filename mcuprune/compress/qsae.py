@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mcuprune.model.ir import FloatLayer, FloatModel, Op
+from mcuprune.model.ir import RELU, FloatLayer, FloatModel, Op
 
 DEFAULT_STEPS = 2000
 DEFAULT_LR = 1e-2
@@ -163,8 +163,8 @@ def qsae_to_float_model(qsae: QSAE, name: str = "qsae") -> FloatModel:
     b_d = (qsae.b_dec * qsae.x_scale).astype(np.float32)
     d, h = qsae.inputs, qsae.hidden
     layers = (
-        FloatLayer("encoder", Op.DENSE, (d,), (h,), w_e, b_e, relu=True),
-        FloatLayer("decoder", Op.DENSE, (h,), (d,), w_d, b_d, relu=False),
+        FloatLayer("encoder", Op.DENSE, (d,), (h,), w_e, b_e, clamp=RELU),
+        FloatLayer("decoder", Op.DENSE, (h,), (d,), w_d, b_d),
     )
     return FloatModel(name=name, input_shape=(1, 1, d), num_classes=d, layers=layers)
 

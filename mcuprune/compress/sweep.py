@@ -27,7 +27,7 @@ from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global fig
 
 from mcuprune.compress.prune import DEFAULT_FINETUNE_EPOCHS, METHODS, prune_run
 from mcuprune.errors import UserError
-from mcuprune.train.training import read_run_meta
+from mcuprune.train.runs import read_run_meta
 
 COLUMNS = (
     ("method", "method"), ("budget", "budget B"), ("model_flash_bytes", "ELF model B"),

@@ -72,7 +72,8 @@ from mcuprune.model.ir import FloatLayer, FloatModel, Op, QParams, QuantModel
 from mcuprune.model.ops import FORMATS
 from mcuprune.quantize import activation_qparams, calibration_ranges, input_floats, quantize_model
 from mcuprune.train.datasets import load_dataset
-from mcuprune.train.training import export_float_model, load_float_model, load_torch_model, read_run_meta
+from mcuprune.train.runs import read_run_meta
+from mcuprune.train.training import export_float_model, load_float_model, load_torch_model
 
 STEPS = ADAPT_STEPS
 DEFAULT_STEPS = ("input", "calibrate", "monitor")  # reprune: see the module docstring
@@ -225,7 +226,8 @@ def dequantize_model(model: QuantModel) -> FloatModel:
     q · scale per output channel, biases at their int32 scale (input scale · weight scale)."""
     layers = []
     for ql in model.layers:
-        common = dict(relu=ql.relu, stride=ql.stride, pad=ql.pad, pool=ql.pool)
+        common = dict(inputs=ql.inputs, clamp=ql.clamp, stride=ql.stride, padding=ql.padding,
+                      dilation=ql.dilation, window=ql.window, depth_multiplier=ql.depth_multiplier)
         if not ql.has_weights:
             layers.append(FloatLayer(ql.name, ql.op, tuple(ql.in_shape), tuple(ql.out_shape), **common))
             continue
@@ -279,7 +281,6 @@ def parent_source(run_dir: Path, captured_uint8: np.ndarray, input_q: QParams, s
 
 
 def _row_ptr_dtype(weights_int8: np.ndarray, fmt: str) -> str | None:
-
     return pack(weights_int8, fmt).row_ptr.dtype.name if fmt in MAX_DELTA else None
 
 
@@ -368,11 +369,11 @@ def reconstruct(source: FloatModel, pruned: FloatModel, x_float: np.ndarray, see
     for src, layer in zip(source.layers, pruned.layers, strict=True):
         if layer.weights is None:
             layers.append(layer)
-            x_src, x_pr = run_layer_f32(x_src, src), run_layer_f32(x_pr, layer)
+            x_src, x_pr = run_layer_f32(src, x_src), run_layer_f32(layer, x_pr)
             continue
         if not changed and np.array_equal(weight_matrix(layer), weight_matrix(src)):
             layers.append(layer)
-            x_src = x_pr = run_layer_f32(x_src, src).astype(np.float32)
+            x_src = x_pr = run_layer_f32(src, x_src).astype(np.float32)
             continue
         changed = True
         rows_src, rows_pr = layer_rows(x_src, src), layer_rows(x_pr, layer)
@@ -396,7 +397,7 @@ def reconstruct(source: FloatModel, pruned: FloatModel, x_float: np.ndarray, see
             w[c, idx[:-1]], b[c] = sol[:-1], sol[-1]
         new = replace(layer, weights=w.reshape(layer.weights.shape).astype(np.float32), bias=b.astype(np.float32))
         layers.append(new)
-        x_src, x_pr = run_layer_f32(x_src, src).astype(np.float32), run_layer_f32(x_pr, new).astype(np.float32)
+        x_src, x_pr = run_layer_f32(src, x_src).astype(np.float32), run_layer_f32(new, x_pr).astype(np.float32)
     return replace(pruned, layers=tuple(layers))
 
 
@@ -410,7 +411,8 @@ def check_same_architecture(deployed: QuantModel, new: QuantModel, formats: dict
     if len(new.layers) != len(deployed.layers) or tuple(new.input_shape) != tuple(deployed.input_shape):
         raise ValueError("the adapted model has a different layer count or input shape")
     for old, ql in zip(deployed.layers, new.layers, strict=True):
-        for f in ("name", "op", "in_shape", "out_shape", "stride", "pad", "pool", "relu"):
+        for f in ("name", "op", "inputs", "in_shape", "out_shape", "stride", "padding", "dilation", "window",
+                  "depth_multiplier", "relu"):
             if getattr(old, f) != getattr(ql, f):
                 raise ValueError(f"layer {old.name}: {f} changed from {getattr(old, f)} to {getattr(ql, f)}")
         for q in (ql.input_q, ql.output_q):
@@ -485,7 +487,6 @@ def adapt(run_dir: Path, deployed: QuantModel, formats: dict[str, str], captured
     if "input" in steps:
         t = time.perf_counter()
         if train_images is None or train_labels is None:
-
             dataset = load_dataset(read_run_meta(Path(run_dir))["dataset"])
             train_images, train_labels = dataset.x_train, dataset.y_train
         class_hist = pixel_histograms(train_images, train_labels, deployed.num_classes)
@@ -493,7 +494,8 @@ def adapt(run_dir: Path, deployed: QuantModel, formats: dict[str, str], captured
 
         def predict(q: QParams | None) -> np.ndarray:
             q = input_q if q is None else q
-            model = replace(deployed, input_q=q, layers=quantize_model(base, input_q=q, output_qs=deployed_out).layers)
+            quantized = quantize_model(base, input_q=q, output_qs=deployed_out)
+            model = replace(deployed, input_q=quantized.input_q, layers=quantized.layers)
             return run_s8(model, x8).argmax(axis=1)
 
         input_q, report["input"] = estimate_input_q(x, class_hist, predict, input_method)
@@ -509,16 +511,14 @@ def adapt(run_dir: Path, deployed: QuantModel, formats: dict[str, str], captured
 
     if "calibrate" in steps:
         t = time.perf_counter()
-        out_qs, q = [], input_q
-        for layer, (lo, hi) in zip(source.layers, calibration_ranges(source, x, input_q), strict=True):
-            q = q if layer.op is Op.MAXPOOL2D else activation_qparams(lo, hi)
-            out_qs.append(q)
+        ranges = calibration_ranges(source, input_floats(x, input_q))
+        out_qs = [activation_qparams(*ranges[layer.name]) for layer in source.layers]  # pooling keeps its input's
         seconds["calibrate"] = time.perf_counter() - t
     else:
         out_qs = deployed_out
-    layers = quantize_model(source, input_q=input_q, output_qs=out_qs).layers
+    quantized = quantize_model(source, input_q=input_q, output_qs=out_qs)
     meta = dict(deployed.meta, adapted={"steps": list(steps), "captured": int(len(x)), "seed": seed})
-    model = replace(deployed, input_q=input_q, layers=tuple(layers), meta=meta)
+    model = replace(deployed, input_q=quantized.input_q, layers=quantized.layers, meta=meta)
     check_same_architecture(deployed, model, formats)
 
 

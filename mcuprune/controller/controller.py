@@ -270,7 +270,6 @@ def reference_images(x_train: np.ndarray, samples: int = 5000, seed: int = 1) ->
 
 
 def factory_serving(fw: FirmwareDir) -> ServingModel:
-
     if fw.params != "blob" or fw.monitor is None or fw.blob_path is None:
         raise UserError(f"{fw.path} is --params static firmware: the host controller needs a blob build "
                         f"(mcuprune compile RUN --board {fw.board.name} --params blob)")

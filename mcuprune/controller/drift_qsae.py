@@ -22,10 +22,17 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from mcuprune.compress.qsae import QSAE, hidden_size, qsae_to_float_model, train_qsae
-from mcuprune.model.interpreter import BATCH, trace_s8
+from mcuprune.model.interpreter import BATCH, run_s8, trace_s8
 from mcuprune.model.ir import QParams, QuantModel
 from mcuprune.model.telemetry import Telemetry, concat, exp_table, telemetry_from_tensors
-from mcuprune.quantize import activation_qparams, calibration_subset, quantize_layer, quantize_model
+from mcuprune.quantize import (
+    INPUT_Q,
+    activation_qparams,
+    calibration_subset,
+    input_floats,
+    quantize_layer,
+    quantize_model,
+)
 from mcuprune.train.datasets import to_int8
 
 DEFAULT_LAMBDA = 1e-4  # qsae.LAMBDA_PATH[0]: the weakest sparsity, the best reconstruction
@@ -47,7 +54,8 @@ def penultimate_q(model: QuantModel) -> QParams:
 
 def penultimate_activations(model: QuantModel, x_uint8: np.ndarray) -> np.ndarray:
     """uint8 images (N, H, W, C) -> int8 penultimate activations (N, D), batched."""
-    parts = [trace_s8(model, to_int8(x_uint8[s : s + BATCH]))[-2] for s in range(0, len(x_uint8), BATCH)]
+    penultimate = model.layers[-1].inputs[0]
+    parts = [trace_s8(model, to_int8(x_uint8[s : s + BATCH]))[penultimate] for s in range(0, len(x_uint8), BATCH)]
     return np.concatenate(parts).reshape(len(x_uint8), -1)
 
 
@@ -64,9 +72,9 @@ def build_monitor_qsae(model: QuantModel, calib_uint8: np.ndarray, hidden: int |
     float_model = qsae_to_float_model(trained, name=f"{model.name}-monitor-qsae")
     # u = (x - lo) / (hi - lo) = (a + 128) / 255: the "pixel" is a + 128, the int8 input is a itself.
     images = (act.astype(np.int16) + 128).astype(np.uint8).reshape(len(act), 1, 1, -1)
-    qmodel = quantize_model(float_model, images, meta={"monitors": model.name, "hidden": trained.hidden,
-                                                       "lam": lam, "steps": steps, "seed": seed,
-                                                       "calibration_samples": len(act)})
+    meta = {"monitors": model.name, "hidden": trained.hidden, "lam": lam, "steps": steps, "seed": seed,
+            "calibration_samples": len(act)}
+    qmodel = quantize_model(float_model, input_floats(images, INPUT_Q), meta, input_q=INPUT_Q)
     encoder = qmodel.layers[0]
     decoder = quantize_layer(float_model.layers[1], encoder.output_q, activation_qparams(lo, hi))
     if decoder.output_q.zero_point != q.zero_point or not np.isclose(decoder.output_q.scale, q.scale, rtol=1e-9):
@@ -83,8 +91,7 @@ def build_monitor_model(model: QuantModel, x_train_uint8: np.ndarray) -> QuantMo
 def reconstruct_s8(qsae_model: QuantModel, act: np.ndarray) -> np.ndarray:
     """int8 penultimate activations (N, D) -> the int8 QSAE reconstruction (N, D)."""
     act = np.asarray(act, dtype=np.int8)
-    parts = [trace_s8(qsae_model, act[s : s + BATCH].reshape(-1, 1, 1, act.shape[1]))[-1]
-             for s in range(0, len(act), BATCH)]
+    parts = [run_s8(qsae_model, act[s : s + BATCH].reshape(-1, 1, 1, act.shape[1])) for s in range(0, len(act), BATCH)]
     return np.concatenate(parts).reshape(act.shape)
 
 
@@ -96,9 +103,9 @@ def device_outputs(model: QuantModel, qsae_model: QuantModel, x_uint8: np.ndarra
     logits, parts = [], []
     for s in range(0, len(x_uint8), BATCH):
         outs = trace_s8(model, to_int8(x_uint8[s : s + BATCH]))
-        act = outs[-2].reshape(len(outs[-2]), -1)
-        logits.append(outs[-1].reshape(len(act), -1))
-        parts.append(telemetry_from_tensors(outs[-1], act, reconstruct_s8(qsae_model, act), table, first_count + s))
+        act = outs[model.layers[-1].inputs[0]].reshape(len(x_uint8[s : s + BATCH]), -1)
+        logits.append(outs[model.layers[-1].name].reshape(len(act), -1))
+        parts.append(telemetry_from_tensors(logits[-1], act, reconstruct_s8(qsae_model, act), table, first_count + s))
     return np.concatenate(logits), concat(parts)
 
 

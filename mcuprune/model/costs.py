@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mcuprune.model.formats import MAX_DELTA, SPARSE_FORMATS, csr_layout, format_bytes, require_weights, weight_matrix
+from mcuprune.model.formats import MAX_DELTA, csr_layout, format_bytes, require_weights, weight_matrix
 from mcuprune.model.ir import Op, QuantLayer
 from mcuprune.model.ops import FORMATS, OPS, check_format, check_variant
 from mcuprune.resources import KERNEL_COSTS_PATH
@@ -72,11 +72,14 @@ def _valid_taps(layer: QuantLayer) -> int:
     _, k_h, k_w, _ = layer.weights.shape
     (in_h, in_w, _), (out_h, out_w, _) = layer.in_shape, layer.out_shape
 
-    def inside(n_out: int, k: int, n_in: int) -> int:
-        starts = np.arange(n_out) * layer.stride - layer.pad
-        return int(sum(np.count_nonzero((s + np.arange(k) >= 0) & (s + np.arange(k) < n_in)) for s in starts))
+    def inside(n_out: int, k: int, n_in: int, stride: int, pad_before: int, dilation: int) -> int:
+        starts = np.arange(n_out) * stride - pad_before
+        taps = np.arange(k) * dilation
+        return int(sum(np.count_nonzero((s + taps >= 0) & (s + taps < n_in)) for s in starts))
 
-    return inside(out_h, k_h, in_h) * inside(out_w, k_w, in_w)
+    top, _, left, _ = layer.padding
+    return (inside(out_h, k_h, in_h, layer.stride[0], top, layer.dilation[0])
+            * inside(out_w, k_w, in_w, layer.stride[1], left, layer.dilation[1]))
 
 
 def layer_cost_features(layer: QuantLayer, fmt: str) -> dict[str, float]:
@@ -144,14 +147,15 @@ def _candidates(layer: QuantLayer, variant: str, objective: str, core: str | Non
         raise ValueError(f"unknown objective {objective!r}; expected one of {', '.join(OBJECTIVES)}")
     check_variant(variant)
     require_weights(layer)
-    if layer.mask is None:
+    kernel_formats = OPS[layer.op].formats
+    if layer.mask is None or kernel_formats == ("dense",):
         return ["dense"]
     if objective == "smallest":
-        return list(FORMATS)
+        return list(kernel_formats)
     dense = _model(layer.op, "dense", variant, core)
     dense_floor = predict_instructions(layer, "dense", variant, core) * (1 - dense["max_relative_error"])
     allowed = ["dense"]
-    for fmt in SPARSE_FORMATS:
+    for fmt in (f for f in kernel_formats if f != "dense"):
         margin = _model(layer.op, fmt, variant, core)["max_relative_error"]
         if predict_instructions(layer, fmt, variant, core) * (1 + margin) <= dense_floor:
             allowed.append(fmt)
@@ -186,7 +190,8 @@ def choose_formats(
     choice: dict[str, str] = {}
     for op in (spec.op for spec in OPS.values() if spec.weighted):
         group = [layer.name for layer in weighted if layer.op is op]
-        if not group:
+        if all(options[name] == ["dense"] for name in group):  # nothing to weigh (or no sparse kernels)
+            choice.update(dict.fromkeys(group, "dense"))
             continue
         best: tuple[int, dict[str, str]] | None = None
         for bits in range(1, 2 ** len(FORMATS)):

@@ -16,6 +16,8 @@ Kernels follow one naming scheme (CMSIS-NN style, flat and predictable):
 * parameter struct ``mcup_<kernel>_params`` (dense weights or none), ``mcup_<kernel>_bitmask_params``
   or ``mcup_<kernel>_csr_params`` (csr8 and csr4 share it).
 
+An op without a kernel (RESHAPE) moves no bytes: its output is its input's buffer (arena.py).
+
 Adding an operator: a value in ``ir.Op``, its reference functions (reference.py), one ``OpSpec`` in
 ``OPS`` below, and its C kernels and declaration. docs/architecture.md lists the places.
 """
@@ -28,7 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mcuprune.model import reference
-from mcuprune.model.ir import Op, QuantLayer
+from mcuprune.model.int8_params import ADD_LEFT_SHIFT, softmax_diff_min
+from mcuprune.model.ir import Op, QuantLayer, shape_product
 from mcuprune.resources import KERNEL_DIR
 
 VARIANTS = ("reference", "dsp")  # kernel folders under firmware/kernels/
@@ -74,10 +77,10 @@ def conv_strip_bytes(layer: QuantLayer) -> int | None:
 
     >>> from types import SimpleNamespace as NS
     >>> import numpy as np
-    >>> first = NS(weights=np.zeros((16, 3, 3, 1)), out_shape=(28, 28, 16), stride=1)  # 3x3x1, 28 wide
+    >>> first = NS(weights=np.zeros((16, 3, 3, 1)), out_shape=(28, 28, 16), stride=(1, 1))  # 3x3x1, 28 wide
     >>> conv_strip_bytes(first)  # 4-row segments: 4 * (16 * 6 + 4 * 28 + 4 * 30 * 2) + 3 * 36
     1900
-    >>> conv_strip_bytes(NS(weights=np.zeros((32, 3, 3, 16)), out_shape=(14, 14, 32), stride=1)) is None
+    >>> conv_strip_bytes(NS(weights=np.zeros((32, 3, 3, 16)), out_shape=(14, 14, 32), stride=(1, 1))) is None
     True
     """
     out_c, k_h, k_w, in_c = (int(d) for d in layer.weights.shape)  # [out_c, k_h, k_w, in_c]
@@ -88,7 +91,7 @@ def conv_strip_bytes(layer: QuantLayer) -> int | None:
     out_h, out_w = int(layer.out_shape[0]), int(layer.out_shape[1])
     cols = min(out_w, STRIP_PIXELS)  # output pixels per segment row
     rows = min(STRIP_PIXELS // max(cols, 1), out_h)  # output rows per segment
-    positions = ((cols - 1) * layer.stride + k_w) * in_c  # strip positions of one segment row
+    positions = ((cols - 1) * layer.stride[1] + k_w) * in_c  # strip positions of one segment row
     line_bytes = (positions + 4 + 3) // 4 * 4  # positions + 1 bytes, + 3 that word fills may touch
     return 4 * (out_c * words + rows * cols + rows * positions * slots) + k_h * line_bytes
 
@@ -123,24 +126,70 @@ def _no_scratch(layer: QuantLayer, fmt: None, variant: str) -> int:
     return 0
 
 
-# --- compiled-in struct fields (shapes and geometry; pointers and quantization come apart) -------
+# --- compiled-in struct fields (shapes, geometry, op constants; pointers and quantization come apart) --
+
+
+def _window_fields(layer: QuantLayer, k_h: int, k_w: int) -> dict[str, int]:
+    """Where a window sits over an HWC map: TFLite's geometry. Bottom/right padding is implied by out_h/out_w."""
+    top, _, left, _ = layer.padding
+    return {"k_h": k_h, "k_w": k_w, "stride_h": layer.stride[0], "stride_w": layer.stride[1], "pad_top": top,
+            "pad_left": left}
 
 
 def _conv2d_fields(layer: QuantLayer) -> dict[str, int]:
     c_out, k_h, k_w, _ = layer.weights.shape  # [out_c, k_h, k_w, in_c]
-    h, w, c = layer.in_shape
-    oh, ow, _ = layer.out_shape
-    return {"in_h": h, "in_w": w, "in_c": c, "out_h": oh, "out_w": ow, "out_c": c_out, "k_h": k_h, "k_w": k_w,
-            "stride": layer.stride, "pad": layer.pad}
+    (h, w, c), (oh, ow, _) = layer.in_shape, layer.out_shape
+    return {"in_h": h, "in_w": w, "in_c": c, "out_h": oh, "out_w": ow, "out_c": c_out,
+            **_window_fields(layer, k_h, k_w), "dil_h": layer.dilation[0], "dil_w": layer.dilation[1]}
+
+
+def _depthwise_conv2d_fields(layer: QuantLayer) -> dict[str, int]:
+    return {**_conv2d_fields(layer), "depth_multiplier": layer.depth_multiplier}
 
 
 def _dense_fields(layer: QuantLayer) -> dict[str, int]:
-    return {"in_features": layer.in_shape[0], "out_features": layer.out_shape[0]}
+    return {"in_features": int(layer.weights.shape[1]), "out_features": int(layer.weights.shape[0])}
 
 
-def _maxpool2d_fields(layer: QuantLayer) -> dict[str, int]:
+def _pool2d_fields(layer: QuantLayer) -> dict[str, int]:
+    (h, w, c), (oh, ow, _) = layer.in_shape, layer.out_shape
+    return {"in_h": h, "in_w": w, "c": c, "out_h": oh, "out_w": ow, **_window_fields(layer, *layer.window),
+            "act_min": layer.act_min, "act_max": layer.act_max}
+
+
+def _mean_fields(layer: QuantLayer) -> dict[str, int]:
     h, w, c = layer.in_shape
-    return {"in_h": h, "in_w": w, "c": c, "pool": layer.pool}
+    return {"in_h": h, "in_w": w, "c": c, "input_offset": -layer.input_q.zero_point,
+            "output_offset": layer.output_q.zero_point, "multiplier": int(layer.multiplier[0]),
+            "shift": int(layer.shift[0])}
+
+
+def _add_fields(layer: QuantLayer) -> dict[str, int]:
+    m, s = (int(v) for v in layer.multiplier), (int(v) for v in layer.shift)
+    (m1, m2, m_out), (s1, s2, s_out) = m, s
+    return {"size": shape_product(layer.out_shape), "input1_offset": -layer.input_q.zero_point,
+            "input2_offset": -layer.other_q.zero_point, "output_offset": layer.output_q.zero_point,
+            "input1_multiplier": m1, "input1_shift": s1, "input2_multiplier": m2, "input2_shift": s2,
+            "output_multiplier": m_out, "output_shift": s_out, "left_shift": ADD_LEFT_SHIFT,
+            "act_min": layer.act_min, "act_max": layer.act_max}
+
+
+def _pad_fields(layer: QuantLayer) -> dict[str, int]:
+    h, w, c = layer.in_shape
+    top, bottom, left, right = layer.padding
+    return {"in_h": h, "in_w": w, "c": c, "pad_top": top, "pad_bottom": bottom, "pad_left": left,
+            "pad_right": right, "pad_value": layer.output_q.zero_point}
+
+
+def _softmax_fields(layer: QuantLayer) -> dict[str, int]:
+    depth = int(layer.in_shape[-1])
+    return {"rows": shape_product(layer.in_shape) // depth, "depth": depth,
+            "input_multiplier": int(layer.multiplier[0]), "input_left_shift": int(layer.shift[0]),
+            "diff_min": softmax_diff_min(int(layer.shift[0]))}
+
+
+def _no_fields(layer: QuantLayer) -> dict[str, int]:
+    return {}
 
 
 # --- the table ---------------------------------------------------------------------------------
@@ -149,7 +198,7 @@ def _maxpool2d_fields(layer: QuantLayer) -> dict[str, int]:
 @dataclass(frozen=True)
 class OpSpec:
     op: Op
-    kernel: str  # C name stem: mcup_<kernel>_s8[_<format>]
+    kernel: str | None  # C name stem: mcup_<kernel>_s8[_<format>]; None: no kernel, no bytes moved
     reference_s8: Callable  # (int8 x batch, QuantLayer) -> int8 y batch, exactly what the kernel computes
     reference_f32: Callable  # (float x batch, FloatLayer) -> float y batch
     fields: Callable[[QuantLayer], dict[str, int]]  # the struct's compiled-in fields, in C order
@@ -161,6 +210,8 @@ class OpSpec:
         return bool(self.formats)
 
     def _suffix(self, fmt: str | None) -> str:
+        if self.kernel is None:
+            raise ValueError(f"op {self.op.value} has no kernel: it moves no bytes")
         if not self.weighted:
             if fmt is not None:
                 raise ValueError(f"op {self.op.value} has no weight formats (got {fmt!r})")
@@ -189,8 +240,16 @@ OPS: dict[Op, OpSpec] = {
     for spec in (
         OpSpec(Op.CONV2D, "conv2d", reference.conv2d_s8, reference.conv2d_f32, _conv2d_fields, FORMATS,
                _conv2d_scratch),
+        OpSpec(Op.DEPTHWISE_CONV2D, "depthwise_conv2d", reference.depthwise_conv2d_s8,
+               reference.depthwise_conv2d_f32, _depthwise_conv2d_fields, ("dense",)),
         OpSpec(Op.DENSE, "fc", reference.dense_s8, reference.dense_f32, _dense_fields, FORMATS, _dense_scratch),
-        OpSpec(Op.MAXPOOL2D, "maxpool2d", reference.maxpool2d_s8, reference.maxpool2d_f32, _maxpool2d_fields),
+        OpSpec(Op.MAXPOOL2D, "maxpool2d", reference.maxpool2d_s8, reference.maxpool2d_f32, _pool2d_fields),
+        OpSpec(Op.AVGPOOL2D, "avgpool2d", reference.avgpool2d_s8, reference.avgpool2d_f32, _pool2d_fields),
+        OpSpec(Op.MEAN, "mean", reference.mean_s8, reference.mean_f32, _mean_fields),
+        OpSpec(Op.ADD, "add", reference.add_s8, reference.add_f32, _add_fields),
+        OpSpec(Op.PAD, "pad", reference.pad_s8, reference.pad_f32, _pad_fields),
+        OpSpec(Op.RESHAPE, None, reference.reshape_s8, reference.reshape_f32, _no_fields),
+        OpSpec(Op.SOFTMAX, "softmax", reference.softmax_s8, reference.softmax_f32, _softmax_fields),
     )
 }
 
@@ -207,6 +266,8 @@ def scratch_bytes(layer: QuantLayer, fmt: str | None, variant: str) -> int:
     (4-aligned). `fmt` is None for ops without weights."""
     check_variant(variant)
     spec = spec_of(layer.op)
+    if spec.kernel is None:
+        return 0
     spec.source(fmt)  # validates fmt against the op
     return spec.scratch(layer, fmt, variant)
 
@@ -226,7 +287,7 @@ def kernel_sources(variant: str, kernels: Iterable[tuple[Op | str, str | None]])
         spec.source(fmt)  # validates fmt against the op
         wanted.add((spec.op, fmt if spec.weighted else None))
     sources: list[Path] = []
-    for spec in OPS.values():
+    for spec in (s for s in OPS.values() if s.kernel is not None):
         for fmt in spec.formats or (None,):
             if (spec.op, fmt) in wanted:
                 path = KERNEL_DIR / variant / spec.source(fmt)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,12 +26,12 @@ from mcuprune.codegen.blob import parse_header
 from mcuprune.codegen.tvm_backend import tvm_kernel_sources
 from mcuprune.errors import UserError
 from mcuprune.model.ir import QuantModel, load_quant_model, save_quant_model
-from mcuprune.quantize import calibration_subset, quantize_model
+from mcuprune.quantize import calibration_subset, quantize_image_model, quantize_model
 from mcuprune.target import build
 from mcuprune.target.board import Board, check_fits, list_boards, load_board
 from mcuprune.target.renode import write_renode_files
-from mcuprune.train.datasets import Dataset, load_dataset
-from mcuprune.train.training import load_float_model
+from mcuprune.train.datasets import Dataset, load_dataset, load_inputs_npz
+from mcuprune.train.training import load_run_model
 
 KERNEL_CHOICES = ("auto", "reference", "dsp", "tvm")
 FIRMWARE_FORMAT_VERSION = 1
@@ -52,28 +52,37 @@ def choose_variant(board: Board, requested: str) -> str:
     return requested
 
 
-def quantize_run(run_dir: Path) -> QuantModel:
-    """Load a trained run and quantize it with a calibration subset of its training data."""
-    return _quantize_run(run_dir)[0]
+def quantize_run(run_dir: Path, calibration: Path | None = None) -> QuantModel:
+    """A run's int8 model: an imported int8 model as it is, a float one quantized with calibration
+    inputs (`calibration`: an .npz holding x, else a calibration subset of the run's dataset)."""
+    return _quantize_run(run_dir, calibration)[0]
 
 
-def _quantize_run(run_dir: Path) -> tuple[QuantModel, Dataset]:
-
-    float_model, meta = load_float_model(run_dir)
+def _quantize_run(run_dir: Path, calibration: Path | None = None) -> tuple[QuantModel, Dataset | None]:
+    model, meta = load_run_model(run_dir)
+    run_meta = {"run_dir": str(Path(run_dir).resolve()), "run_kind": meta["kind"],
+                **{k: meta[k] for k in ("dataset", "arch", "float_test_accuracy", "source") if k in meta}}
+    if isinstance(model, QuantModel):
+        if calibration is not None:
+            raise UserError(f"{run_dir} holds an int8 model taken as is from a .tflite: --calibration applies to "
+                            "float runs only")
+        return replace(model, meta={**model.meta, **run_meta}), None
+    run_meta["fp32_params"] = sum(int(layer.weights.size + layer.bias.size) for layer in model.layers
+                                  if layer.weights is not None)
+    if calibration is not None:
+        x = load_inputs_npz(calibration, model.input_shape)
+        if not np.issubdtype(x.dtype, np.floating):
+            raise UserError(f"{calibration}: calibration inputs must be float (the float model's input units), "
+                            f"not {x.dtype}")
+        return quantize_model(model, calibration_subset(x.astype(np.float32)), run_meta), None
+    if "dataset" not in meta:
+        raise UserError(f"{run_dir} has no dataset to calibrate with: give --calibration NPZ holding x with shape "
+                        f"(N, {', '.join(map(str, model.input_shape))})")
     dataset = load_dataset(meta["dataset"])
-    if dataset.input_shape != tuple(meta["input_shape"]):
-        raise UserError(f"dataset {meta['dataset']} now has images {dataset.input_shape}, the run was trained on "
-                        f"{tuple(meta['input_shape'])}")
-    fp32_params = sum(int(layer.weights.size + layer.bias.size) for layer in float_model.layers
-                      if layer.weights is not None)
-    model = quantize_model(float_model, calibration_subset(dataset.x_train), meta={
-        "run_dir": str(run_dir.resolve()),
-        "dataset": meta["dataset"],
-        "arch": meta["arch"],
-        "float_test_accuracy": meta["float_test_accuracy"],
-        "fp32_params": fp32_params,
-    })
-    return model, dataset
+    if dataset.input_shape != tuple(model.input_shape):
+        raise UserError(f"dataset {meta['dataset']} now has images {dataset.input_shape}, the run takes "
+                        f"{tuple(model.input_shape)}")
+    return quantize_image_model(model, dataset.x_train, run_meta), dataset
 
 
 def check_blob_target(board: Board, variant: str) -> None:
@@ -180,7 +189,7 @@ def _write_blob_files(fw_dir: Path, generated: codegen.GeneratedModel, monitor: 
 
 def compile_run(run_dir: Path, board_name: str, fw_dir: Path, kernels_choice: str = "auto",
                 objective: str = "fastest", renode: bool = False, params: str = "static",
-                monitor_builder: MonitorBuilder | None = None) -> CompileResult:
+                monitor_builder: MonitorBuilder | None = None, calibration: Path | None = None) -> CompileResult:
     """Quantize a run and compile it. `params` "blob" needs `monitor_builder`
     (controller.drift_qsae.build_monitor_model), called with the quantized model and the training images."""
     board = load_board(board_name)
@@ -193,10 +202,13 @@ def compile_run(run_dir: Path, board_name: str, fw_dir: Path, kernels_choice: st
         if monitor_builder is None:
             raise UserError("--params blob needs a monitor builder: pass monitor_builder="
                             "drift_qsae.build_monitor_model")
-        model, dataset = _quantize_run(run_dir)
+        model, dataset = _quantize_run(run_dir, calibration)
+        if dataset is None:
+            raise UserError("--params blob trains its monitor on the run's dataset: this run has none, use "
+                            "--params static")
         monitor = monitor_builder(model, dataset.x_train)
     else:
-        model = quantize_run(run_dir)
+        model = quantize_run(run_dir, calibration)
     result = compile_model(model, board, fw_dir, variant, objective, params=params, monitor=monitor)
     if renode:
         if board.renode is None:

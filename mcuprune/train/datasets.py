@@ -120,7 +120,6 @@ def _split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int) -> tup
 
 
 def load_digits() -> Dataset:
-
     bunch = sk_load_digits()
     # 0..16 intensities -> 0..255 so every dataset shares the uint8 input quantization.
     x = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
@@ -203,3 +202,31 @@ def load_dataset(spec: str) -> Dataset:
     if spec.endswith(".npz"):
         return load_npz(Path(spec))
     raise UserError(f"unknown dataset '{spec}': use fashion-mnist, digits, or a path to a .npz file")
+
+
+# --- model inputs without labels (calibration, evaluation of a model that has no dataset) -------
+
+def load_inputs_npz(path: Path, input_shape: tuple[int, ...]) -> np.ndarray:
+    """`x` of a .npz: (N, *input_shape), or any shape with the same number of elements per sample
+    (reshaped to input_shape). int8 means already quantized for the model; float means the model's
+    own input units. Anything else gets a one-line UserError."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if "x" not in npz.files:
+                raise UserError(f"{path} has no array 'x' (it has {', '.join(npz.files) or 'none'}): save the inputs "
+                                "as x, shape (N, *model input shape)")
+            x = npz["x"]
+    except UserError:
+        raise
+    except (OSError, ValueError, EOFError) as exc:
+        raise UserError(f"{path} is not a readable .npz file ({str(exc).splitlines()[0]})") from None
+    per_sample = int(np.prod(input_shape))
+    if x.ndim < 1 or len(x) == 0 or x[0].size != per_sample:
+        raise UserError(f"{path}: x has shape {x.shape}, the model takes (N, {', '.join(map(str, input_shape))}) "
+                        f"({per_sample} elements per sample)")
+    if x.dtype != np.int8 and not np.issubdtype(x.dtype, np.floating):
+        raise UserError(f"{path}: x is {x.dtype}; give int8 (already quantized) or float32 (the model's input units)")
+    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+        raise UserError(f"{path}: x holds NaN or infinite values")
+    return x.reshape(len(x), *input_shape)

@@ -23,11 +23,15 @@ from tqdm import tqdm
 
 from mcuprune import __version__
 from mcuprune.errors import UserError
-from mcuprune.model.ir import FloatLayer, FloatModel, Op, conv_out_hw
+from mcuprune.frontend.torch_export import import_module
+from mcuprune.model.ir import RELU, UNBOUNDED, FloatLayer, FloatModel, Op, QuantModel, conv_out_hw
+from mcuprune.train.archs import ARCHS as MODULE_ARCHS
+from mcuprune.train.archs import build_arch
 from mcuprune.train.datasets import Dataset, to_float
+from mcuprune.train.runs import RUN_FORMAT_VERSION, load_imported_model, read_run_meta
 
-RUN_FORMAT_VERSION = 1
-ARCHS = ("mlp", "cnn")
+SPEC_ARCHS = ("mlp", "cnn")  # described by layer specs below
+ARCHS = SPEC_ARCHS + tuple(MODULE_ARCHS)  # ... and ordinary PyTorch modules (archs.py), imported via torch.export
 
 
 def arch_specs(arch: str) -> list[dict]:
@@ -61,7 +65,8 @@ def _shapes(specs: list[dict], input_shape: tuple[int, int, int]) -> list[tuple[
     for spec in specs:
         if spec["op"] == "conv2d":
             h, w, _ = shape
-            oh, ow = conv_out_hw(h, w, spec["k"], spec["k"], spec.get("stride", 1), spec["pad"])
+            stride, pad = spec.get("stride", 1), spec["pad"]
+            oh, ow = conv_out_hw(h, w, spec["k"], spec["k"], (stride, stride), (pad, pad, pad, pad))
             out = (oh, ow, spec["out"])
         elif spec["op"] == "maxpool2d":
             h, w, c = shape
@@ -97,9 +102,18 @@ def build_torch_model(specs: list[dict], input_shape: tuple[int, int, int]):
     return nn.Sequential(*modules)
 
 
-def _weight_modules(net) -> list:
+def build_network(arch: str, specs: list[dict] | None, input_shape: tuple[int, int, int], num_classes: int):
+    """The torch network of an architecture: from layer specs (mlp, cnn) or archs.py's modules."""
+    if arch in MODULE_ARCHS:
+        return build_arch(arch, input_shape, num_classes)
+    if specs is None:
+        raise UserError(f"architecture {arch!r} needs layer specs: retrain with `mcuprune train`")
+    return build_torch_model(specs, input_shape)
 
-    return [m for m in net if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+def _weight_modules(net) -> list:
+    """The conv and linear modules of a network, in definition order (the order masks are kept in)."""
+    return [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
 def _to_hwc(w: np.ndarray, op: str, prev_map_shape: tuple | None) -> np.ndarray:
@@ -124,7 +138,9 @@ def export_float_model(net, specs: list[dict], input_shape: tuple[int, int, int]
     for i, (spec, (in_shape, out_shape)) in enumerate(zip(specs, _shapes(specs, input_shape), strict=True)):
         lname = f"{spec['op']}{i}"
         if spec["op"] == "maxpool2d":
-            layers.append(FloatLayer(lname, Op.MAXPOOL2D, in_shape, out_shape, pool=spec["pool"]))
+            pool = spec["pool"]
+            layers.append(FloatLayer(lname, Op.MAXPOOL2D, in_shape, out_shape, window=(pool, pool),
+                                     stride=(pool, pool)))
             prev_map_shape = out_shape
             continue
         module = next(weight_modules)
@@ -132,23 +148,22 @@ def export_float_model(net, specs: list[dict], input_shape: tuple[int, int, int]
         w = _to_hwc(module.weight.detach().cpu().numpy().astype(np.float32), spec["op"], prev_map_shape)
         b = module.bias.detach().cpu().numpy().astype(np.float32)
         mask = None if mask is None else _to_hwc(np.asarray(mask, dtype=bool), spec["op"], prev_map_shape)
+        clamp = RELU if spec.get("relu") else UNBOUNDED
         if spec["op"] == "conv2d":
-            layers.append(FloatLayer(lname, Op.CONV2D, in_shape, out_shape, w, b, relu=bool(spec.get("relu")),
-                                     stride=spec.get("stride", 1), pad=spec["pad"], mask=mask))
+            stride, pad = spec.get("stride", 1), spec["pad"]
+            layers.append(FloatLayer(lname, Op.CONV2D, in_shape, out_shape, w, b, clamp=clamp,
+                                     stride=(stride, stride), padding=(pad, pad, pad, pad), mask=mask))
         else:
-            layers.append(FloatLayer(lname, Op.DENSE, in_shape, out_shape, w, b, relu=bool(spec.get("relu")),
-                                     mask=mask))
+            layers.append(FloatLayer(lname, Op.DENSE, in_shape, out_shape, w, b, clamp=clamp, mask=mask))
         prev_map_shape = out_shape
     return FloatModel(name=name, input_shape=tuple(input_shape), num_classes=num_classes, layers=tuple(layers))
 
 
 def _to_nchw(x_uint8: np.ndarray):
-
     return torch.from_numpy(np.ascontiguousarray(to_float(x_uint8).transpose(0, 3, 1, 2)))
 
 
 def torch_predict_logits(net, x_uint8: np.ndarray, batch: int = 1000) -> np.ndarray:
-
     net.eval()
     outs = []
     with torch.no_grad():
@@ -195,8 +210,8 @@ def train_run(dataset: Dataset, dataset_spec: str, arch: str, epochs: int, out: 
     if epochs < 1:
         raise UserError(f"--epochs must be at least 1, got {epochs}")
     torch.manual_seed(seed)
-    specs = resolve_specs(arch_specs(arch), dataset.num_classes)
-    net = build_torch_model(specs, dataset.input_shape)
+    specs = None if arch in MODULE_ARCHS else resolve_specs(arch_specs(arch), dataset.num_classes)
+    net = build_network(arch, specs, dataset.input_shape, dataset.num_classes)
     t0 = time.time()
     fit(net, dataset.x_train, dataset.y_train, epochs, seed)
     float_acc = accuracy(torch_predict_logits(net, dataset.x_test), dataset.y_test)
@@ -225,22 +240,9 @@ def save_run(out: Path, net, meta: dict, masks: list | None = None) -> None:
     `masks`: one bool numpy array in torch weight layout, or None, per conv/dense module."""
     out.mkdir(parents=True, exist_ok=True)
     mask_tensors = [None if m is None else torch.from_numpy(np.asarray(m, dtype=bool)) for m in (masks or [])]
-    torch.save({"specs": meta["specs"], "state_dict": net.state_dict(), "masks": mask_tensors}, out / "checkpoint.pt")
+    torch.save({"specs": meta.get("specs"), "state_dict": net.state_dict(), "masks": mask_tensors},
+               out / "checkpoint.pt")
     (out / "run.json").write_text(json.dumps(meta, indent=2) + "\n")
-
-
-def read_run_meta(run_dir: Path) -> dict:
-    meta_path = run_dir / "run.json"
-    if not meta_path.exists():
-        raise UserError(f"{run_dir} is not a run directory (no run.json): create one with `mcuprune train`")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{meta_path} is corrupt ({exc}): retrain with `mcuprune train`") from None
-    if meta.get("format_version") != RUN_FORMAT_VERSION:
-        raise UserError(f"{meta_path} has format {meta.get('format_version')}, this mcuprune reads "
-                        f"{RUN_FORMAT_VERSION}: retrain with `mcuprune train`")
-    return meta
 
 
 def load_torch_model(run_dir: Path):
@@ -253,8 +255,7 @@ def load_torch_model(run_dir: Path):
         raise UserError(f"{ckpt_path} is missing: retrain with `mcuprune train`")
     try:
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        specs = ckpt["specs"]
-        net = build_torch_model(specs, tuple(meta["input_shape"]))
+        net = build_network(meta["arch"], ckpt["specs"], tuple(meta["input_shape"]), int(meta["num_classes"]))
         net.load_state_dict(ckpt["state_dict"])
         masks = [None if m is None else m.numpy().astype(bool) for m in ckpt.get("masks", [])]
         for module, mask in zip(_weight_modules(net), masks, strict=False):
@@ -268,8 +269,27 @@ def load_torch_model(run_dir: Path):
     return net, meta, masks
 
 
+def network_to_ir(net, meta: dict, masks: list | None = None) -> FloatModel:
+    """A trained network in the float IR: layer-spec networks by their specs, the others through
+    the PyTorch importer (the same door a user's model comes in by)."""
+    if meta.get("specs") is not None:
+        return export_float_model(net, meta["specs"], tuple(meta["input_shape"]), meta["name"], meta["num_classes"],
+                                  masks)
+    if any(m is not None for m in masks or []):
+        raise UserError(f"run {meta['name']}: pruning masks of {meta['arch']} networks are not supported yet")
+    h, w, c = meta["input_shape"]
+    return import_module(net, torch.zeros(1, c, h, w), meta["name"])
+
+
 def load_float_model(run_dir: Path) -> tuple[FloatModel, dict]:
+    """The float IR model of a trained run, with its metadata."""
     net, meta, masks = load_torch_model(run_dir)
-    model = export_float_model(net, meta["specs"], tuple(meta["input_shape"]), meta["name"], meta["num_classes"],
-                               masks)
-    return model, meta
+    return network_to_ir(net, meta, masks), meta
+
+
+def load_run_model(run_dir: Path) -> tuple[FloatModel | QuantModel, dict]:
+    """The IR model of any run (trained, or imported float or int8), with the run's metadata."""
+    meta = read_run_meta(run_dir)
+    if meta["kind"] != "trained":
+        return load_imported_model(run_dir, meta), meta
+    return load_float_model(run_dir)

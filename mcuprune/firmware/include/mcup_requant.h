@@ -5,7 +5,12 @@
  *   1. x <<= max(shift, 0)                      (wraps like int32, never UB)
  *   2. x = round(x * multiplier / 2^31), ties toward +infinity, saturating the one overflow case
  *   3. x = round_half_away(x / 2^max(-shift, 0))
- * mcuprune/fixedpoint.py implements the same steps in numpy; tests pin both to each other.
+ * mcuprune/model/fixedpoint.py implements the same steps in numpy; tests pin both to each other.
+ *
+ * The second half holds the fixed-point arithmetic of the int8 SOFTMAX (exp and reciprocal on
+ * raw int32 values with a fixed number of integer bits), the twins of the gemmlowp-style
+ * functions at the end of fixedpoint.py. Every function here is free of undefined behaviour for
+ * any int32 arguments in the documented ranges: overflowing sums wrap (computed unsigned).
  */
 #ifndef MCUP_REQUANT_H
 #define MCUP_REQUANT_H
@@ -47,6 +52,114 @@ static inline int8_t mcup_requantize_s8(int32_t acc, int32_t multiplier, int32_t
     v = v < act_min ? act_min : v;
     v = v > act_max ? act_max : v;
     return (int8_t)v;
+}
+
+/* --- fixed-point arithmetic of the int8 softmax -------------------------------------------------
+ *
+ * A raw int32 with k integer bits stands for raw / 2^(31 - k) ("Qk.(31-k)"). A product of two raws
+ * is mcup_doubling_high_mult (the integer bits add up); sums wrap like int32 (mcup_wrap_add).
+ */
+
+/* a + b and a - b modulo 2^32 (int32 overflow would be undefined). */
+static inline int32_t mcup_wrap_add(int32_t a, int32_t b)
+{
+    return (int32_t)((uint32_t)a + (uint32_t)b);
+}
+
+static inline int32_t mcup_wrap_sub(int32_t a, int32_t b)
+{
+    return (int32_t)((uint32_t)a - (uint32_t)b);
+}
+
+/* x * 2^exponent for exponent in [-31, 31]: saturating for exponent > 0, rounding (half away
+ * from zero) for exponent < 0. */
+static inline int32_t mcup_saturating_rounding_mul_pot(int32_t x, int32_t exponent)
+{
+    if (exponent < 0) {
+        return mcup_rounding_divide_by_pot(x, -exponent);
+    }
+    const int32_t threshold = (int32_t)((1UL << (31 - exponent)) - 1U); /* largest |x| that fits */
+    if (x > threshold) {
+        return INT32_MAX;
+    }
+    if (x < -threshold) {
+        return INT32_MIN;
+    }
+    return (int32_t)((uint32_t)x << exponent);
+}
+
+/* (a + b) / 2 rounded to nearest, ties away from zero (the sum taken in 64 bits). */
+static inline int32_t mcup_rounding_half_sum(int32_t a, int32_t b)
+{
+    const int64_t sum = (int64_t)a + (int64_t)b;
+    return (int32_t)((sum + (sum >= 0 ? 1 : -1)) / 2);
+}
+
+/* exp(a) for a in [-1/4, 0), Q0.31 in and out: a 4th-order Taylor polynomial around -1/8. */
+static inline int32_t mcup_exp_on_interval_minus_quarter_to_zero(int32_t a)
+{
+    const int32_t exp_minus_eighth = 1895147668; /* exp(-1/8), Q0.31 */
+    const int32_t one_third = 715827883;         /* 1/3, Q0.31 */
+    const int32_t x = mcup_wrap_add(a, 1 << 28); /* a + 1/8 */
+    const int32_t x2 = mcup_doubling_high_mult(x, x);
+    const int32_t x3 = mcup_doubling_high_mult(x2, x);
+    const int32_t x4_over_4 = mcup_rounding_divide_by_pot(mcup_doubling_high_mult(x2, x2), 2);
+    const int32_t poly = mcup_rounding_divide_by_pot(
+        mcup_wrap_add(mcup_doubling_high_mult(mcup_wrap_add(x4_over_4, x3), one_third), x2), 1);
+    return mcup_wrap_add(exp_minus_eighth,
+                         mcup_doubling_high_mult(exp_minus_eighth, mcup_wrap_add(x, poly)));
+}
+
+/*
+ * exp(a) for a raw a <= 0 with `integer_bits` integer bits (1..5, the softmax uses 5); the result
+ * is Q0.31. a splits into a remainder in [-1/4, 0) (the polynomial) and whole quarters, applied
+ * one set bit at a time as products with exp(-2^k), k = -2 .. integer_bits - 1. exp(0) = 1 does
+ * not fit Q0.31: a == 0 gives INT32_MAX.
+ */
+static inline int32_t mcup_exp_on_negative_values(int32_t a, int32_t integer_bits)
+{
+    static const int32_t exp_of_minus_pot[7] = {
+        /* exp(-2^k) in Q0.31 for k = -2 .. 4 */
+        1672461947, 1302514674, 790015084, 290630308, 39332535, 720401, 242,
+    };
+    const int32_t frac_bits = 31 - integer_bits;
+    const int32_t one_quarter = 1 << (frac_bits - 2);
+    const int32_t a_mod = mcup_wrap_sub(a & (one_quarter - 1), one_quarter); /* [-1/4, 0) */
+    int32_t result = mcup_exp_on_interval_minus_quarter_to_zero(
+        mcup_saturating_rounding_mul_pot(a_mod, integer_bits));
+    const uint32_t remainder = (uint32_t)mcup_wrap_sub(a_mod, a); /* whole quarters, >= 0 */
+    for (int32_t k = -2; k < integer_bits && k <= 4; k++) {
+        if ((remainder & (1UL << (frac_bits + k))) != 0) {
+            result = mcup_doubling_high_mult(result, exp_of_minus_pot[k + 2]);
+        }
+    }
+    return a == 0 ? INT32_MAX : result;
+}
+
+/* 1 / (1 + a) for a in [0, 1), Q0.31 in and out: three Newton-Raphson steps in Q2.29. */
+static inline int32_t mcup_one_over_one_plus_x_for_x_in_0_1(int32_t a)
+{
+    const int32_t half_denominator = mcup_rounding_half_sum(a, INT32_MAX); /* (1 + a) / 2 */
+    /* 48/17 - 32/17 * d, Q2.29: the starting point of the iteration */
+    int32_t x = mcup_wrap_add(1515870810, mcup_doubling_high_mult(half_denominator, -1010580540));
+    for (int32_t i = 0; i < 3; i++) {
+        const int32_t one_minus = mcup_wrap_sub(1 << 29, mcup_doubling_high_mult(half_denominator, x));
+        x = mcup_wrap_add(x, mcup_saturating_rounding_mul_pot(mcup_doubling_high_mult(x, one_minus), 2));
+    }
+    return mcup_saturating_rounding_mul_pot(x, 1); /* 1 / (2d) in Q2.29 is 1 / (1 + a) in Q0.31 */
+}
+
+/*
+ * 1 / x for a raw x > 0 with `x_integer_digits` integer bits: returns the Q0.31 raw r and sets
+ * *bits_over_unit so that 1 / x = r * 2^-(31 + *bits_over_unit). x is normalised into [1, 2) by
+ * its leading zeros.
+ */
+static inline int32_t mcup_reciprocal(int32_t x, int32_t x_integer_digits, int32_t *bits_over_unit)
+{
+    const int32_t headroom_plus_one = x != 0 ? __builtin_clz((uint32_t)x) : 32;
+    *bits_over_unit = x_integer_digits - headroom_plus_one;
+    const uint32_t shifted = headroom_plus_one < 32 ? (uint32_t)x << headroom_plus_one : 0;
+    return mcup_one_over_one_plus_x_for_x_in_0_1((int32_t)(shifted - 0x80000000u));
 }
 
 #endif /* MCUP_REQUANT_H */

@@ -7,6 +7,8 @@
  * weights, hence to mcuprune/reference.py. As in mcup_nn.h, each kernel has a reference
  * implementation (firmware/kernels/reference/) and an optimized twin with the same name
  * (firmware/kernels/dsp/); mcuprune/sparse.py packs the arrays and picks a format per layer.
+ * The csr8 and csr4 kernels of an op differ only in how they read a delta, so they share their
+ * walk: mcup_csr_walk.h (reference) and mcup_csr_walk_dsp.h (DSP), included by those files only.
  *
  * The weight matrix W has rows = output channels and cols = in_features (FC) or
  * k_h * k_w * in_c (conv, the dense [k_h][k_w][in_c] order flattened). Formats:

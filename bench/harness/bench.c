@@ -1,13 +1,13 @@
 /*
- * bench.c - instruction counts of the sparse (and dense) kernels in QEMU.
+ * bench.c - instruction counts of kernel calls in QEMU: the harness of bench/kernels/run.py
+ * (dense kernels and max-pool, per MAC) and bench/sparse/run.py (every weight format).
  *
- * Built by run.py once per target (core + kernel variant) with a generated bench_data.h that
- * holds the packed layers, their inputs and one small wrapper per case. Time is read from
- * SysTick on the core clock: under -icount shift=0 each instruction advances virtual time by
- * 1 ns and the mps2 core clock is 25 MHz, so one tick is 40 instructions (checked against a
- * calibration loop of known length). Startup, semihosting output and the linker script are the
- * kernel micro-benchmark's (bench/kernels/). Each line printed is parsed by run.py; the last
- * one is a sentinel.
+ * Built by qemu_bench.py once per target (core + kernel variant) with a generated bench_data.h
+ * that holds the layers, their inputs, one small wrapper per case calling its kernel, and
+ * bench_cases[]. QEMU has no DWT cycle counter, so time is read from SysTick clocked by the core
+ * clock: under -icount shift=0 every instruction advances virtual time by 1 ns and the mps2 core
+ * clock is 25 MHz, so one tick is 40 instructions (checked against a calibration loop of known
+ * length). Each line printed is parsed by qemu_bench.py; the last one is a sentinel.
  */
 #include <stdint.h>
 
@@ -17,19 +17,20 @@
 
 typedef struct {
     const char *name;
-    void (*run)(void *scratch);      /* calls the kernel on the case's params and input */
-    int32_t (*scratch_bytes)(void);  /* the kernel's _get_buffer_size */
-    int32_t expected_scratch;        /* mcuprune.model.formats.sparse_scratch_bytes */
+    void (*run)(void *scratch);     /* calls the kernel on the case's params, input and output */
+    int32_t (*scratch_bytes)(void); /* the kernel's _get_buffer_size */
+    int32_t expected_scratch;       /* mcuprune.model.ops.scratch_bytes */
+    int32_t out_lead; /* the output is at bench_output + out_lead (1: not word-aligned) */
     int32_t out_size;
 } bench_case;
 
 #if !defined(BENCH_MAX_OUT) || !defined(BENCH_SCRATCH_BYTES)
-#error "run.py passes -DBENCH_MAX_OUT=... -DBENCH_SCRATCH_BYTES=... (maxima over the cases)"
+#error "qemu_bench.py passes -DBENCH_MAX_OUT=... -DBENCH_SCRATCH_BYTES=... (maxima over the cases)"
 #endif
 
-static int8_t bench_output[BENCH_MAX_OUT] __attribute__((aligned(4)));
+static int8_t bench_output[BENCH_MAX_OUT + 1] __attribute__((aligned(4))); /* +1: out_lead */
 
-#include "bench_data.h" /* packed layers, wrappers and bench_cases[] */
+#include "bench_data.h" /* layers, wrappers and bench_cases[] */
 
 #define SYST_CSR (*(volatile uint32_t *)0xE000E010u)
 #define SYST_RVR (*(volatile uint32_t *)0xE000E014u)
@@ -139,7 +140,7 @@ int main(void)
         bench_write(" ticks=");
         put_u32(ticks);
         bench_write(" checksum=");
-        put_hex(fnv1a(bench_output, c->out_size));
+        put_hex(fnv1a(bench_output + c->out_lead, c->out_size));
         bench_write("\n");
     }
     bench_write("MCUP-BENCH-DONE\n");

@@ -1,4 +1,4 @@
-/* bench_io.h - console output and exit of the kernel micro-benchmark (semihosting, startup.c). */
+/* bench_io.h - console output and exit of the benchmark harness (semihosting, startup.c). */
 #ifndef BENCH_IO_H
 #define BENCH_IO_H
 

@@ -1,5 +1,5 @@
 /*
- * startup.c - minimal bare-metal runtime for the kernel micro-benchmark on mps2-an386.
+ * startup.c - minimal bare-metal runtime of the benchmark harness on mps2-an385/an386.
  *
  * Self-contained on purpose (the product runtime lives in firmware/runtime/): vector table,
  * reset handler (copy .data, zero .bss, enable the FPU, call main), semihosting output and exit
