@@ -331,7 +331,8 @@ class GeneratedModel:
         weighted = {(layer.op, self.formats[layer.name]) for layer in model.layers if layer.has_weights}
         if self.params == "blob":
             weighted.add((Op.DENSE, "dense"))  # the monitor QSAE
-        others = {(layer.op, None) for layer in model.layers if not layer.has_weights}
+        others = {(layer.op, None) for layer in model.layers
+                  if not layer.has_weights and spec_of(layer.op).kernel is not None}
         return kernel_sources(variant, weighted | others)
 
 

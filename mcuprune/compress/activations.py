@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mcuprune.model.interpreter import run_layer_f32
+from mcuprune.model.interpreter import run_layer_f32, trace_f32
 from mcuprune.model.ir import INPUT, FloatLayer, FloatModel, Op
 
 DEFAULT_POSITIONS = 8
@@ -148,3 +148,28 @@ def capture_activations(model: FloatModel, x_float: np.ndarray, positions: int =
             accs[layer.name].add(rows, out, pick)
             tensors[layer.name] = out.astype(np.float32)
     return {name: acc.result() for name, acc in accs.items()}
+
+
+def tensor_rows(model: FloatModel, x_float: np.ndarray, names: list[str], positions: int = DEFAULT_POSITIONS,
+                max_rows: int = DEFAULT_MAX_ROWS, seed: int = 0) -> dict[str, np.ndarray]:
+    """Channel vectors (rows, C) of the named tensors on float inputs: `positions` random pixels per
+    image of a feature map (seeded), the whole vector of a flat tensor; at most `max_rows` rows each."""
+    rng = np.random.default_rng(seed)
+    rows: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    kept = dict.fromkeys(names, 0)
+    for start in range(0, len(x_float), BATCH):
+        trace = trace_f32(model, np.asarray(x_float[start : start + BATCH], dtype=np.float32))
+        for name in names:
+            t = trace[name]
+            if kept[name] >= max_rows:
+                continue
+            if t.ndim == 4:
+                n, h, w, c = t.shape
+                pick = np.argsort(rng.random((n, h * w)), axis=1)[:, : min(positions, h * w)]
+                r = t.reshape(n, h * w, c)[np.arange(n)[:, None], pick].reshape(-1, c)
+            else:
+                r = t.reshape(len(t), -1)
+            r = r[: max_rows - kept[name]]
+            rows[name].append(r.astype(np.float32))
+            kept[name] += len(r)
+    return {name: np.concatenate(parts) for name, parts in rows.items()}

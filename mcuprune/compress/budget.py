@@ -75,16 +75,17 @@ def emitted(model: FloatModel, masks: dict[str, np.ndarray] | None = None, varia
 
     The generator also weighs each sparse kernel's code (linked once per firmware), so it may keep a
     layer in a format a few bytes larger than the layer's smallest. With `masks` (IR layout, by
-    layer name) every kept weight counts as non-zero: the planning count. Without, the model's own
-    masked weights are quantized as quantize.py does: the final count."""
+    layer name) every kept weight counts as non-zero: the planning count. Without (and for layers
+    the masks leave out), the model's own masked weights are quantized as quantize.py does: the
+    final count."""
     qlayers = []
     for layer in model.layers:
         if layer.weights is None:
             continue
-        if masks is not None:
+        if masks is not None and layer.name in masks:
             mask = np.asarray(masks[layer.name], dtype=bool)
             q = mask.astype(np.int8)
-        else:
+        else:  # a layer the plan leaves alone (e.g. depthwise) counts as it is
             mask = None if layer.mask is None else np.asarray(layer.mask, dtype=bool)
             q, _ = quantize_weights(layer.weights if mask is None else layer.weights * mask)
         zeros = np.zeros(q.shape[0], np.int32)

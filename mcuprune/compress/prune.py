@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mcuprune.compress.activations import LayerCapture, apply_rows, capture_activations
+from mcuprune.compress.activations import CAPTURED_OPS, LayerCapture, apply_rows, capture_activations, tensor_rows
 from mcuprune.compress.budget import (
     Candidate,
     best_format,
@@ -63,20 +63,31 @@ from mcuprune.compress.qsae import (
     select_qsae,
     train_qsae,
 )
-from mcuprune.compress.structured import consumer_of, hwc_to_chw_columns, shrink
+from mcuprune.compress.structured import channel_groups, consumer_of, hwc_to_chw_columns, remove_channels, shrink
 from mcuprune.errors import UserError
-from mcuprune.model.interpreter import run_s8
+from mcuprune.model.interpreter import run_f32, run_s8
 from mcuprune.model.ir import FloatModel, Op
 from mcuprune.quantize import calibration_subset, quantize_image_model, quantize_weights
 from mcuprune.train.datasets import Dataset, load_dataset, to_float, to_int8
+from mcuprune.train.ir_module import IRModule, with_masks
 from mcuprune.train.layout import ir_masks_to_torch
-from mcuprune.train.training import accuracy, export_float_model, fit, load_torch_model, save_run, torch_predict_logits
+from mcuprune.train.runs import read_run_meta, write_imported_run
+from mcuprune.train.training import (
+    accuracy,
+    export_float_model,
+    fit,
+    load_run_model,
+    load_torch_model,
+    save_run,
+    torch_predict_logits,
+)
 
 METHODS = ("qsae", "magnitude", "magnitude-oneshot")
 CALIBRATION_SAMPLES = 2000
 DEFAULT_FINETUNE_EPOCHS = 3
 DEFAULT_FINETUNE_LR = 1e-3
 ACCOUNTING = "parameter bytes as `mcuprune compile --objective smallest` emits them for a DSP board"
+UNPRUNED = Candidate(tau=0.0, sparsity=0.0, bytes=0, kl=0.0)  # a weighted layer the method leaves alone
 
 
 def check_arguments(method: str, flash_budget, kl_budget, finetune_epochs: int) -> None:
@@ -192,7 +203,7 @@ def _prune_qsae(state: _Net, dataset: Dataset, calib: np.ndarray, flash_budget: 
 
 def _masks(model: FloatModel, caps: dict[str, LayerCapture], chosen: dict[str, Candidate]) -> dict[str, np.ndarray]:
     return {layer.name: mask_for(layer, caps[layer.name], chosen[layer.name].tau) for layer in model.layers
-            if layer.weights is not None}
+            if layer.name in chosen}
 
 
 def _plan_flash(model: FloatModel, caps: dict[str, LayerCapture], fronts: dict[str, list[Candidate]],
@@ -274,7 +285,7 @@ def layer_report(model: FloatModel, chosen: dict[str, Candidate]) -> list[dict]:
             continue
         w = layer.weights if layer.mask is None else layer.weights * layer.mask
         q, _ = quantize_weights(w)
-        c = chosen[layer.name]
+        c = chosen.get(layer.name, UNPRUNED)
         rows.append({
             "name": layer.name,
             "op": layer.op.value,
@@ -299,6 +310,109 @@ def int8_accuracy(model: FloatModel, dataset: Dataset) -> float:
     return float((run_s8(qmodel, to_int8(dataset.x_test)).argmax(1) == dataset.y_test).mean())
 
 
+# --- graphs: any float IR model (MLPerf-shaped networks, imported PyTorch models) ---------------------
+#
+# The same method on the IR itself: channel groups (structured.channel_groups) instead of layer
+# specs, so residual adds and depthwise layers keep their channels in step; the network is
+# fine-tuned as an IRModule (the IR graph run by torch, batch norm already folded). The pruned run
+# holds the pruned float IR model (a "float" run), which compile quantizes as any other.
+
+
+def _graph_structured_qsae(model: FloatModel, calib: np.ndarray, tolerance: float, steps: int,
+                           seed: int) -> tuple[FloatModel, list[dict]]:
+    """QSAE per removable channel group on the vectors of all its tensors; remove the channels its
+    int8 encoder ignores from the whole group."""
+    groups = [(i, g) for i, g in enumerate(channel_groups(model)) if g.removable]
+    rows = tensor_rows(model, to_float(calib), [name for _, g in groups for name in g.tensors], seed=seed)
+    removal, report = {}, []
+    for i, group in groups:
+        sel = select_qsae(np.concatenate([rows[name] for name in group.tensors]), tolerance=tolerance, steps=steps,
+                          seed=seed)
+        unused = sel.unused if sel.unused.size < group.channels else sel.unused[:-1]  # never cut the net
+        report.append({"group": list(group.tensors), "channels": group.channels, "removed": unused.tolist(),
+                       "lam": sel.qsae.lam, "hidden": sel.qsae.hidden, "reconstruction_error": round(sel.error, 5),
+                       "path": sel.path})
+        if unused.size:
+            removal[i] = unused
+    return (remove_channels(model, removal) if removal else model), report
+
+
+def _finetune_graph(model: FloatModel, dataset: Dataset, epochs: int, seed: int, lr: float) -> FloatModel:
+    if epochs == 0:
+        return model
+    module = IRModule(model)
+    fit(module, dataset.x_train, dataset.y_train, epochs, seed, lr=lr, desc="fine-tune", after_step=module.apply_masks)
+    return module.to_float_model()
+
+
+def prune_graph(model: FloatModel, dataset: Dataset, calib: np.ndarray, method: str, flash_budget: int | None,
+                kl_budget: float | None, epochs: int, seed: int, lr: float, tolerance: float, structured: bool,
+                steps: int) -> tuple[FloatModel, dict, dict]:
+    """(pruned and fine-tuned model, chosen candidate per pruned layer, report extras)."""
+    if method == "magnitude":
+        raise UserError("method 'magnitude' (gradual) prunes mlp and cnn runs; use qsae or magnitude-oneshot here")
+    extra: dict = {}
+    if method == "qsae" and structured:
+        model, extra["structured"] = _graph_structured_qsae(model, calib, tolerance, steps, seed)
+    caps = capture_activations(model, to_float(calib), seed=seed)
+    if method == "qsae":
+        fronts = {layer.name: layer_front(layer, caps[layer.name]) for layer in model.layers
+                  if layer.op in CAPTURED_OPS}
+        chosen = _plan_flash(model, caps, fronts, flash_budget) if flash_budget is not None \
+            else choose_by_kl(fronts, kl_budget)
+        masks = _masks(model, caps, chosen)
+        extra.update(candidates={n: [c.to_dict() for c in f] for n, f in fronts.items()}, importance="|w|*||x||")
+    else:
+        sparsity = sparsity_for_budget(model, flash_budget)
+        masks = global_magnitude_masks(model, sparsity)
+        tau = global_threshold(list(magnitudes(model).values()), sparsity)
+        chosen = {name: Candidate(tau=tau, sparsity=float(1 - m.mean()), bytes=0,
+                                  kl=_mask_kl(layer, caps[name], m) if name in caps else 0.0)
+                  for layer in model.layers for name, m in masks.items() if layer.name == name}
+        extra.update(importance="|w|", global_sparsity_at_start=round(sparsity, 6))
+    model = _finetune_graph(with_masks(model, masks), dataset, epochs, seed, lr)
+    return model, dict(chosen), extra
+
+
+def _prune_graph_run(run_dir: Path, meta: dict, out: Path, method: str, flash_budget: int | None,
+                     kl_budget: float | None, finetune_epochs: int, seed: int, finetune_lr: float,
+                     calibration: int, qsae_tolerance: float, structured: bool, qsae_steps: int,
+                     evaluate_int8: bool) -> dict:
+    t0 = time.time()
+    model, _ = load_run_model(run_dir)
+    if not isinstance(model, FloatModel):
+        raise UserError(f"{run_dir} holds an int8 model taken from a .tflite: prune the float model it came from "
+                        "(import its .pt2) instead")
+    if "dataset" not in meta:
+        raise UserError(f"{run_dir} has no dataset to prune and fine-tune with: import it with --dataset")
+    dataset = load_dataset(meta["dataset"])
+    if dataset.input_shape != tuple(model.input_shape):
+        raise UserError(f"dataset {meta['dataset']} has images {dataset.input_shape}, the run takes "
+                        f"{tuple(model.input_shape)}")
+    fp32_bytes = 4 * sum(int(layer.weights.size + layer.bias.size) for layer in model.layers
+                         if layer.weights is not None)
+    calib = calibration_subset(dataset.x_train, calibration, seed)
+    model, chosen, extra = prune_graph(model, dataset, calib, method, flash_budget, kl_budget, finetune_epochs, seed,
+                                       finetune_lr, qsae_tolerance, structured, qsae_steps)
+    layers = layer_report(model, chosen)
+    model_bytes = sum(row["bytes"] for row in layers)
+    float_acc = float((run_f32(model, to_float(dataset.x_test)).argmax(1) == dataset.y_test).mean())
+    report = {"method": method, "flash_budget": flash_budget, "kl_budget": kl_budget,
+              "finetune_epochs": finetune_epochs, "finetune_lr": finetune_lr, "seed": seed,
+              "calibration_samples": int(len(calib)),
+              **({} if flash_budget is None else {"within_flash_budget": model_bytes <= flash_budget}),
+              "layers": layers, "model_bytes": model_bytes, "fp32_bytes": fp32_bytes,
+              "ratio_vs_fp32": round(fp32_bytes / model_bytes, 3), "accounting": ACCOUNTING,
+              "float_test_accuracy": float_acc, "source_float_test_accuracy": meta.get("float_test_accuracy"), **extra}
+    if evaluate_int8:
+        report["int8_reference_accuracy"] = int8_accuracy(model, dataset)
+    report["seconds"] = round(time.time() - t0, 1)
+    keep = {k: meta[k] for k in ("dataset", "arch", "source", "source_file") if k in meta}
+    write_imported_run(out, model, {**keep, "float_test_accuracy": float_acc, "fp32_params": fp32_bytes // 4,
+                                    "pruned_from": str(run_dir.resolve()), "pruning": report})
+    return report
+
+
 def prune_run(run_dir: Path, method: str, flash_budget: int | None, kl_budget: float | None, finetune_epochs: int,
               out: Path, seed: int = 0, *, finetune_lr: float = DEFAULT_FINETUNE_LR,
               calibration: int = CALIBRATION_SAMPLES, qsae_tolerance: float = DEFAULT_TOLERANCE,
@@ -308,6 +422,10 @@ def prune_run(run_dir: Path, method: str, flash_budget: int | None, kl_budget: f
     run_dir, out = Path(run_dir), Path(out)
     if out.resolve() == run_dir.resolve():
         raise UserError(f"the pruned run must go to a new directory, not over {run_dir}")
+    meta = read_run_meta(run_dir)
+    if meta.get("specs") is None:  # a graph: an MLPerf-shaped network or an imported model
+        return _prune_graph_run(run_dir, meta, out, method, flash_budget, kl_budget, finetune_epochs, seed,
+                                finetune_lr, calibration, qsae_tolerance, structured, qsae_steps, evaluate_int8)
     t0 = time.time()
     net, meta, masks = load_torch_model(run_dir)
     dataset = load_dataset(meta["dataset"])

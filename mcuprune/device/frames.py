@@ -86,19 +86,25 @@ class Frame:
     payload: bytes = b""
     version: int = PROTOCOL_VERSION
 
-    def body(self) -> bytes:
+    def body(self, max_payload: int = MAX_PAYLOAD) -> bytes:
         """The unencoded body: header, payload, CRC."""
         if not (0 <= self.type <= 0xFF and 0 <= self.seq <= 0xFFFF and 0 <= self.version <= 0xFF):
             raise ValueError(f"frame field out of range: {self}")
-        if len(self.payload) > MAX_PAYLOAD:
-            raise ValueError(f"payload of {len(self.payload)} bytes exceeds MAX_PAYLOAD={MAX_PAYLOAD}")
+        if len(self.payload) > max_payload:
+            raise ValueError(f"payload of {len(self.payload)} bytes exceeds MAX_PAYLOAD={max_payload}")
         head = _HEADER.pack(self.version, self.type, self.seq) + bytes(self.payload)
         return head + _CRC.pack(crc32(head))
 
 
-def encode_frame(frame: Frame) -> bytes:
+def encode_frame(frame: Frame, max_payload: int = MAX_PAYLOAD) -> bytes:
     """Wire bytes of `frame`: COBS(body) followed by the 0x00 delimiter."""
-    return cobs_encode(frame.body()) + b"\x00"
+    return cobs_encode(frame.body(max_payload)) + b"\x00"
+
+
+def max_request_payload(input_size: int) -> int:
+    """The longest request a device takes: MAX_PAYLOAD, or an INFER of a larger input
+    (MCUP_MAX_REQUEST_PAYLOAD in firmware/runtime/protocol.h). Replies stay within MAX_PAYLOAD."""
+    return max(MAX_PAYLOAD, input_size)
 
 
 def decode_body(body: bytes) -> Frame:

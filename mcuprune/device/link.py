@@ -16,7 +16,7 @@ import numpy as np
 import serial
 from tqdm import tqdm
 
-from mcuprune.device.frames import Frame, FrameError, FrameReader, encode_frame
+from mcuprune.device.frames import Frame, FrameError, FrameReader, encode_frame, max_request_payload
 from mcuprune.device.messages import (
     CaptureReply,
     CaptureWhich,
@@ -143,7 +143,8 @@ class Device:
                 burst = bytearray()
                 while next_index < len(payloads) and len(in_flight) < max(1, window):
                     seq = self._next_seq()
-                    burst += encode_frame(Frame(MsgType.INFER, seq, payloads[next_index]))
+                    burst += encode_frame(Frame(MsgType.INFER, seq, payloads[next_index]),
+                                          max_request_payload(info.input_size))
                     in_flight[seq] = next_index
                     next_index += 1
                 if burst:

@@ -179,9 +179,12 @@ def _compose_clamps(inner: tuple[float, float], outer: tuple[float, float]) -> t
 class _Importer:
     """One pass over an ExportedProgram's graph, building the IR layers in execution order."""
 
-    def __init__(self, ep: ExportedProgram, name: str) -> None:
+    def __init__(self, ep: ExportedProgram, name: str, masks: dict[str, np.ndarray] | None = None) -> None:
         self.ep = ep
         self.name = name
+        self.masks = dict(masks or {})  # parameter name (conv.weight) -> pruning mask in torch's layout
+        self.used_masks: set[str] = set()
+        self.parameters: dict[torch.fx.Node, str] = {}  # lifted parameter node -> its name in the module
         self.layers: dict[str, FloatLayer] = {}  # insertion order = execution order
         self.input_exclusive: dict[str, bool] = {}  # layer -> its input tensor is read by it alone
         self.values: dict[torch.fx.Node, _Value | _Tuple] = {}
@@ -263,6 +266,8 @@ class _Importer:
     def _lifted(self, node: torch.fx.Node) -> Any:
         """A parameter, buffer or constant lifted out of the module as a graph input."""
         sig = self.ep.graph_signature
+        if node.name in sig.inputs_to_parameters:
+            self.parameters[node] = sig.inputs_to_parameters[node.name]
         for table in (sig.inputs_to_parameters, sig.inputs_to_buffers, sig.inputs_to_lifted_tensor_constants):
             if node.name in table:
                 key = table[node.name]
@@ -328,6 +333,20 @@ class _Importer:
             return self.consts[arg].detach().to(torch.float32).cpu().numpy()
         raise UserError(f"{_where(node)}: its {what} is computed from the model input; mcuprune imports "
                         f"{what}s that are parameters or constants")
+
+    def _mask(self, arg: Any, shape: tuple[int, ...]) -> np.ndarray | None:
+        """The pruning mask given for the parameter behind a weight argument (followed through the
+        transposes a decomposed linear puts on it), in torch's layout, or None."""
+        while isinstance(arg, torch.fx.Node) and arg not in self.parameters and arg.op == "call_function":
+            arg = arg.args[0] if arg.args else None
+        name = self.parameters.get(arg) if isinstance(arg, torch.fx.Node) else None
+        if name is None or name not in self.masks:
+            return None
+        mask = np.asarray(self.masks[name], dtype=bool)
+        if mask.shape != shape:
+            raise UserError(f"model {self.name}: the mask for {name} has shape {mask.shape}, the weight {shape}")
+        self.used_masks.add(name)
+        return mask
 
     def _exclusive(self, arg: Any) -> bool:
         """The layer behind this argument has it as its only reader: a fold into it changes nothing else."""
@@ -446,9 +465,11 @@ class _Importer:
             input_exclusive = self.input_exclusive[pad_layer.name]
             del self.layers[pad_layer.name]
         weights = np.ascontiguousarray(w.transpose(0, 2, 3, 1), dtype=np.float32)
+        mask = self._mask(a["weight"], w.shape)
+        mask = None if mask is None else np.ascontiguousarray(mask.transpose(0, 2, 3, 1))
         bias = np.zeros(c_out, np.float32) if bias is None else bias.astype(np.float32)
         self._emit(node, source, op, input_exclusive=input_exclusive, weights=weights, bias=bias, stride=stride,
-                   padding=padding, dilation=dilation, depth_multiplier=multiplier)
+                   padding=padding, dilation=dilation, depth_multiplier=multiplier, mask=mask)
 
     def _batch_norm(self, node: torch.fx.Node) -> None:
         a = _arguments(node)
@@ -487,11 +508,13 @@ class _Importer:
         target = str(node.target)
         if target == "aten.linear.default":
             arg, w, bias = a["input"], self._const(a["weight"], node, "weight"), self._const(a["bias"], node, "bias")
+            weight_arg = a["weight"]
         else:  # addmm(bias, x, w.T) and mm(x, w.T): the decomposed forms of linear
             arg = a["mat1"] if target == "aten.addmm.default" else a["self"]
             w_t = self._const(a["mat2"], node, "weight")
             assert w_t is not None
             w = w_t.T
+            weight_arg = a["mat2"]
             bias = self._const(a["self"], node, "bias") if target == "aten.addmm.default" else None
             if target == "aten.addmm.default" and (float(a["beta"]) != 1.0 or float(a["alpha"]) != 1.0):
                 raise UserError(f"{_where(node)} scales its terms (beta={a['beta']}, alpha={a['alpha']}); mcuprune "
@@ -503,13 +526,17 @@ class _Importer:
                             f"over (N, F) inputs (flatten a feature map first)")
         if bias is not None and bias.size != w.shape[0]:
             raise UserError(f"{_where(node)}: bias of shape {bias.shape} is not one value per output")
+        mask = self._mask(weight_arg, w.shape)
         if x.chw_map is not None:
             # torch flattened the map in C, H, W order; the device flattens H, W, C (training.py's _to_hwc)
             h, wd, c = x.chw_map
             w = w.reshape(w.shape[0], c, h, wd).transpose(0, 2, 3, 1).reshape(w.shape[0], -1)
+            if mask is not None:
+                mask = mask.reshape(w.shape[0], c, h, wd).transpose(0, 2, 3, 1).reshape(w.shape[0], -1)
         weights = np.ascontiguousarray(w, dtype=np.float32)
         bias = np.zeros(w.shape[0], np.float32) if bias is None else bias.reshape(-1).astype(np.float32)
-        self._emit(node, x, Op.DENSE, input_exclusive=self._exclusive(arg), weights=weights, bias=bias)
+        self._emit(node, x, Op.DENSE, input_exclusive=self._exclusive(arg), weights=weights, bias=bias,
+                   mask=None if mask is None else np.ascontiguousarray(mask))
 
     def _clamp(self, node: torch.fx.Node) -> None:
         a = _arguments(node)
@@ -772,16 +799,26 @@ class _Importer:
         return order
 
 
-def import_exported(ep: ExportedProgram, name: str) -> FloatModel:
-    """An ExportedProgram (from torch.export.export or torch.export.load) as a verified FloatModel."""
-    return _Importer(ep, name).run()
+def import_exported(ep: ExportedProgram, name: str, masks: dict[str, np.ndarray] | None = None) -> FloatModel:
+    """An ExportedProgram (from torch.export.export or torch.export.load) as a verified FloatModel.
+
+    `masks`: pruning masks by weight parameter name (e.g. "stage1.conv1.weight"), in torch's layout;
+    each becomes the mask of the layer that weight goes into, converted like the weight."""
+    importer = _Importer(ep, name, masks)
+    model = importer.run()
+    unused = sorted(set(importer.masks) - importer.used_masks)
+    if unused:
+        raise UserError(f"model {name}: masks given for {', '.join(unused)}, which is no imported conv or linear "
+                        "weight")
+    return model
 
 
-def import_module(module: torch.nn.Module, example_input: torch.Tensor, name: str | None = None) -> FloatModel:
+def import_module(module: torch.nn.Module, example_input: torch.Tensor, name: str | None = None,
+                  masks: dict[str, np.ndarray] | None = None) -> FloatModel:
     """Export `module` in eval mode with `example_input` (NCHW float32, batch first) and import it."""
     with torch.no_grad():
         ep = torch.export.export(module.eval(), (example_input,))
-    return import_exported(ep, name or type(module).__name__.lower())
+    return import_exported(ep, name or type(module).__name__.lower(), masks)
 
 
 def load_pt2(path: str | Path) -> FloatModel:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -173,8 +174,10 @@ def torch_predict_logits(net, x_uint8: np.ndarray, batch: int = 1000) -> np.ndar
 
 
 def fit(net, x_uint8: np.ndarray, y: np.ndarray, epochs: int, seed: int, lr: float = 1e-3,
-        batch: int = 128, desc: str = "train", masks: list | None = None) -> None:
-    """Adam + cross-entropy; `masks` (one bool array or None per weight module) stay applied."""
+        batch: int = 128, desc: str = "train", masks: list | None = None,
+        after_step: Callable[[], None] | None = None) -> None:
+    """Adam + cross-entropy; `masks` (one bool array or None per weight module) stay applied;
+    `after_step` runs after every optimizer step (an IRModule's apply_masks)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
@@ -198,6 +201,8 @@ def fit(net, x_uint8: np.ndarray, y: np.ndarray, epochs: int, seed: int, lr: flo
                 for module, mask in zip(modules, mask_tensors, strict=False):
                     if mask is not None:
                         module.weight.mul_(mask.reshape(module.weight.shape).to(module.weight.dtype))
+            if after_step is not None:
+                after_step()
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
 
 

@@ -29,8 +29,8 @@ static const char init_failed[] = "mcuprune: mcup_init failed, INFER will answer
 static const char no_blob[] = "mcuprune: no model blob could be bound, INFER will answer ERROR\r\n";
 #endif
 
-/* One byte more than the largest body: a frame that fills it is too long. Aligned for INFER. */
-static uint8_t rx_body[MCUP_MAX_BODY + 1u] __attribute__((aligned(4)));
+/* One byte more than the largest request body: a frame that fills it is too long. Aligned for INFER. */
+static uint8_t rx_body[MCUP_MAX_REQUEST_BODY + 1u] __attribute__((aligned(4)));
 
 int main(void)
 {
@@ -64,8 +64,8 @@ int main(void)
             continue;
         }
         if (r == MCUP_COBS_FRAME) {
-            /* A body that filled rx_body is reported as longer than MCUP_MAX_BODY. */
-            uint32_t len = decoder.len > MCUP_MAX_BODY ? MCUP_MAX_BODY : decoder.len;
+            /* A body that filled rx_body is reported as longer than MCUP_MAX_REQUEST_BODY. */
+            uint32_t len = decoder.len > MCUP_MAX_REQUEST_BODY ? MCUP_MAX_REQUEST_BODY : decoder.len;
             mcup_proto_handle(&state, rx_body, len, decoder.total);
         } /* EMPTY and BAD (undecodable) frames are dropped silently */
         mcup_cobs_decoder_reset(&decoder);

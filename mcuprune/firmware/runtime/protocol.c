@@ -48,8 +48,7 @@ _Static_assert(MCUP_BLOB_HEADER_BYTES == 32u, "UPDATE_BEGIN carries the 32-byte 
 #define INFO_PARAMS_BYTES 1u /* mode 0 */
 #endif
 
-_Static_assert(MCUP_INPUT_SIZE > 0 && MCUP_INPUT_SIZE <= MCUP_MAX_PAYLOAD,
-               "INFER payload (MCUP_INPUT_SIZE) must fit in MCUP_MAX_PAYLOAD");
+_Static_assert(MCUP_INPUT_SIZE > 0, "a model takes at least one input byte");
 _Static_assert(MCUP_INPUT_SIZE <= 0xFFFF && MCUP_OUTPUT_SIZE > 0 && MCUP_OUTPUT_SIZE <= 0xFFFF,
                "INFO carries the sizes as u16");
 _Static_assert(MCUP_NUM_LAYERS <= 0xFF, "INFO carries the layer count as u8");

@@ -22,6 +22,12 @@
 #define MCUP_FRAME_HEADER 4u                                      /* version, type, seq */
 #define MCUP_FRAME_OVERHEAD (MCUP_FRAME_HEADER + 4u)              /* + crc32 */
 #define MCUP_MAX_BODY (MCUP_MAX_PAYLOAD + MCUP_FRAME_OVERHEAD)
+/* Requests may be longer than MCUP_MAX_PAYLOAD by as much as an INFER of a model with a larger input
+ * (an image of 96x96x3 is 27,648 bytes): the receive buffer is sized by this, replies are not. Used
+ * where model.h is included. */
+#define MCUP_MAX_REQUEST_PAYLOAD \
+    ((uint32_t)MCUP_INPUT_SIZE > MCUP_MAX_PAYLOAD ? (uint32_t)MCUP_INPUT_SIZE : MCUP_MAX_PAYLOAD)
+#define MCUP_MAX_REQUEST_BODY (MCUP_MAX_REQUEST_PAYLOAD + MCUP_FRAME_OVERHEAD)
 
 enum mcup_msg_type {
     MCUP_MSG_INFO = 0x01,  /* () -> version, sizes, hash, names */
