@@ -229,7 +229,7 @@ def test_generated_blob_sources(models, tmp_path: Path) -> None:
     assert "static mcup_fc_csr_params mcup_layer_dense4 = { .in_features = 128, .out_features = 64 };" in c
     assert "mcup_layer_dense4.row_ptr_bytes = mcup_bind_found[2].row_ptr_bytes;" in c
     # the monitor reads the last layer's input where the arena plan put it
-    pen = gen.arena.offsets[len(model.layers) - 2]
+    pen = gen.arena.offsets[gen.arena.storage[model.layers[-1].inputs[0]]]
     assert f"mcup_fc_s8_dense(&mcup_layer_dense5, mcup_arena + {pen}, logits, mcup_scratch);" in c
     assert f"return mcup_arena + {pen};" in c
     sources = {p.name for p in gen.kernel_sources(model, "dsp")}

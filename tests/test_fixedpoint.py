@@ -174,3 +174,41 @@ def test_c_matches_numpy_on_edge_and_random_values(c_requant: ctypes.CDLL) -> No
             expected = requantize(accs, m, shift)
             got = [c_requant.requant(int(a), m, shift) for a in accs]
             assert got == expected.tolist(), (m, shift)
+
+
+@pytest.fixture(scope="module")
+def c_softmax_math(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
+    """The fixed-point helpers mcup_softmax_s8 is built from (mcup_requant.h), callable from Python."""
+    source = ('#include "mcup_requant.h"\n'
+              "int32_t exp_neg(int32_t a, int32_t bits) { return mcup_exp_on_negative_values(a, bits); }\n"
+              "int32_t recip(int32_t x, int32_t digits, int32_t *over) { return mcup_reciprocal(x, digits, over); }\n"
+              "int32_t half_sum(int32_t a, int32_t b) { return mcup_rounding_half_sum(a, b); }\n"
+              "int32_t mul_pot(int32_t x, int32_t e) { return mcup_saturating_rounding_mul_pot(x, e); }\n")
+    lib = host_build(tmp_path_factory.mktemp("softmax") / "libsoftmax.so", [], [INCLUDE_DIR], shared=True, text=source)
+    dll = ctypes.CDLL(str(lib))
+    for name, n in (("exp_neg", 2), ("half_sum", 2), ("mul_pot", 2)):
+        getattr(dll, name).restype = ctypes.c_int32
+        getattr(dll, name).argtypes = [ctypes.c_int32] * n
+    dll.recip.restype = ctypes.c_int32
+    dll.recip.argtypes = [ctypes.c_int32, ctypes.c_int32, ctypes.POINTER(ctypes.c_int32)]
+    return dll
+
+
+def test_c_softmax_helpers_match_numpy(c_softmax_math: ctypes.CDLL) -> None:
+    """exp on negative values (Q5.26 in, Q0.31 out), the reciprocal of a Q12.19 sum, and the small
+    helpers, on edge and random values: C and numpy bit for bit."""
+    rng = np.random.default_rng(0)
+    negatives = np.concatenate([[0, -1, -(2**26), -(2**31) + 1, INT32_MIN], -rng.integers(0, 2**31, 3000)])
+    got = [c_softmax_math.exp_neg(int(a), 5) for a in negatives]
+    assert got == exp_on_negative_values(negatives, 5).tolist()
+    sums = np.concatenate([[1, 2**19, 2**31 - 1], rng.integers(1, 2**31 - 1, 3000)])
+    expected, expected_over = get_reciprocal(sums, 12)
+    over = ctypes.c_int32()
+    for x, want, want_over in zip(sums, expected, expected_over, strict=True):
+        assert c_softmax_math.recip(int(x), 12, ctypes.byref(over)) == want and over.value == want_over
+    a, b = rng.integers(INT32_MIN, INT32_MAX, (2, 3000))
+    assert [c_softmax_math.half_sum(int(x), int(y)) for x, y in zip(a, b, strict=True)] == \
+        rounding_half_sum(a, b).tolist()
+    for exponent in (-5, -1, 0, 1, 2, 7):
+        assert [c_softmax_math.mul_pot(int(x), exponent) for x in a] == \
+            saturating_rounding_multiply_by_pot(a, exponent).tolist()

@@ -4,14 +4,21 @@ and bad files refused with one line, exit status 2, no traceback and no run writ
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from test_tflite_frontend import BAD_FILES, MLPERF_DIR
 
+from mcuprune.frontend.tflite import import_tflite
+from mcuprune.frontend.tflm import run_tflm
+from mcuprune.model.interpreter import run_s8
+from mcuprune.target.compile import load_firmware_dir
+from mcuprune.train.datasets import to_int8
 from mcuprune.train.runs import read_run_meta
 
 BAD_FOR_CLI = ("truncated", "not_a_flatbuffer", "float_model", "int16_activations", "unsupported_operator")
@@ -65,3 +72,18 @@ def test_import_writes_a_quantized_run(tmp_path: Path) -> None:
     summary = json.loads(proc.stdout)
     assert summary["kind"] == "quantized" and summary["outputs"] == 12 and "depthwise_conv2d" in summary["ops"]
     assert read_run_meta(tmp_path / "kws")["source"] == "tflite"
+
+
+@pytest.mark.skipif(shutil.which("arm-none-eabi-gcc") is None, reason="needs the ARM toolchain")
+def test_export_writes_a_tflite_that_tflm_runs_as_the_reference(digits_run, tmp_path: Path) -> None:
+    run_dir, dataset = digits_run
+    cli("compile", str(run_dir), "--out", "fw", cwd=tmp_path)
+    proc = cli("export", "fw", "--format", "tflite", "--out", "digits.tflite", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    fw = load_firmware_dir(tmp_path / "fw")
+    x = to_int8(dataset.x_test)
+    data = (tmp_path / "digits.tflite").read_bytes()
+    np.testing.assert_array_equal(run_tflm(data, x), run_s8(fw.model, x))
+    # a pruned or not, the int8 model comes back from the file as the same integers
+    np.testing.assert_array_equal(run_s8(import_tflite(data, "back"), x), run_s8(fw.model, x))
+    assert_refused(cli("export", "fw", "--out", "fw", cwd=tmp_path), "is a directory")

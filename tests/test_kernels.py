@@ -1,10 +1,13 @@
-"""Host tests of the C kernels: every variant against the numpy reference, bit for bit.
+"""Host tests of the dense-weight C kernels (FC, conv): every variant against the numpy reference, bit for bit.
 
 One case table, one case per code path, runs unchanged against each kernel variant. The kernels
 are compiled for the host into a shared library (the DSP variant with -DMCUP_EMULATE_DSP, i.e.
-portable C definitions of the intrinsics) and called through ctypes; the oracle is
-mcuprune.model.reference on QuantLayers built here. Cross-compilation for Cortex-M checks the same
-files build warning-free for the real targets. On-target bit-exactness is covered end to end.
+portable C definitions of the intrinsics) and called through ctypes (kernel_cases.KernelLib, its
+parameter structs generated from the operator table); the oracle is mcuprune.model.reference on
+QuantLayers built in kernel_cases.py. Cross-compilation for Cortex-M checks every kernel file builds
+warning-free for the real targets; a QEMU run checks them on the cores. The kernels of the ops
+without dense conv/FC weights (depthwise, pooling, mean, add, pad, softmax) are tested in
+test_graph_kernels.py, the sparse formats in test_sparse.py.
 """
 
 from __future__ import annotations
@@ -13,176 +16,61 @@ import ctypes
 import doctest
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from host_c import kernel_library, require
 from hypothesis import given, settings
-from kernel_cases import Case, QuantParamsC, c_ptr, make_layer, quant_params, random_cases
+from kernel_cases import (
+    Case,
+    KernelLib,
+    geometry_cases,
+    layout_expected,
+    layout_source,
+    make_layer,
+    random_cases,
+    struct_of,
+)
 
 import mcuprune.model.ops
 from mcuprune.model.ir import Op, QuantLayer
 from mcuprune.model.ops import (
     OPS,
+    PW_PIXELS,
+    STRIP_MAX_OUT_C,
     STRIP_MAX_WORDS,
     STRIP_PIXELS,
     STRIP_UNROLL_WORDS,
     VARIANTS,
+    conv_is_pointwise,
     conv_strip_bytes,
     kernel_sources,
     scratch_bytes,
 )
-from mcuprune.model.reference import conv2d_s8, dense_s8, maxpool2d
+from mcuprune.model.reference import conv2d_s8, dense_s8
 from mcuprune.resources import INCLUDE_DIR, KERNEL_DIR
 
-CANARY = 0x5A  # fills the bytes around every output and past every scratch buffer
-HARNESS_DIR = Path(__file__).resolve().parent / "kernel_harness"
-
-
-# --- ctypes mirrors of firmware/include/mcup_nn.h (mcup_quant_params: kernel_cases.py) --------
-
-_I8P = ctypes.POINTER(ctypes.c_int8)
-
-
-class FcParamsC(ctypes.Structure):
-    _fields_ = [
-        ("in_features", ctypes.c_int32),
-        ("out_features", ctypes.c_int32),
-        ("weights", _I8P),
-        ("q", QuantParamsC),
-    ]
-
-
-class Conv2dParamsC(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_int32)
-        for name in ("in_h", "in_w", "in_c", "out_h", "out_w", "out_c", "k_h", "k_w", "stride", "pad")
-    ] + [("weights", _I8P), ("q", QuantParamsC)]
-
-
-class Maxpool2dParamsC(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_int32) for name in ("in_h", "in_w", "c", "pool")]
-
-
-def _at(values: np.ndarray, lead: int, fill: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """A copy of int8 `values` (flattened) starting `lead` bytes past a word boundary, and its buffer
-    (which has `fill` bytes around it): lead = 1 makes every 32-bit load of the kernels unaligned."""
-    flat = np.ascontiguousarray(values, dtype=np.int8).ravel()
-    buf = np.full(flat.size + 16, fill, dtype=np.int8)
-    start = (-buf.ctypes.data) % 8 + lead  # numpy's alignment is not guaranteed past 8 bytes
-    view = buf[start : start + flat.size]
-    view[:] = flat
-    assert view.ctypes.data % 4 == lead % 4
-    return view, buf
-
-
-class Call:
-    """Keeps the numpy arrays a C parameter struct points into alive for one call.
-
-    lead = 1 places the weights one byte past a word boundary; act_max overrides the clamp's top
-    (QuantLayer always has 127)."""
-
-    def __init__(self, layer: QuantLayer, null_bias: bool, lead: int = 0, act_max: int | None = None):
-        w, self.w_buf = _at(layer.weights, lead)
-        self.q, quant = quant_params(layer, null_bias, act_max)
-        self.keep = [w, *quant]
-        self.weights = c_ptr(w, ctypes.c_int8)
-
-
-class Kernels:
-    """One compiled kernel variant, called like the numpy reference ops."""
-
-    def __init__(self, variant: str, lib: ctypes.CDLL):
-        self.variant = variant
-        self.lib = lib
-        for fn in ("mcup_fc_s8_dense_get_buffer_size", "mcup_conv2d_s8_dense_get_buffer_size"):
-            getattr(lib, fn).restype = ctypes.c_int32
-
-    def _run(self, fn, params, x: np.ndarray, out_size: int, scratch: int | None, lead: int = 0) -> np.ndarray:
-        """Call fn(params, x, out[, scratch]) with canaries around out and just past scratch.
-
-        lead = 1 places input and output one byte past a word boundary."""
-        x, _x_buf = _at(x, lead)
-        out, out_buf = _at(np.full(out_size, CANARY, dtype=np.int8), lead, fill=CANARY)
-        args = [ctypes.byref(params), c_ptr(x, ctypes.c_int8), c_ptr(out, ctypes.c_int8)]
-        words = np.full((scratch or 0) // 4 + 4, CANARY * 0x01010101, dtype=np.uint32)  # 4-aligned
-        if scratch is not None:  # maxpool takes no scratch argument
-            args.append(ctypes.c_void_p(words.ctypes.data) if scratch else None)
-        fn(*args)
-        start = out.ctypes.data - out_buf.ctypes.data
-        outside = np.concatenate([out_buf[:start], out_buf[start + out_size :]])
-        assert (outside == CANARY).all(), "kernel wrote outside its output"
-        assert (words[(scratch or 0) // 4 :] == CANARY * 0x01010101).all(), "kernel wrote past its scratch"
-        return out.copy()
-
-    def fc_buffer_size(self, params: FcParamsC) -> int:
-        return self.lib.mcup_fc_s8_dense_get_buffer_size(ctypes.byref(params))
-
-    def conv_buffer_size(self, params: Conv2dParamsC) -> int:
-        return self.lib.mcup_conv2d_s8_dense_get_buffer_size(ctypes.byref(params))
-
-    def fc_params(self, layer: QuantLayer, null_bias: bool, lead: int = 0) -> tuple[FcParamsC, Call]:
-        call = Call(layer, null_bias, lead)
-        out_f, in_f = layer.weights.shape
-        return FcParamsC(in_features=in_f, out_features=out_f, weights=call.weights, q=call.q), call
-
-    def conv_params(
-        self, layer: QuantLayer, null_bias: bool, lead: int = 0, act_max: int | None = None
-    ) -> tuple[Conv2dParamsC, Call]:
-        call = Call(layer, null_bias, lead, act_max)
-        out_c, k_h, k_w, in_c = layer.weights.shape
-        (in_h, in_w, _), (out_h, out_w, _) = layer.in_shape, layer.out_shape
-        params = Conv2dParamsC(
-            in_h=in_h, in_w=in_w, in_c=in_c, out_h=out_h, out_w=out_w, out_c=out_c,
-            k_h=k_h, k_w=k_w, stride=layer.stride, pad=layer.pad, weights=call.weights, q=call.q,
-        )  # fmt: skip
-        return params, call
-
-    def dense(self, x: np.ndarray, layer: QuantLayer, null_bias: bool = False, lead: int = 0) -> np.ndarray:
-        params, _call = self.fc_params(layer, null_bias, lead)
-        fn = getattr(self.lib, OPS[Op.DENSE].function("dense"))
-        return self._run(fn, params, x, layer.weights.shape[0], self.fc_buffer_size(params), lead)
-
-    def conv2d(
-        self, x: np.ndarray, layer: QuantLayer, null_bias: bool = False, lead: int = 0, act_max: int | None = None
-    ) -> np.ndarray:
-        params, _call = self.conv_params(layer, null_bias, lead, act_max)
-        fn = getattr(self.lib, OPS[Op.CONV2D].function("dense"))
-        out = self._run(fn, params, x, int(np.prod(layer.out_shape)), self.conv_buffer_size(params), lead)
-        return out.reshape(layer.out_shape)
-
-    def maxpool2d(self, x: np.ndarray, pool: int, lead: int = 0) -> np.ndarray:
-        h, w, c = x.shape
-        params = Maxpool2dParamsC(in_h=h, in_w=w, c=c, pool=pool)
-        fn = getattr(self.lib, OPS[Op.MAXPOOL2D].function())
-        out = self._run(fn, params, x, (h // pool) * (w // pool) * c, scratch=None, lead=lead)
-        return out.reshape(h // pool, w // pool, c)
+DENSE_KERNELS = [(Op.CONV2D, "dense"), (Op.DENSE, "dense")]
 
 
 @pytest.fixture(scope="module", params=VARIANTS)
-def kernels(request, tmp_path_factory) -> Kernels:
+def kernels(request, tmp_path_factory) -> KernelLib:
     variant = request.param
-    lib_path = tmp_path_factory.mktemp(f"kernels_{variant}") / f"libmcup_{variant}.so"
-    dense_kernels = [(Op.CONV2D, "dense"), (Op.DENSE, "dense"), (Op.MAXPOOL2D, None)]
-    return Kernels(variant, kernel_library(lib_path, variant, dense_kernels, [HARNESS_DIR / "layout.c"]))
+    build = tmp_path_factory.mktemp(f"kernels_{variant}")
+    layout = build / "layout.c"
+    layout.write_text(layout_source(_layout_structs(), "mcup_test_layout"))
+    return KernelLib(variant, kernel_library(build / f"libmcup_{variant}.so", variant, DENSE_KERNELS, [layout]))
 
 
-def test_ctypes_mirrors_match_header(kernels: Kernels):
-    expected = [
-        ctypes.sizeof(QuantParamsC),
-        QuantParamsC.input_offset.offset,
-        QuantParamsC.act_max.offset,
-        ctypes.sizeof(FcParamsC),
-        FcParamsC.weights.offset,
-        FcParamsC.q.offset,
-        ctypes.sizeof(Conv2dParamsC),
-        Conv2dParamsC.pad.offset,
-        Conv2dParamsC.weights.offset,
-        Conv2dParamsC.q.offset,
-        ctypes.sizeof(Maxpool2dParamsC),
-        Maxpool2dParamsC.pool.offset,
-    ]
+def _layout_structs() -> list[type[ctypes.Structure]]:
+    return [struct_of(make_layer(FC_CASES[0])[0], "dense"), struct_of(make_layer(CONV_CASES[0])[0], "dense")]
+
+
+def test_ctypes_mirrors_match_header(kernels: KernelLib):
+    """The structs ops.py's fields describe (in C order) are the ones mcup_nn.h declares."""
+    expected = layout_expected(_layout_structs())
     layout = (ctypes.c_int32 * len(expected)).in_dll(kernels.lib, "mcup_test_layout")
     assert list(layout) == expected
 
@@ -234,6 +122,7 @@ CONV_CASES = [
     Case("conv_left_shift", Op.CONV2D, (3, 3, 1), 2, k=1, x_max=8, w_max=4),
     Case("conv_bench_shape", Op.CONV2D, (14, 14, 16), 32, pad=1, in_zp=-128, relu=True, seed=4),
     Case("conv_im2col_misaligned", Op.CONV2D, (5, 5, 8), 5, pad=1, in_zp=-7, misalign=True),
+    Case("conv_im2col_left_shift_act_max", Op.CONV2D, (4, 4, 16), 3, pad=1, x_max=4, w_max=2, act_max=60),
     # The DSP strip path (small windows, see conv2d_s8_dense.c): each unrolled variant, the generic
     # loop with odd and even window lengths, segment splits and every requantization variant.
     Case("conv_in1_stride2", Op.CONV2D, (9, 9, 1), 6, stride=2, pad=1, in_zp=-30),  # 3x3x1 unpaired
@@ -247,7 +136,7 @@ CONV_CASES = [
     Case("conv_5x5x1", Op.CONV2D, (8, 8, 1), 4, k=5, pad=2, in_zp=-11),  # 15 words, generic
     Case("conv_in1_wide_segments", Op.CONV2D, (3, 140, 1), 3, pad=1, in_zp=5),  # 128 + 12 columns
     Case("conv_in1_rows_tail", Op.CONV2D, (21, 28, 1), 2, pad=1, in_zp=-1),  # 4-row segments + 1
-    Case("conv_in1_left_shift", Op.CONV2D, (6, 6, 1), 3, pad=1, x_max=8, w_max=4),  # shift > 0
+    Case("conv_in1_left_shift", Op.CONV2D, (6, 6, 1), 3, pad=1, x_max=4, w_max=2),  # shift > 0
     Case("conv_in1_relu_zp", Op.CONV2D, (6, 8, 1), 4, pad=1, in_zp=-128, out_zp=20, relu=True),
     Case("conv_in1_act_max", Op.CONV2D, (6, 8, 1), 4, pad=1, in_zp=3, act_max=40),
     Case("conv_in1_in_zp_max", Op.CONV2D, (5, 6, 1), 3, pad=1, in_zp=127, out_zp=-100),
@@ -255,40 +144,48 @@ CONV_CASES = [
     Case("conv_in1_misaligned", Op.CONV2D, (7, 9, 1), 5, pad=1, in_zp=-1, misalign=True),
     Case("conv_in3_stride2_misaligned", Op.CONV2D, (9, 9, 3), 7, stride=2, pad=1, in_zp=-128, misalign=True),
     Case("conv_in3_saturate", Op.CONV2D, (6, 7, 3), 5, pad=1, in_zp=1, rescale=20.0),
-]
-
-# (shape, pool, lead): channels % 4 = 0..3, pool 1..3 (2 has its own loop), odd sizes whose last
-# row/column is dropped, and input/output one byte past a word boundary (lead = 1).
-POOL_CASES = [
-    ((4, 4, 3), 2, 0),
-    ((5, 7, 2), 2, 0),
-    ((6, 6, 1), 3, 0),
-    ((3, 3, 5), 1, 0),
-    ((8, 8, 16), 2, 0),
-    ((7, 9, 8), 3, 0),
-    ((6, 10, 4), 2, 1),
-    ((5, 5, 7), 2, 1),
-    ((9, 9, 6), 3, 1),
-    ((28, 28, 16), 2, 0),
-    ((14, 14, 32), 2, 1),
+    Case("conv_k1_in4_stride2", Op.CONV2D, (5, 5, 4), 6, k=1, stride=2, in_zp=3),  # strip, 4 words
+    Case("conv_2x4x2", Op.CONV2D, (5, 7, 2), 3, k=2, k_w=4, in_zp=-6),  # strip, 8 words, no odd row
+    # The new geometry on the strip path: TFLite SAME padding at stride 2 (extra row/column at the
+    # bottom/right), strides (1, 2) and (2, 1), DS-CNN's 10x4 first layer.
+    Case("conv_in1_s22_same", Op.CONV2D, (10, 9, 1), 4, stride=2, pad=(0, 1, 1, 1), in_zp=-128, out_zp=-128),
+    Case("conv_in3_s12", Op.CONV2D, (7, 9, 3), 5, stride=(1, 2), pad=(1, 1, 0, 1), in_zp=4, relu=True),
+    Case("conv_in1_s21", Op.CONV2D, (9, 7, 1), 3, stride=(2, 1), pad=(1, 0, 1, 1), in_zp=-9, act_max=50),
+    Case("conv_10x4_s22_same", Op.CONV2D, (19, 10, 1), 8, k=10, k_w=4, stride=2, pad=(4, 4, 1, 2), in_zp=-3),
+    Case("conv_10x4_s22_same_c17", Op.CONV2D, (19, 10, 1), 17, k=10, k_w=4, stride=2, pad=(4, 4, 1, 2)),  # im2col
+    # The pointwise path (1x1, stride 1, no padding; before the strip path): 4 pixels at a time, a
+    # last group of 1..3 pixels, in_c % 4 tails, odd out_c, every requantization variant.
+    Case("conv_pw_in12", Op.CONV2D, (4, 4, 12), 6, k=1, in_zp=2),
+    Case("conv_pw_in16_odd_pixels", Op.CONV2D, (3, 5, 16), 7, k=1, in_zp=-128, out_zp=-128, relu=True),
+    Case("conv_pw_in33_tail1", Op.CONV2D, (2, 3, 33), 5, k=1, in_zp=17, out_zp=3),
+    Case("conv_pw_in30_tail2_left_shift", Op.CONV2D, (3, 3, 30), 4, k=1, x_max=4, w_max=2),
+    Case("conv_pw_in27_tail3_act_max", Op.CONV2D, (5, 2, 27), 9, k=1, in_zp=-5, act_max=30),
+    Case("conv_pw_in64_misaligned", Op.CONV2D, (5, 5, 64), 16, k=1, in_zp=-128, misalign=True, seed=6),
+    Case("conv_pw_null_bias_saturate", Op.CONV2D, (1, 2, 40), 3, k=1, in_zp=1, null_bias=True, rescale=20.0),
+    Case("conv_pw_single_pixel", Op.CONV2D, (1, 1, 25), 4, k=1, in_zp=-1),
+    Case("conv_pw_dilated", Op.CONV2D, (3, 4, 28), 5, k=1, dilation=(2, 2), in_zp=7),  # dilation is moot
+    # The shared geometry table on the im2col path (in_c past the strip path) and the strip path.
+    *geometry_cases(Op.CONV2D, out_c=5),
+    *(
+        replace(c, name=c.name + "_in16", in_shape=(*c.in_shape[:2], 16), out_c=6, misalign=i % 5 == 0)
+        for i, c in enumerate(geometry_cases(Op.CONV2D))
+    ),
 ]
 
 
 @pytest.mark.parametrize("case", FC_CASES, ids=lambda c: c.name)
-def test_fc_matches_reference(kernels: Kernels, case: Case):
+def test_fc_matches_reference(kernels: KernelLib, case: Case):
     layer, x = make_layer(case)
     expected = dense_s8(x[None], layer)[0]
-    got = kernels.dense(x, layer, null_bias=case.null_bias, lead=int(case.misalign))
+    got = kernels.run(layer, [x], null_bias=case.null_bias, lead=int(case.misalign))
     np.testing.assert_array_equal(got, expected)
 
 
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: c.name)
-def test_conv2d_matches_reference(kernels: Kernels, case: Case):
+def test_conv2d_matches_reference(kernels: KernelLib, case: Case):
     layer, x = make_layer(case)
-    # The clamp is the last step, so a lower top applies on top of the reference's 127.
-    expected = np.minimum(conv2d_s8(x[None], layer)[0], case.act_max)
-    got = kernels.conv2d(x, layer, null_bias=case.null_bias, lead=int(case.misalign), act_max=case.act_max)
-    np.testing.assert_array_equal(got, expected)
+    got = kernels.run(layer, [x], null_bias=case.null_bias, lead=int(case.misalign))
+    np.testing.assert_array_equal(got, conv2d_s8(x[None], layer)[0])
 
 
 def small_cases(op: Op):
@@ -296,45 +193,32 @@ def small_cases(op: Op):
     return random_cases(op, max_features=40, max_hw=7, max_in_c=9)
 
 
-@settings(max_examples=150, derandomize=True, deadline=None, database=None)
+@settings(max_examples=200, derandomize=True, deadline=None, database=None)
 @given(case=small_cases(Op.CONV2D))
-def test_conv2d_random_shapes(kernels: Kernels, case: Case):
+def test_conv2d_random_shapes(kernels: KernelLib, case: Case):
     layer, x = make_layer(case)
-    got = kernels.conv2d(x, layer, null_bias=case.null_bias)
+    got = kernels.run(layer, [x], null_bias=case.null_bias)
     np.testing.assert_array_equal(got, conv2d_s8(x[None], layer)[0])
-    params, _call = kernels.conv_params(layer, null_bias=False)
-    assert scratch_bytes(layer, "dense", kernels.variant) == kernels.conv_buffer_size(params)
+    assert scratch_bytes(layer, "dense", kernels.variant) == kernels.buffer_size(layer)
 
 
 @settings(max_examples=100, derandomize=True, deadline=None, database=None)
 @given(case=small_cases(Op.DENSE))
-def test_fc_random_shapes(kernels: Kernels, case: Case):
+def test_fc_random_shapes(kernels: KernelLib, case: Case):
     layer, x = make_layer(case)
-    got = kernels.dense(x, layer, null_bias=case.null_bias)
+    got = kernels.run(layer, [x], null_bias=case.null_bias)
     np.testing.assert_array_equal(got, dense_s8(x[None], layer)[0])
-
-
-@pytest.mark.parametrize(("shape", "pool", "lead"), POOL_CASES, ids=str)
-def test_maxpool2d_matches_reference(kernels: Kernels, shape: tuple[int, int, int], pool: int, lead: int):
-    x = np.random.default_rng(sum(shape)).integers(-128, 128, size=shape).astype(np.int8)
-    np.testing.assert_array_equal(kernels.maxpool2d(x, pool, lead), maxpool2d(x[None], pool)[0])
-
-
-@pytest.mark.parametrize("pool", [2, 3])
-def test_maxpool2d_extreme_values(kernels: Kernels, pool: int):
-    """Byte-wise differences up to 127 - (-128) = 255: the signed compare must not wrap."""
-    values = np.array([-128, -127, -1, 0, 1, 126, 127], dtype=np.int8)
-    x = np.random.default_rng(pool).choice(values, size=(6, 6, 9)).astype(np.int8)
-    np.testing.assert_array_equal(kernels.maxpool2d(x, pool), maxpool2d(x[None], pool)[0])
 
 
 def _dsp_conv_path(layer: QuantLayer) -> str:
     """Which code path of firmware/kernels/dsp/conv2d_s8_dense.c a layer takes (mirrors the C)."""
+    if conv_is_pointwise(layer):
+        return "pointwise"
     if conv_strip_bytes(layer) is None:
         return "im2col"
     _, k_h, k_w, in_c = layer.weights.shape
     words = (k_h + 1) // 2 * k_w * in_c
-    if k_h == 3 and words == 6 and layer.stride * in_c == 1:
+    if k_h == 3 and words == 6 and layer.stride[1] * in_c == 1:
         return "strip-pairs"
     if words in ((4, 6, 8) if k_h == 3 else (2, 4, 6, 8)):
         return f"strip-unrolled-{'odd-row' if k_h == 3 else 'plain'}-{words}"
@@ -355,37 +239,41 @@ def test_cases_exercise_their_paths():
     conv = [(c, make_layer(c)[0]) for c in CONV_CASES]
     paths = {_dsp_conv_path(la) for _, la in conv}
     assert paths == {
-        "im2col", "strip-pairs", "strip-generic-odd", "strip-generic-even",
+        "im2col", "pointwise", "strip-pairs", "strip-generic-odd", "strip-generic-even",
         *(f"strip-unrolled-odd-row-{n}" for n in (4, 6, 8)),
         *(f"strip-unrolled-plain-{n}" for n in (2, 4, 6, 8)),
     }  # fmt: skip
-    strip = [(c, la) for c, la in conv if _dsp_conv_path(la) != "im2col"]
-    assert any(c.misalign for c, la in conv if _dsp_conv_path(la) == "im2col")
+    strip = [(c, la) for c, la in conv if _dsp_conv_path(la).startswith("strip")]
+    for path in ("im2col", "pointwise"):
+        assert any(c.misalign for c, la in conv if _dsp_conv_path(la) == path)
+        assert any(la.shift.max() > 0 for _, la in conv if _dsp_conv_path(la) == path)
+        assert any(la.act_max < 127 for _, la in conv if _dsp_conv_path(la) == path)
     assert any(c.misalign for c, _ in strip)
     assert any(la.out_shape[1] > STRIP_PIXELS for _, la in strip)  # a row in several segments
     assert any(la.out_shape[1] % 2 for c, la in strip if _dsp_conv_path(la) == "strip-pairs")
     assert any(la.shift.max() > 0 for _, la in strip)  # the general requantization loop
-    assert any(c.act_max < 127 for c, _ in strip)
+    assert any(la.act_max < 127 for _, la in strip)
     assert any(la.act_min > -128 for _, la in strip)
+    # the new geometry: every stride pair, asymmetric padding, dilation, on the strip and im2col paths
+    geometry = {(la.stride, la.dilation != (1, 1), len(set(la.padding)) > 1) for _, la in conv}
+    assert {s for s, _, _ in geometry} >= {(1, 1), (2, 2), (1, 2), (2, 1)}
+    assert any(d for _, d, _ in geometry) and any(a for _, _, a in geometry)
+    assert any(la.stride != (1, 1) and len(set(la.padding)) > 1 for _, la in strip)
 
 
 def test_strip_constants_match_c():
-    """kernels.py mirrors the DSP conv's #defines; the scratch sizes depend on them."""
+    """ops.py mirrors the DSP conv's #defines; the scratch sizes and paths depend on them."""
     source = (KERNEL_DIR / "dsp" / "conv2d_s8_dense.c").read_text()
     for name, value in [("STRIP_UNROLL_WORDS", STRIP_UNROLL_WORDS), ("STRIP_MAX_WORDS", STRIP_MAX_WORDS),
-                        ("STRIP_PIXELS", STRIP_PIXELS)]:  # fmt: skip
+                        ("STRIP_MAX_OUT_C", STRIP_MAX_OUT_C), ("STRIP_PIXELS", STRIP_PIXELS),
+                        ("PW_PIXELS", PW_PIXELS)]:  # fmt: skip
         assert f"#define {name} {value}\n" in source
 
 
 @pytest.mark.parametrize("case", FC_CASES + CONV_CASES, ids=lambda c: c.name)
-def test_scratch_bytes_matches_c(kernels: Kernels, case: Case):
+def test_scratch_bytes_matches_c(kernels: KernelLib, case: Case):
     layer, _ = make_layer(case)
-    if case.op is Op.DENSE:
-        params, _call = kernels.fc_params(layer, null_bias=False)
-        c_size = kernels.fc_buffer_size(params)
-    else:
-        params, _call = kernels.conv_params(layer, null_bias=False)
-        c_size = kernels.conv_buffer_size(params)
+    c_size = kernels.buffer_size(layer)
     assert scratch_bytes(layer, "dense", kernels.variant) == c_size
     assert c_size % 4 == 0
     assert (c_size == 0) == (kernels.variant == "reference")
@@ -423,10 +311,20 @@ def test_kernel_sources_rejects_unknown_variant():
 
 
 def test_kernel_functions_are_declared_in_header():
+    """Every op with a kernel: its function (and _get_buffer_size for a weighted one) and struct
+    in mcup_nn.h, its file in the reference folder (RESHAPE has no kernel)."""
     header = (INCLUDE_DIR / "mcup_nn.h").read_text()
     assert set(OPS) == set(Op)
     for spec in OPS.values():
-        assert f" {spec.function('dense' if spec.weighted else None)}(" in header
+        if spec.kernel is None:
+            continue
+        fmt = "dense" if spec.weighted else None
+        assert f" {spec.function(fmt)}(" in header
+        assert (f" {spec.function(fmt)}_get_buffer_size(" in header) == spec.weighted
+        assert f" {spec.struct(fmt)};" in header
+        assert (KERNEL_DIR / "reference" / spec.source(fmt)).is_file()
+    dsp = {p.name for p in (KERNEL_DIR / "dsp").glob("*.c")}
+    assert dsp <= {p.name for p in (KERNEL_DIR / "reference").glob("*.c")}  # every twin has a reference
 
 
 # --- cross-compilation for the targets ---------------------------------------------------------
@@ -436,9 +334,9 @@ M4_FLAGS = ["-mcpu=cortex-m4", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16"]
 TARGETS = {  # target -> (cpu flags, variants that must build)
     "m3": (["-mcpu=cortex-m3", "-mfloat-abi=soft"], ("reference",)),
     "m4": (M4_FLAGS, ("reference", "dsp")),
-    "m7": (["-mcpu=cortex-m7", "-mfloat-abi=hard", "-mfpu=fpv5-d16"], ("dsp",)),
-    "m33": (["-mcpu=cortex-m33", "-mfloat-abi=hard", "-mfpu=fpv5-sp-d16"], ("dsp",)),
-    "m55": (["-mcpu=cortex-m55", "-mfloat-abi=hard"], ("dsp",)),
+    "m7": (["-mcpu=cortex-m7", "-mfloat-abi=hard", "-mfpu=fpv5-d16"], ("reference", "dsp")),
+    "m33": (["-mcpu=cortex-m33", "-mfloat-abi=hard", "-mfpu=fpv5-sp-d16"], ("reference", "dsp")),
+    "m55": (["-mcpu=cortex-m55", "-mfloat-abi=hard"], ("reference", "dsp")),
 }
 ARM_BUILDS = [
     pytest.param(target, variant, path, id=f"{target}-{variant}-{path.name}")

@@ -21,7 +21,17 @@ import pytest
 from host_c import kernel_library, require
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kernel_cases import Case, QuantParamsC, c_ptr, make_layer, quant_params, random_cases
+from kernel_cases import (
+    Case,
+    KernelLib,
+    c_ptr,
+    geometry_cases,
+    layout_expected,
+    layout_source,
+    make_layer,
+    random_cases,
+    struct_of,
+)
 
 import mcuprune.codegen.emit
 import mcuprune.model.costs
@@ -35,7 +45,6 @@ from mcuprune.model.reference import conv2d_s8, dense_s8
 from mcuprune.resources import INCLUDE_DIR, KERNEL_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
-CANARY = 0x5A
 ALL_PAIRS = [(op, fmt) for op in (Op.DENSE, Op.CONV2D) for fmt in SPARSE_FORMATS]
 
 
@@ -196,6 +205,8 @@ CONV_CASES = [
     Case("conv_relu", Op.CONV2D, (6, 6, 8), 6, sparsity=0.9, pad=1, in_zp=-128, out_zp=-128, relu=True),
     Case("conv_null_bias", Op.CONV2D, (5, 5, 4), 5, sparsity=0.5, pad=1, in_zp=6, null_bias=True),
     Case("conv_bench_shape_95pct", Op.CONV2D, (14, 14, 16), 32, sparsity=0.95, pad=1, in_zp=-128, relu=True),
+    # the shared geometry table: strides (1, 2) (2, 1) (2, 2), asymmetric padding, dilation 2
+    *geometry_cases(Op.CONV2D, sparsity=0.6),
 ]
 
 
@@ -212,118 +223,25 @@ def test_cases_exercise_their_paths():
     assert {p.row_ptr.dtype.itemsize for p in packed8} >= {1, 2}
 
 
-# --- ctypes mirrors of firmware/include/mcup_sparse.h ---------------------------------------
-
-_I8P = ctypes.POINTER(ctypes.c_int8)
-_U8P = ctypes.POINTER(ctypes.c_uint8)
-_CONV_DIMS = ("in_h", "in_w", "in_c", "out_h", "out_w", "out_c", "k_h", "k_w", "stride", "pad")
-_CONV_SHAPE = [(name, ctypes.c_int32) for name in _CONV_DIMS]
+# --- calling the kernels (parameter structs generated from the operator table: kernel_cases.py) ----
 
 
-_BITMASK_FIELDS = [("mask", _U8P), ("values", _I8P), ("q", QuantParamsC)]
-_CSR_FIELDS = [
-    ("values", _I8P), ("deltas", _U8P), ("row_ptr", ctypes.c_void_p), ("row_ptr_bytes", ctypes.c_int32),
-    ("q", QuantParamsC),
-]  # fmt: skip
-_FC_SHAPE = [("in_features", ctypes.c_int32), ("out_features", ctypes.c_int32)]
-
-
-class FcBitmaskParamsC(ctypes.Structure):
-    _fields_ = _FC_SHAPE + _BITMASK_FIELDS
-
-
-class FcCsrParamsC(ctypes.Structure):
-    _fields_ = _FC_SHAPE + _CSR_FIELDS
-
-
-class ConvBitmaskParamsC(ctypes.Structure):
-    _fields_ = _CONV_SHAPE + _BITMASK_FIELDS
-
-
-class ConvCsrParamsC(ctypes.Structure):
-    _fields_ = _CONV_SHAPE + _CSR_FIELDS
-
-
-STRUCTS = {
-    (Op.DENSE, "bitmask"): FcBitmaskParamsC,
-    (Op.DENSE, "csr8"): FcCsrParamsC,
-    (Op.DENSE, "csr4"): FcCsrParamsC,
-    (Op.CONV2D, "bitmask"): ConvBitmaskParamsC,
-    (Op.CONV2D, "csr8"): ConvCsrParamsC,
-    (Op.CONV2D, "csr4"): ConvCsrParamsC,
-}
-_LAYOUT_FIELDS = {  # C struct -> (ctypes mirror, fields whose offsets are checked)
-    "mcup_fc_bitmask_params": (FcBitmaskParamsC, ("mask", "values", "q")),
-    "mcup_fc_csr_params": (FcCsrParamsC, ("values", "deltas", "row_ptr", "row_ptr_bytes", "q")),
-    "mcup_conv2d_bitmask_params": (ConvBitmaskParamsC, ("pad", "mask", "values", "q")),
-    "mcup_conv2d_csr_params": (ConvCsrParamsC, ("pad", "values", "deltas", "row_ptr", "row_ptr_bytes", "q")),
-}
-
-
-def _layout_source() -> str:
-    """C that exports sizeof/offsetof of every struct in mcup_sparse.h, in _LAYOUT_FIELDS order."""
-    items = []
-    for struct, (_, fields) in _LAYOUT_FIELDS.items():
-        items.append(f"(int32_t)sizeof({struct})")
-        items += [f"(int32_t)offsetof({struct}, {f})" for f in fields]
-    body = ",\n    ".join(items)
-    return (f'#include <stddef.h>\n#include "mcup_sparse.h"\n\nconst int32_t mcup_sparse_test_layout[] = {{\n'
-            f"    {body},\n}};\n")  # fmt: skip
-
-
-class SparseKernels:
+class SparseKernels(KernelLib):
     """The six sparse kernels of one variant, compiled for the host, called like numpy ops."""
 
-    def __init__(self, variant: str, lib: ctypes.CDLL):
-        self.variant = variant
-        self.lib = lib
-        for op, fmt in ALL_PAIRS:
-            getattr(lib, OPS[op].function(fmt) + "_get_buffer_size").restype = ctypes.c_int32
+    def arrays(self, layer: QuantLayer, fmt: str) -> dict[str, np.ndarray]:
+        return {k: np.ascontiguousarray(a) for k, a in pack(layer.weights, fmt).arrays().items()}
 
-    def params(self, layer: QuantLayer, fmt: str, null_bias: bool = False):
-        """(params struct, arrays it points into) for the layer packed in fmt."""
-        packed = pack(layer.weights, fmt)
-        keep = [np.ascontiguousarray(a) for a in packed.arrays().values()]
-        arrays = dict(zip(packed.arrays(), keep, strict=True))
-        q, quant = quant_params(layer, null_bias)
-        keep += quant
-        if fmt == "bitmask":
-            fields = {"mask": c_ptr(arrays["mask"], ctypes.c_uint8), "values": c_ptr(arrays["values"], ctypes.c_int8)}
-        else:
-            fields = {
-                "values": c_ptr(arrays["values"], ctypes.c_int8),
-                "deltas": c_ptr(arrays["deltas"], ctypes.c_uint8),
-                "row_ptr": ctypes.c_void_p(arrays["row_ptr"].ctypes.data),
-                "row_ptr_bytes": arrays["row_ptr"].dtype.itemsize,
-            }
-        if layer.op is Op.DENSE:
-            out_f, in_f = layer.weights.shape
-            shape = {"in_features": in_f, "out_features": out_f}
-        else:
-            out_c, k_h, k_w, in_c = layer.weights.shape
-            (in_h, in_w, _), (out_h, out_w, _) = layer.in_shape, layer.out_shape
-            shape = dict(in_h=in_h, in_w=in_w, in_c=in_c, out_h=out_h, out_w=out_w, out_c=out_c, k_h=k_h,
-                         k_w=k_w, stride=layer.stride, pad=layer.pad)  # fmt: skip
-        return STRUCTS[layer.op, fmt](**shape, **fields, q=q), keep
+    def buffer_size(self, layer: QuantLayer, fmt: str, weight_arrays=None) -> int:  # type: ignore[override]
+        return super().buffer_size(layer, fmt, weight_arrays or self.arrays(layer, fmt))
 
-    def buffer_size(self, layer: QuantLayer, fmt: str) -> int:
-        params, _keep = self.params(layer, fmt)
-        return getattr(self.lib, OPS[layer.op].function(fmt) + "_get_buffer_size")(ctypes.byref(params))
+    def run(self, layer: QuantLayer, fmt: str, x: np.ndarray, null_bias: bool = False) -> np.ndarray:  # type: ignore[override]
+        """Run the kernel with canaries around the output and past the scratch buffer."""
+        return super().run(layer, [x], fmt, null_bias=null_bias, weight_arrays=self.arrays(layer, fmt))
 
-    def run(self, layer: QuantLayer, fmt: str, x: np.ndarray, null_bias: bool = False) -> np.ndarray:
-        """Run the kernel with canaries just past the output and the scratch buffer."""
-        params, _keep = self.params(layer, fmt, null_bias)
-        scratch = self.buffer_size(layer, fmt)
-        out_size = int(np.prod(layer.out_shape))
-        x = np.ascontiguousarray(x, dtype=np.int8).ravel()
-        out = np.full(out_size + 8, CANARY, dtype=np.uint8)
-        words = np.full(scratch // 4 + 4, CANARY * 0x01010101, dtype=np.uint32)
-        fn = getattr(self.lib, OPS[layer.op].function(fmt))
-        fn(ctypes.byref(params), c_ptr(x, ctypes.c_int8), c_ptr(out, ctypes.c_int8),
-           ctypes.c_void_p(words.ctypes.data) if scratch else None)  # fmt: skip
-        assert (out[out_size:] == CANARY).all(), "kernel wrote past its output"
-        assert (words[scratch // 4 :] == CANARY * 0x01010101).all(), "kernel wrote past its scratch"
-        return out[:out_size].view(np.int8).reshape(layer.out_shape)
+
+def _layout_structs() -> list:
+    return [struct_of(make_layer(case)[0], fmt) for case in (FC_CASES[0], CONV_CASES[0]) for fmt in ("bitmask", "csr8")]
 
 
 @pytest.fixture(scope="module", params=VARIANTS)
@@ -331,16 +249,14 @@ def sparse_kernels(request, tmp_path_factory) -> SparseKernels:
     variant = request.param
     build = tmp_path_factory.mktemp(f"sparse_{variant}")
     layout = build / "layout.c"
-    layout.write_text(_layout_source())
+    layout.write_text(layout_source(_layout_structs(), "mcup_sparse_test_layout"))
     lib = kernel_library(build / f"libmcup_sparse_{variant}.so", variant, ALL_PAIRS, [layout])
     return SparseKernels(variant, lib)
 
 
 def test_ctypes_mirrors_match_header(sparse_kernels: SparseKernels):
-    expected = []
-    for mirror, fields in _LAYOUT_FIELDS.values():
-        expected.append(ctypes.sizeof(mirror))
-        expected += [getattr(mirror, f).offset for f in fields]
+    """The structs ops.py's fields and the formats' arrays describe are the ones mcup_sparse.h declares."""
+    expected = layout_expected(_layout_structs())
     layout = (ctypes.c_int32 * len(expected)).in_dll(sparse_kernels.lib, "mcup_sparse_test_layout")
     assert list(layout) == expected
 

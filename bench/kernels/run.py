@@ -1,20 +1,28 @@
 #!/usr/bin/env python3
-"""Kernel micro-benchmark: instructions per MAC of the reference and DSP kernels in QEMU.
+"""Kernel micro-benchmark: instructions per call of every int8 kernel in QEMU, reference vs DSP.
 
-Max-pool cases count instructions per output. Generates fixed random layers (seeded) as C data,
-builds the harness (bench/harness/) once per kernel variant for mps2-an386 (Cortex-M4, -O2), runs
-both under `qemu-system-arm -icount shift=0` and prints a table. Every output checksum must equal
-the numpy reference's (mcuprune.model.reference), so the figures come with an on-target
-bit-exactness check. Exit status 1 on any mismatch.
+Generates fixed random layers (seeded) of MLPerf Tiny shapes and of the demo CNN, emits them with
+the code generator's helpers (``params_initializer``, ``c_definitions``: the structs the firmware
+gets), builds the harness (bench/harness/) once per target and runs each under
+`qemu-system-arm -icount shift=0`:
 
-    .venv/bin/python bench/kernels/run.py [--build-dir build/bench_kernels] [--markdown]
+    m4-dsp        mps2-an386, Cortex-M4, -mfloat-abi=hard, DSP kernels (reference where no twin)
+    m4-reference  mps2-an386, Cortex-M4, reference kernels
+    m3-reference  mps2-an385, Cortex-M3, -mfloat-abi=soft, reference kernels
+
+Every output checksum must equal the numpy reference's (mcuprune.model.reference), so the
+figures come with an on-target bit-exactness check. Exit status 1 on any mismatch. "work" is MACs
+for the weighted ops (every tap counted, padding included) and output elements for the others.
+
+    .venv/bin/python bench/kernels/run.py [--build-dir build/bench_kernels] [--markdown] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,186 +30,378 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench" / "harness")]
 
-from qemu_bench import M4, Target, bench_data, build, c_array, case_c, fnv1a, run_all  # noqa: E402
+from qemu_bench import M3, M4, Target, bench_data, build, c_array, case_c, fnv1a, run_all  # noqa: E402
 
-from mcuprune.model.fixedpoint import quantize_multipliers  # noqa: E402
-from mcuprune.model.ir import Op, QParams, QuantLayer, conv_out_hw  # noqa: E402
-from mcuprune.model.ops import OPS, scratch_bytes  # noqa: E402
-from mcuprune.model.reference import conv2d_s8, dense_s8, im2col, maxpool2d  # noqa: E402
+from mcuprune.codegen.emit import c_definitions, params_initializer  # noqa: E402
+from mcuprune.model.formats import pack  # noqa: E402
+from mcuprune.model.int8_params import (  # noqa: E402
+    SOFTMAX_OUTPUT_Q,
+    activation_range,
+    add_multipliers,
+    conv_multipliers,
+    mean_multiplier,
+    softmax_multiplier,
+)
+from mcuprune.model.ir import RELU, Op, QParams, QuantLayer, conv_out_hw, same_padding  # noqa: E402
+from mcuprune.model.ops import scratch_bytes, spec_of  # noqa: E402
+from mcuprune.model.reference import im2col  # noqa: E402
 
-DENSE_KERNELS = [(Op.DENSE, "dense"), (Op.CONV2D, "dense"), (Op.MAXPOOL2D, None)]
-TARGETS = {variant: Target("cortex-m4", variant, "mps2-an386", M4) for variant in ("reference", "dsp")}
+TARGETS = {
+    "m4-dsp": Target("cortex-m4", "dsp", "mps2-an386", M4),
+    "m4-reference": Target("cortex-m4", "reference", "mps2-an386", M4),
+    "m3-reference": Target("cortex-m3", "reference", "mps2-an385", M3),
+}
 
 
 @dataclass(frozen=True)
 class BenchCase:
+    """One kernel call. Weighted ops: out_c output channels (depthwise: the depth multiplier
+    gives them), kernel k x k_w. Pooling: window k x k_w. SAME: TFLite SAME padding, else `pad`
+    pixels on every side. `misalign`: weights, inputs and output start 1 byte past a word."""
+
     name: str  # a C identifier
     op: Op
     in_shape: tuple[int, ...]
-    out_c: int
+    out_c: int = 0
     k: int = 3
-    stride: int = 1
-    pad: int = 1
+    k_w: int | None = None
+    stride: tuple[int, int] = (1, 1)
+    pad: int | str = 1
+    depth_multiplier: int = 1
     in_zp: int = -128  # post-ReLU activations: zero point at the bottom of the range
-    misalign: bool = False  # weights, input and output start 1 byte past a word boundary
+    misalign: bool = False
     seed: int = 0
-    pool: int = 0  # MAXPOOL2D window (out_c is then the channel count)
+    quick: bool = False  # in the --quick subset (the tests' on-target check)
+    extra: dict = field(default_factory=dict, hash=False)  # op-specific: scales, clamp, beta
 
 
 CASES = [
+    # The demo CNN's layers (must not regress) and the FC.
     BenchCase("fc_1568x64", Op.DENSE, (1568,), 64, seed=1),
     BenchCase("conv_14x14x16_32_k3p1", Op.CONV2D, (14, 14, 16), 32, seed=2),
     BenchCase("conv_28x28x1_16_k3p1", Op.CONV2D, (28, 28, 1), 16, in_zp=-1, seed=3),
+    BenchCase("maxpool_28x28x16_p2", Op.MAXPOOL2D, (28, 28, 16), k=2, stride=(2, 2), pad=0, seed=6),
+    BenchCase("maxpool_14x14x32_p2", Op.MAXPOOL2D, (14, 14, 32), k=2, stride=(2, 2), pad=0, seed=7),
+    # MLPerf Tiny shapes: DS-CNN (KWS), MobileNet-v1 0.25 (VWW), ResNet-8 (IC).
+    BenchCase(
+        "conv_49x10x1_64_k10x4s2_same", Op.CONV2D, (49, 10, 1), 64, k=10, k_w=4, stride=(2, 2), pad="same", seed=10
+    ),  # fmt: skip
+    BenchCase("dw_25x5x64_k3_same", Op.DEPTHWISE_CONV2D, (25, 5, 64), pad="same", seed=11),
+    BenchCase("pw_25x5x64_64", Op.CONV2D, (25, 5, 64), 64, k=1, pad=0, seed=12),
+    BenchCase("avgpool_25x5x64_global", Op.AVGPOOL2D, (25, 5, 64), k=25, k_w=5, pad=0, seed=13),
+    BenchCase("conv_96x96x3_8_k3s2_same", Op.CONV2D, (96, 96, 3), 8, stride=(2, 2), pad="same", seed=14),
+    BenchCase("dw_48x48x8_k3s1_same", Op.DEPTHWISE_CONV2D, (48, 48, 8), pad="same", seed=15),
+    BenchCase("pw_48x48x8_16", Op.CONV2D, (48, 48, 8), 16, k=1, pad=0, seed=16),
+    BenchCase("dw_48x48x16_k3s2_same", Op.DEPTHWISE_CONV2D, (48, 48, 16), stride=(2, 2), pad="same", seed=17),
+    BenchCase("dw_48x48x8_k3s2_same", Op.DEPTHWISE_CONV2D, (48, 48, 8), stride=(2, 2), pad="same", seed=18),
+    BenchCase("pw_24x24x16_32", Op.CONV2D, (24, 24, 16), 32, k=1, pad=0, seed=19),
+    BenchCase("pw_16x16x4_16", Op.CONV2D, (16, 16, 4), 16, k=1, pad=0, seed=40),
+    BenchCase("pw_16x16x3_16", Op.CONV2D, (16, 16, 3), 16, k=1, pad=0, seed=41),
+    BenchCase("conv_32x32x3_16_k3_same", Op.CONV2D, (32, 32, 3), 16, pad="same", seed=20),
+    BenchCase("conv_32x32x16_16_k3_same", Op.CONV2D, (32, 32, 16), 16, pad="same", seed=21),
+    BenchCase("conv_32x32x16_32_k3s2_same", Op.CONV2D, (32, 32, 16), 32, stride=(2, 2), pad="same", seed=22),
+    BenchCase(
+        "add_32x32x16",
+        Op.ADD,
+        (32, 32, 16),
+        seed=23,
+        extra={"scales": (0.047, 0.052, 0.061), "zps": (-7, -128, 3), "clamp": RELU},
+    ),
+    BenchCase("avgpool_8x8x64_global", Op.AVGPOOL2D, (8, 8, 64), k=8, pad=0, seed=24),
+    BenchCase("mean_8x8x64", Op.MEAN, (8, 8, 64), seed=25),
+    BenchCase("softmax_10", Op.SOFTMAX, (10,), seed=26, extra={"scale": 0.1}),
+    BenchCase("softmax_12", Op.SOFTMAX, (12,), seed=27, extra={"scale": 0.25}),
+    BenchCase("maxpool_24x24x16_k3s2_same", Op.MAXPOOL2D, (24, 24, 16), k=3, stride=(2, 2), pad="same", seed=28),
+    BenchCase("pad_25x5x64_p1", Op.PAD, (25, 5, 64), pad=1, seed=29),
     # On-target checks of the awkward paths with the real DSP instructions: unaligned rows and
-    # pointers, k % 4 tails, leftover rows/channels, an odd pixel count, stride 2.
-    BenchCase("fc_1571x62_misaligned", Op.DENSE, (1571,), 62, in_zp=3, misalign=True, seed=4),
-    BenchCase("conv_9x9x3_7_k3s2p1_misaligned", Op.CONV2D, (9, 9, 3), 7, stride=2, misalign=True, seed=5),
-    # The demo CNN's two max-pools; then unaligned words, an odd width and c % 4 = 2 on the target.
-    BenchCase("maxpool_28x28x16_p2", Op.MAXPOOL2D, (28, 28, 16), 16, pool=2, seed=6),
-    BenchCase("maxpool_14x14x32_p2", Op.MAXPOOL2D, (14, 14, 32), 32, pool=2, seed=7),
-    BenchCase("maxpool_9x7x6_p2_misaligned", Op.MAXPOOL2D, (9, 7, 6), 6, pool=2, misalign=True, seed=8),
+    # pointers, k % 4 and c % 4 tails, leftover rows/channels/pixels, depth multiplier 2,
+    # dilation, clamps that bite.
+    BenchCase("fc_1571x62_misaligned", Op.DENSE, (1571,), 62, in_zp=3, misalign=True, seed=4, quick=True),
+    BenchCase(
+        "conv_9x9x3_7_k3s2p1_misaligned", Op.CONV2D, (9, 9, 3), 7, stride=(2, 2), misalign=True, seed=5, quick=True
+    ),  # fmt: skip
+    BenchCase(
+        "conv_7x6x12_5_k3s12_dil2_misaligned",
+        Op.CONV2D,
+        (7, 6, 12),
+        5,
+        stride=(1, 2),
+        pad=2,
+        misalign=True,
+        seed=30,
+        quick=True,
+        extra={"dilation": (2, 1)},
+    ),  # fmt: skip
+    BenchCase("pw_5x3x27_9_misaligned", Op.CONV2D, (5, 3, 27), 9, k=1, pad=0, misalign=True, seed=31, quick=True),
+    BenchCase(
+        "dw_7x6x7_k3s2_m2_misaligned",
+        Op.DEPTHWISE_CONV2D,
+        (7, 6, 7),
+        stride=(2, 2),
+        pad="same",
+        depth_multiplier=2,
+        misalign=True,
+        seed=32,
+        quick=True,
+    ),  # fmt: skip
+    BenchCase(
+        "dw_9x7x13_k5_dil2_misaligned",
+        Op.DEPTHWISE_CONV2D,
+        (9, 7, 13),
+        k=5,
+        pad=3,
+        misalign=True,
+        seed=33,
+        quick=True,
+        extra={"dilation": (2, 2), "clamp": (-1.0, 1.0)},
+    ),  # fmt: skip
+    BenchCase(
+        "maxpool_9x7x6_p2_misaligned",
+        Op.MAXPOOL2D,
+        (9, 7, 6),
+        k=2,
+        stride=(2, 2),
+        pad=0,
+        misalign=True,
+        seed=8,
+        quick=True,
+    ),  # fmt: skip
+    BenchCase(
+        "maxpool_7x7x7_k3s2_clamp_misaligned",
+        Op.MAXPOOL2D,
+        (7, 7, 7),
+        k=3,
+        stride=(2, 2),
+        pad="same",
+        misalign=True,
+        seed=34,
+        quick=True,
+        extra={"act": (-40, 50)},
+    ),  # fmt: skip
+    BenchCase(
+        "avgpool_7x7x6_k3s2_same_misaligned",
+        Op.AVGPOOL2D,
+        (7, 7, 6),
+        k=3,
+        stride=(2, 2),
+        pad="same",
+        misalign=True,
+        seed=35,
+        quick=True,
+    ),  # fmt: skip
+    BenchCase(
+        "add_5x3x7_misaligned",
+        Op.ADD,
+        (5, 3, 7),
+        misalign=True,
+        seed=36,
+        quick=True,
+        extra={"scales": (0.02, 0.09, 0.05), "zps": (5, -128, -20), "clamp": (0.0, 6.0)},
+    ),
+    BenchCase("mean_3x5x13_misaligned", Op.MEAN, (3, 5, 13), misalign=True, seed=37, quick=True),
+    BenchCase(
+        "softmax_3x37_misaligned", Op.SOFTMAX, (3, 37), misalign=True, seed=38, quick=True, extra={"scale": 0.5}
+    ),  # fmt: skip
+    BenchCase(
+        "pad_3x4x5_asym_misaligned",
+        Op.PAD,
+        (3, 4, 5),
+        pad=0,
+        misalign=True,
+        seed=39,
+        quick=True,
+        extra={"padding": (1, 2, 0, 3)},
+    ),  # fmt: skip
 ]
 
 
-def make_layer(case: BenchCase) -> tuple[QuantLayer, np.ndarray]:
-    """Random int8 weights/input; requantization spreads outputs over the int8 range (ReLU)."""
-    rng = np.random.default_rng(case.seed)
-    if case.op is Op.MAXPOOL2D:
-        h, w, c = case.in_shape
-        x = rng.integers(-128, 128, size=case.in_shape).astype(np.int8)
-        q = QParams(0.05, -128)
-        layer = QuantLayer(
-            name=case.name,
-            op=case.op,
-            in_shape=case.in_shape,
-            out_shape=(h // case.pool, w // case.pool, c),
-            input_q=q,
-            output_q=q,
-            pool=case.pool,
-        )
-        return layer, x
+def _padding(case: BenchCase, k_h: int, k_w: int, dilation: tuple[int, int]) -> tuple[int, int, int, int]:
+    if case.pad == "same":
+        return same_padding(case.in_shape[0], case.in_shape[1], k_h, k_w, case.stride, dilation)
+    return (int(case.pad),) * 4
+
+
+def _weighted_layer(case: BenchCase, rng: np.random.Generator) -> tuple[QuantLayer, list[np.ndarray]]:
+    """Random int8 weights/input; per-channel scales (int8_params.conv_multipliers) spread the
+    outputs over the int8 range; fused ReLU (or the case's clamp)."""
+    k_h, k_w = case.k, case.k if case.k_w is None else case.k_w
+    dilation = case.extra.get("dilation", (1, 1))
     if case.op is Op.DENSE:
         in_shape, out_shape = case.in_shape, (case.out_c,)
-        weights = rng.integers(-127, 128, size=(case.out_c, case.in_shape[0]), dtype=np.int8)
-        patches = rng.integers(-128, 128, size=in_shape).astype(np.int64)[None]
+        w_shape: tuple[int, ...] = (case.out_c, case.in_shape[0])
+        padding = (0, 0, 0, 0)
     else:
         h, w, c = case.in_shape
-        out_hw = conv_out_hw(h, w, case.k, case.k, case.stride, case.pad)
-        in_shape, out_shape = (h, w, c), (*out_hw, case.out_c)
-        weights = rng.integers(-127, 128, size=(case.out_c, case.k, case.k, c), dtype=np.int8)
-        patches = rng.integers(-128, 128, size=in_shape).astype(np.int64)[None]
-    x = patches[0].astype(np.int8)
-    if case.op is Op.CONV2D:
-        patches = im2col(patches, case.k, case.k, case.stride, case.pad, case.in_zp)
-    patches = patches.reshape(-1, weights[0].size) - case.in_zp
-    bias = rng.integers(-5000, 5000, size=case.out_c).astype(np.int32)
-    acc = patches @ weights.reshape(case.out_c, -1).astype(np.int64).T + bias
-    multiplier, shift = quantize_multipliers(200.0 / np.maximum(np.abs(acc).max(axis=0), 1))
-    layer = QuantLayer(
-        name=case.name, op=case.op, in_shape=in_shape, out_shape=out_shape,
-        input_q=QParams(0.02, case.in_zp), output_q=QParams(0.05, -128),
-        weights=weights, bias=bias, multiplier=multiplier, shift=shift, relu=True,
-        stride=case.stride, pad=case.pad,
-    )  # fmt: skip
-    return layer, x
+        out_c = c * case.depth_multiplier if case.op is Op.DEPTHWISE_CONV2D else case.out_c
+        padding = _padding(case, k_h, k_w, dilation)
+        in_shape = case.in_shape
+        out_shape = (*conv_out_hw(h, w, k_h, k_w, case.stride, padding, dilation), out_c)
+        w_shape = (out_c, k_h, k_w, 1 if case.op is Op.DEPTHWISE_CONV2D else c)
+    weights = rng.integers(-127, 128, size=w_shape, dtype=np.int8)
+    x = rng.integers(-128, 128, size=in_shape).astype(np.int8)
+    out_c = w_shape[0]
+    bias = rng.integers(-5000, 5000, size=out_c).astype(np.int32)
+    input_q, output_q = QParams(0.02, case.in_zp), QParams(0.05, -128)
+    probe = QuantLayer(name=case.name, op=case.op, in_shape=in_shape, out_shape=out_shape, input_q=input_q,
+                       output_q=output_q, weights=weights, bias=bias, multiplier=np.full(out_c, 1 << 30, np.int32),
+                       shift=np.full(out_c, 30, np.int32), stride=case.stride, padding=padding, dilation=dilation,
+                       depth_multiplier=case.depth_multiplier)  # fmt: skip
+    spread = _accumulator_spread(probe, x)
+    weight_scales = (200.0 / spread * output_q.scale / input_q.scale).astype(np.float32)
+    multiplier, shift = conv_multipliers(input_q.scale, weight_scales, output_q.scale, out_c)
+    act_min, act_max = activation_range(case.extra.get("clamp", RELU), output_q)
+    layer = replace(probe, weight_scales=weight_scales, multiplier=multiplier, shift=shift, act_min=act_min,
+                    act_max=act_max)  # fmt: skip
+    return layer, [x]
 
 
-def work(case: BenchCase, layer: QuantLayer) -> int:
-    """MACs (nominal: every tap counts, padding included); outputs for max-pool."""
+def _accumulator_spread(layer: QuantLayer, x: np.ndarray) -> np.ndarray:
+    """max |accumulator| per output channel (bias included), from the reference's im2col."""
+    zp = layer.input_q.zero_point
+    if layer.op is Op.DENSE:
+        acc = (x.astype(np.int64)[None] - zp) @ layer.weights.astype(np.int64).T
+    else:
+        out_c, k_h, k_w, _ = layer.weights.shape
+        cols = im2col(x.astype(np.int64)[None], k_h, k_w, layer.stride, layer.padding, zp, layer.dilation) - zp
+        if layer.op is Op.CONV2D:
+            acc = cols.reshape(-1, layer.weights[0].size) @ layer.weights.reshape(out_c, -1).astype(np.int64).T
+        else:
+            taps = cols.reshape(-1, k_h * k_w, x.shape[2])[:, :, np.arange(out_c) // layer.depth_multiplier]
+            acc = np.einsum("ptc,ct->pc", taps, layer.weights.reshape(out_c, -1).astype(np.int64))
+    return np.maximum(np.abs(acc + layer.bias).max(axis=0), 1).astype(np.float64)
+
+
+def make_layer(case: BenchCase) -> tuple[QuantLayer, list[np.ndarray]]:
+    """The case's QuantLayer and its input(s), from the case's seed."""
+    rng = np.random.default_rng(case.seed)
+    if spec_of(case.op).weighted:
+        return _weighted_layer(case, rng)
+    x = rng.integers(-128, 128, size=case.in_shape).astype(np.int8)
+    common = dict(name=case.name, op=case.op, in_shape=case.in_shape)
+    if case.op in (Op.MAXPOOL2D, Op.AVGPOOL2D):
+        h, w, c = case.in_shape
+        k_w = case.k if case.k_w is None else case.k_w
+        padding = _padding(case, case.k, k_w, (1, 1))
+        q = QParams(0.05, -128)
+        act_min, act_max = case.extra.get("act", (-128, 127))
+        layer = QuantLayer(**common, out_shape=(*conv_out_hw(h, w, case.k, k_w, case.stride, padding), c), input_q=q,
+                           output_q=q, stride=case.stride, padding=padding, window=(case.k, k_w), act_min=act_min,
+                           act_max=act_max)  # fmt: skip
+        return layer, [x]
+    if case.op is Op.ADD:
+        (s1, s2, so), zps = case.extra["scales"], case.extra["zps"]
+        multiplier, shift = add_multipliers(s1, s2, so)
+        out_q = QParams(so, zps[2])
+        act_min, act_max = activation_range(case.extra.get("clamp", (-np.inf, np.inf)), out_q)
+        layer = QuantLayer(**common, out_shape=case.in_shape, input_q=QParams(s1, zps[0]), other_q=QParams(s2, zps[1]),
+                           output_q=out_q, multiplier=multiplier, shift=shift, act_min=act_min, act_max=act_max,
+                           inputs=("a", "b"))  # fmt: skip
+        return layer, [x, rng.integers(-128, 128, size=case.in_shape).astype(np.int8)]
+    if case.op is Op.MEAN:
+        h, w, c = case.in_shape
+        m, s = mean_multiplier(0.04, 0.03, h * w)
+        layer = QuantLayer(**common, out_shape=(c,), input_q=QParams(0.04, -128), output_q=QParams(0.03, -128),
+                           multiplier=np.array([m], np.int32), shift=np.array([s], np.int32))  # fmt: skip
+        return layer, [x]
+    if case.op is Op.SOFTMAX:
+        m, s = softmax_multiplier(case.extra["scale"])
+        layer = QuantLayer(**common, out_shape=case.in_shape, input_q=QParams(case.extra["scale"], 0),
+                           output_q=SOFTMAX_OUTPUT_Q, multiplier=np.array([m], np.int32),
+                           shift=np.array([s], np.int32))  # fmt: skip
+        return layer, [x]
+    if case.op is Op.PAD:
+        h, w, c = case.in_shape
+        top, bottom, left, right = case.extra.get("padding", (int(case.pad),) * 4)
+        q = QParams(0.05, -3)
+        layer = QuantLayer(**common, out_shape=(h + top + bottom, w + left + right, c), input_q=q, output_q=q,
+                           padding=(top, bottom, left, right))  # fmt: skip
+        return layer, [x]
+    raise ValueError(f"no bench builder for {case.op}")
+
+
+def work(layer: QuantLayer) -> tuple[int, str]:
+    """(MACs, "MACs") for a weighted op (every tap counted), else (output elements, "outputs")."""
     out_size = int(np.prod(layer.out_shape))
-    return out_size if case.op is Op.MAXPOOL2D else out_size * int(layer.weights[0].size)
+    if layer.has_weights:
+        per_output = int(layer.weights[0].size)  # conv: k_h k_w in_c; depthwise: k_h k_w; FC: in
+        return out_size * per_output, "MACs"
+    return out_size, "outputs"
 
 
-def layer_c(case: BenchCase, layer: QuantLayer, x: np.ndarray, variant: str) -> tuple[str, str]:
-    """C definitions of one case's data and wrappers, and its bench_cases[] entry."""
+def reference_output(layer: QuantLayer, inputs: list[np.ndarray]) -> np.ndarray:
+    batch = [x[None] for x in inputs]
+    return spec_of(layer.op).reference_s8(batch[0], layer, *batch[1:])[0]
+
+
+def layer_c(case: BenchCase, layer: QuantLayer, inputs: list[np.ndarray], variant: str) -> tuple[str, str]:
+    """C definitions of one case's data and wrappers (through the code generator's helpers), and its
+    bench_cases[] entry."""
     n = case.name
     lead = 1 if case.misalign else 0
-    out_size = int(np.prod(layer.out_shape))
-    fmt = "dense" if layer.has_weights else None
-    wrappers, entry = case_c(n, OPS[case.op].function(fmt), f"{n}_params", f"{n}_input + {lead}", out_size,
-                             scratch_bytes(layer, fmt, variant), lead, scratch=layer.has_weights)  # fmt: skip
-    if case.op is Op.MAXPOOL2D:
-        h, w, c = layer.in_shape
-        parts = [
-            c_array("int8_t", f"{n}_input", x, lead),
-            f"static const mcup_maxpool2d_params {n}_params = {{{h}, {w}, {c}, {layer.pool}}};\n",
-        ]
-        return "\n".join([*parts, wrappers]), entry
-    parts = [
-        c_array("int8_t", f"{n}_weights", layer.weights, lead),
-        c_array("int32_t", f"{n}_bias", layer.bias),
-        c_array("int32_t", f"{n}_multiplier", layer.multiplier),
-        c_array("int32_t", f"{n}_shift", layer.shift),
-        c_array("int8_t", f"{n}_input", x, lead),
-    ]
-    weights = f"{n}_weights + {lead}"
-    q = (
-        f"{{{n}_bias, {n}_multiplier, {n}_shift, {-layer.input_q.zero_point}, "
-        f"{layer.output_q.zero_point}, {layer.act_min}, {layer.act_max}}}"
-    )
-    if case.op is Op.DENSE:
-        out_f, in_f = layer.weights.shape
-        parts.append(f"static const mcup_fc_params {n}_params = {{{in_f}, {out_f}, {weights}, {q}}};\n")
-    else:
-        out_c, k_h, k_w, in_c = layer.weights.shape
-        (in_h, in_w, _), (out_h, out_w, _) = layer.in_shape, layer.out_shape
-        dims = f"{in_h}, {in_w}, {in_c}, {out_h}, {out_w}, {out_c}, {k_h}, {k_w}, {layer.stride}, {layer.pad}"
-        parts.append(f"static const mcup_conv2d_params {n}_params = {{{dims}, {weights}, {q}}};\n")
+    spec = spec_of(layer.op)
+    fmt = "dense" if spec.weighted else None
+    parts = [c_array("int8_t", f"{n}_input{i}", x, lead) for i, x in enumerate(inputs)]
+    if spec.weighted:
+        if lead:  # the weights one byte past a word boundary, under the name the initializer uses
+            parts += [c_array("int8_t", f"{n}_wbuf", layer.weights, lead),
+                      f"#define mcup_param_{n}_weights ({n}_wbuf + {lead})\n"]  # fmt: skip
+        else:
+            parts.append(c_definitions(n, pack(layer.weights, "dense")))
+        parts += [c_array("int32_t", f"mcup_param_{n}_{f}", getattr(layer, f)) for f in ("bias", "multiplier", "shift")]
+    parts.append(f"static const {spec.struct(fmt)} {n}_params = {params_initializer(layer, fmt)};\n")
+    input_args = ", ".join(f"{n}_input{i} + {lead}" for i in range(len(inputs)))
+    wrappers, entry = case_c(n, spec.function(fmt), f"{n}_params", input_args, int(np.prod(layer.out_shape)),
+                             scratch_bytes(layer, fmt, variant), lead, scratch=spec.weighted)  # fmt: skip
     return "\n".join([*parts, wrappers]), entry
 
 
-def build_variant(variant: str, build_dir: Path, layers: list[tuple[BenchCase, QuantLayer, np.ndarray]]) -> Path:
-    defs, entries = zip(*(layer_c(case, layer, x, variant) for case, layer, x in layers), strict=True)
-    scratch = max(scratch_bytes(layer, "dense" if layer.has_weights else None, variant) for _, layer, _ in layers)
-    max_out = max(int(np.prod(layer.out_shape)) for _, layer, _ in layers)  # bench.c adds 1 for out_lead
-    data = bench_data(f"bench/kernels/run.py for the {variant} kernels", defs, entries)
-    return build(build_dir / variant, TARGETS[variant], data, DENSE_KERNELS, max_out, scratch)
+def build_target(name: str, build_dir: Path, layers: list[tuple[BenchCase, QuantLayer, list[np.ndarray]]]) -> Path:
+    variant = TARGETS[name].variant
+    defs, entries = zip(*(layer_c(case, layer, xs, variant) for case, layer, xs in layers), strict=True)
+    scratch = max(scratch_bytes(la, "dense" if la.has_weights else None, variant) for _, la, _ in layers)
+    max_out = max(int(np.prod(la.out_shape)) for _, la, _ in layers)  # bench.c adds 1 for out_lead
+    data = bench_data(f"bench/kernels/run.py for {name}", defs, entries)
+    kernels = {(la.op, "dense" if la.has_weights else None) for _, la, _ in layers}
+    return build(build_dir / name, TARGETS[name], data, kernels, max_out, scratch)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--build-dir", type=Path, default=ROOT / "build" / "bench_kernels")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    parser.add_argument("--quick", action="store_true", help="the small misaligned cases only (the tests' check)")
+    parser.add_argument("--only", metavar="REGEX", help="the cases whose name matches REGEX")
     args = parser.parse_args()
 
-    layers = [(case, *make_layer(case)) for case in CASES]
-    expected = {}
-    for case, layer, x in layers:
-        if case.op is Op.MAXPOOL2D:
-            expected[case.name] = fnv1a(maxpool2d(x[None], layer.pool)[0])
-        else:
-            reference = dense_s8 if case.op is Op.DENSE else conv2d_s8
-            expected[case.name] = fnv1a(reference(x[None], layer)[0])
-
-    runs = run_all({v: (build_variant(v, args.build_dir, layers), t.machine) for v, t in TARGETS.items()})
+    cases = [c for c in CASES if (c.quick or not args.quick) and (args.only is None or re.search(args.only, c.name))]
+    layers = [(case, *make_layer(case)) for case in cases]
+    expected = {case.name: fnv1a(reference_output(layer, xs)) for case, layer, xs in layers}
+    runs = run_all({t: (build_target(t, args.build_dir, layers), TARGETS[t].machine) for t in TARGETS})
     ok = True
-    for variant, run in runs.items():
-        print(f"{variant}: calibration {run.calib_instructions} instructions = {run.calib_ticks} ticks "
-              f"({run.instructions_per_tick:.2f} instructions/tick), "
-              f"empty measurement {run.empty_ticks} ticks")  # fmt: skip
+    for target, run in runs.items():
         error = run.calibration_error()
         if error is not None:
-            print(f"  {error}")
+            print(f"{target}: {error}")
             ok = False
         for name, (instructions, checksum) in run.cases.items():
             if checksum != expected[name] or instructions == 0:
-                print(f"  MISMATCH {name} {variant}: checksum 0x{checksum:08x}, numpy 0x{expected[name]:08x}")
+                print(f"MISMATCH {name} {target}: checksum 0x{checksum:08x}, numpy 0x{expected[name]:08x}, "
+                      f"{instructions} instructions")  # fmt: skip
                 ok = False
         if set(run.cases) != set(expected):
-            print(f"  {variant}: cases {sorted(run.cases)}, expected {sorted(expected)}")
+            print(f"{target}: cases {sorted(run.cases)}, expected {sorted(expected)}")
             return 1
 
-    # work: MACs for FC and conv, outputs for max-pool; "per unit" divides by it
-    header = ["kernel", "work", "reference instr", "per unit", "dsp instr", "per unit", "speed-up",
-              "checksum (both = numpy)"]  # fmt: skip
+    header = ["kernel", "work", "m3-ref instr", "m4-ref instr", "per unit", "m4-dsp instr", "per unit", "speed-up",
+              "checksum (all = numpy)"]  # fmt: skip
     rows = []
     for case, layer, _ in layers:
-        units = work(case, layer)
-        ref_i, checksum = runs["reference"].cases[case.name]
-        dsp_i, _ = runs["dsp"].cases[case.name]
-        unit = "outputs" if case.op is Op.MAXPOOL2D else "MACs"
-        rows.append([case.name, f"{units} {unit}", f"{ref_i}", f"{ref_i / units:.2f}", f"{dsp_i}",
-                     f"{dsp_i / units:.2f}", f"{ref_i / dsp_i:.2f}x", f"0x{checksum:08x}"])  # fmt: skip
+        units, unit = work(layer)
+        m3 = runs["m3-reference"].cases[case.name][0]
+        ref, checksum = runs["m4-reference"].cases[case.name]
+        dsp = runs["m4-dsp"].cases[case.name][0]
+        rows.append([case.name, f"{units} {unit}", f"{m3}", f"{ref}", f"{ref / units:.2f}", f"{dsp}",
+                     f"{dsp / units:.2f}", f"{ref / dsp:.2f}x", f"0x{checksum:08x}"])  # fmt: skip
     if args.markdown:
         print("| " + " | ".join(header) + " |")
         print("|" + "|".join("---" for _ in header) + "|")

@@ -82,7 +82,8 @@ QUICK_SPECS = [
 
 
 def make_layer(spec: Spec) -> tuple[QuantLayer, np.ndarray]:
-    """Random int8 weights, never 0 where kept; exactly round(sparsity * size) pruned; ReLU."""
+    """Random int8 weights, never 0 where kept; exactly round(sparsity * size) pruned; ReLU (the
+    output zero point is -128, so the clamp is the int8 range's bottom)."""
     rng = np.random.default_rng(spec.seed)
     if spec.op is Op.DENSE:
         in_shape, out_shape = spec.in_shape, (spec.out_c,)
@@ -90,7 +91,7 @@ def make_layer(spec: Spec) -> tuple[QuantLayer, np.ndarray]:
     else:
         h, w, c = spec.in_shape
         in_shape = (h, w, c)
-        out_shape = (*conv_out_hw(h, w, spec.k, spec.k, spec.stride, spec.pad), spec.out_c)
+        out_shape = (*conv_out_hw(h, w, spec.k, spec.k, (spec.stride,) * 2, (spec.pad,) * 4), spec.out_c)
         w_shape = (spec.out_c, spec.k, spec.k, c)
     size = int(np.prod(w_shape))
     mask = np.ones(size, dtype=bool)
@@ -110,7 +111,8 @@ def make_layer(spec: Spec) -> tuple[QuantLayer, np.ndarray]:
     layer = QuantLayer(
         name=spec.name, op=spec.op, in_shape=in_shape, out_shape=out_shape,
         input_q=QParams(0.02, in_zp), output_q=QParams(0.05, -128), weights=weights, bias=bias,
-        multiplier=multiplier, shift=shift, relu=True, stride=spec.stride, pad=spec.pad, mask=mask,
+        multiplier=multiplier, shift=shift, act_min=in_zp, stride=(spec.stride,) * 2, padding=(spec.pad,) * 4,
+        mask=mask,
     )  # fmt: skip
     return layer, x
 

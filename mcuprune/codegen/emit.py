@@ -42,7 +42,7 @@ from mcuprune.errors import UserError
 from mcuprune.model.arena import ArenaPlan, align_up, plan_arena
 from mcuprune.model.costs import OBJECTIVES, choose_formats
 from mcuprune.model.formats import PackedWeights, pack
-from mcuprune.model.ir import Op, QuantLayer, QuantModel, shape_product
+from mcuprune.model.ir import Op, QuantLayer, QuantModel, shape_product, verify
 from mcuprune.model.ops import OPS, kernel_sources, scratch_bytes, spec_of
 from mcuprune.model.telemetry import exp_table
 from mcuprune.resources import CODEGEN_TEMPLATES_DIR
@@ -449,6 +449,7 @@ def generate_model_sources(model: QuantModel, variant: str, src_dir: Path, sourc
     `model` and comes back in ``GeneratedModel.blob``.
     """
     check_supported(model)
+    verify(model)
     _check_params_mode(params)
     if objective not in OBJECTIVES:
         raise UserError(f"unknown objective '{objective}': choose one of {', '.join(OBJECTIVES)}")

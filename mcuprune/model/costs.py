@@ -1,9 +1,12 @@
 """The cost model and the choice of weight format: bytes and measured instructions per layer.
 
 Instructions are a linear model of a few features per (op, format, kernel variant, core), fitted to
-QEMU ``-icount`` counts (``kernel_costs.json``, made by ``bench/sparse/fit_costs.py``). The planner
-(compress/budget.py) and the code generator call the same ``choose_formats``, so a byte budget the
-planner meets is what the code generator emits.
+QEMU ``-icount`` counts (``kernel_costs.json``, made by ``bench/sparse/fit_costs.py``). The features
+follow each kernel's structure (layer_cost_features): generic terms for FC and the sparse conv
+kernels (cost_features), the loop counts of the dense reference conv, and for the dense DSP conv one
+set of terms per path it takes (im2col, strip, pointwise; conv_path), zero on the other paths. The
+planner (compress/budget.py) and the code generator call the same ``choose_formats``, so a byte
+budget the planner meets is what the code generator emits.
 """
 
 from __future__ import annotations
@@ -17,12 +20,23 @@ import numpy as np
 
 from mcuprune.model.formats import MAX_DELTA, csr_layout, format_bytes, require_weights, weight_matrix
 from mcuprune.model.ir import Op, QuantLayer
-from mcuprune.model.ops import FORMATS, OPS, check_format, check_variant
+from mcuprune.model.ops import (
+    FORMATS,
+    OPS,
+    PW_PIXELS,
+    STRIP_PIXELS,
+    check_format,
+    check_variant,
+    conv_is_pointwise,
+    conv_strip_bytes,
+    has_optimized_kernel,
+)
 from mcuprune.resources import KERNEL_COSTS_PATH
 
 OBJECTIVES = ("fastest", "smallest")
 COSTS_PATH = KERNEL_COSTS_PATH
 DEFAULT_CORE = {"reference": "cortex-m3", "dsp": "cortex-m4"}  # the core each variant is tuned for
+
 
 def cost_features(
     op: Op | str,
@@ -34,18 +48,20 @@ def cost_features(
     taps: int = 1,
     valid_taps: int | None = None,
     tail_entries: int = 0,
+    k_h: int = 1,
 ) -> dict[str, float]:
-    """The terms the fitted cost model is linear in: instructions = sum(coef[name] * value).
+    """The generic terms the fitted cost model is linear in: instructions = sum(coef[name] * value).
 
-    FC: a * entries + b * rows + c * cols + d (+ e * mask bytes for bitmask, whose kernels scan
-    every mask word), with entries = rows * cols for dense, nnz for bitmask, nnz + fillers for
-    csr; ``rows`` holds the requantization. Conv2d: the same terms per output pixel, times the
-    pixel count, plus per-pixel terms for im2col and loop overheads: ``taps`` (k_h * k_w),
-    ``row_taps`` (rows * taps, the dense reference's per-tap loop), ``pixel``, and the taps that
-    fall inside the image (``valid_taps``, summed over pixels; ``valid_macs`` = rows * in_c *
-    valid_taps): the dense reference skips padding taps, im2col fills them with a cheaper store.
-    csr: ``tail_entries`` = sum over rows of (row entries mod 4), the entries the DSP kernels
-    take one by one after their blocks of 4 (and 8).
+    Used for every kernel but the dense conv's (see layer_cost_features). FC: a * entries + b * rows
+    + c * cols + d (+ e * mask bytes for bitmask, whose kernels scan every mask word), with entries =
+    rows * cols for dense, nnz for bitmask, nnz + fillers for csr; ``rows`` holds the
+    requantization. Conv2d: the same terms per output pixel, times the pixel count, plus per-pixel
+    terms for im2col and loop overheads: ``taps`` (k_h * k_w), ``kernel_rows`` (k_h: the sparse
+    kernels' im2col copies a patch one kernel row at a time), ``row_taps`` (rows * taps),
+    ``pixel``, and the taps that fall inside the image (``valid_taps``, summed over pixels;
+    ``valid_macs`` = rows * in_c * valid_taps): im2col fills padding taps with a cheaper store.
+    csr: ``tail_entries`` = sum over rows of (row entries mod 4), the entries the DSP kernels take
+    one by one after their blocks of 4 (and 8).
 
     >>> cost_features("dense", "csr8", rows=4, cols=100, entries=30, tail_entries=6)
     {'entries': 30.0, 'rows': 4.0, 'cols': 100.0, 'tail_entries': 6.0, 'call': 1.0}
@@ -57,8 +73,8 @@ def cost_features(
     features = {"entries": entries * scale, "rows": rows * scale, "cols": cols * scale}
     if op is Op.CONV2D:
         valid = pixels * taps if valid_taps is None else valid_taps
-        features.update(taps=taps * pixels, row_taps=rows * taps * pixels, pixel=pixels, valid_taps=valid,
-                        valid_macs=rows * (cols // taps) * valid)  # fmt: skip
+        features.update(taps=taps * pixels, kernel_rows=k_h * pixels, row_taps=rows * taps * pixels, pixel=pixels,
+                        valid_taps=valid, valid_macs=rows * (cols // taps) * valid)  # fmt: skip
     if fmt == "bitmask":
         features["mask_bytes"] = rows * ((cols + 7) // 8) * scale
     if fmt in MAX_DELTA:
@@ -67,27 +83,179 @@ def cost_features(
     return {name: float(value) for name, value in features.items()}
 
 
-def _valid_taps(layer: QuantLayer) -> int:
-    """Kernel taps inside the input image, summed over all output pixels."""
-    _, k_h, k_w, _ = layer.weights.shape
+def _inside(n_out: int, k: int, n_in: int, stride: int, pad_before: int, dilation: int, first: int = 0) -> int:
+    """Kernel taps along one axis that fall inside the input, summed over output positions
+    first .. n_out - 1."""
+    starts = np.arange(first, n_out) * stride - pad_before
+    taps = np.arange(k) * dilation
+    return int(sum(np.count_nonzero((s + taps >= 0) & (s + taps < n_in)) for s in starts))
+
+
+def _conv_geometry(layer: QuantLayer) -> tuple[int, int, int, int, int, int]:
+    """out_c, k_h, k_w, in_c, output pixels and the taps inside the image summed over them."""
+    out_c, k_h, k_w, in_c = (int(d) for d in layer.weights.shape)
     (in_h, in_w, _), (out_h, out_w, _) = layer.in_shape, layer.out_shape
-
-    def inside(n_out: int, k: int, n_in: int, stride: int, pad_before: int, dilation: int) -> int:
-        starts = np.arange(n_out) * stride - pad_before
-        taps = np.arange(k) * dilation
-        return int(sum(np.count_nonzero((s + taps >= 0) & (s + taps < n_in)) for s in starts))
-
     top, _, left, _ = layer.padding
-    return (inside(out_h, k_h, in_h, layer.stride[0], top, layer.dilation[0])
-            * inside(out_w, k_w, in_w, layer.stride[1], left, layer.dilation[1]))
+    valid = (_inside(out_h, k_h, in_h, layer.stride[0], top, layer.dilation[0])
+             * _inside(out_w, k_w, in_w, layer.stride[1], left, layer.dilation[1]))  # fmt: skip
+    return out_c, k_h, k_w, in_c, int(out_h * out_w), valid
 
 
-def layer_cost_features(layer: QuantLayer, fmt: str) -> dict[str, float]:
-    """cost_features of a layer packed in `fmt`."""
+FC_DSP_ROWS = 3  # output rows per pass of the dense DSP FC (firmware/kernels/dsp/fc_s8_dense.c)
+CONV_PATHS = ("im2col", "strip", "pointwise")  # the dense DSP conv's paths (firmware/kernels/dsp/conv2d_s8_dense.c)
+
+
+def conv_path(layer: QuantLayer) -> str:
+    """The path the dense DSP conv kernel takes for a layer, as the C chooses it from the shape:
+    "pointwise" (ops.conv_is_pointwise), "strip" (ops.conv_strip_bytes is not None) or "im2col"."""
+    if conv_is_pointwise(layer):
+        return "pointwise"
+    return "strip" if conv_strip_bytes(layer) is not None else "im2col"
+
+
+def reference_dense_conv_features(layer: QuantLayer) -> dict[str, float]:
+    """Terms of the dense reference conv (plain loops, no scratch; it skips padding taps):
+
+    - ``rows``: outputs (out_c * pixels): the requantization and the per-output setup;
+    - ``ky_steps``: iterations of the kernel-row loop, out_c * pixels * k_h (each tests its row);
+    - ``kx_steps``: iterations of the kernel-column loop, which runs for rows inside the image only:
+      out_c * k_w * (kernel rows inside the image, summed over pixels);
+    - ``tap_steps``: in_c loops started, out_c * (taps inside the image, summed over pixels);
+    - ``valid_macs``: multiply-accumulates done, in_c * tap_steps;
+    - ``call``.
+    """
+    out_c, k_h, k_w, in_c, pixels, valid = _conv_geometry(layer)
+    (in_h, _, _), (out_h, out_w, _) = layer.in_shape, layer.out_shape
+    rows_inside = _inside(out_h, k_h, in_h, layer.stride[0], layer.padding[0], layer.dilation[0]) * out_w
+    features = {"rows": out_c * pixels, "ky_steps": out_c * pixels * k_h, "kx_steps": out_c * k_w * rows_inside,
+                "tap_steps": out_c * valid, "valid_macs": out_c * in_c * valid, "call": 1}  # fmt: skip
+    return {name: float(value) for name, value in features.items()}
+
+
+# Window lengths (words) with an unrolled dot product in the strip path's strip_dot (conv2d_s8_dense.c),
+# for 3-row kernels and for the others; other lengths take the loop (strip_dot_any).
+STRIP_UNROLLED = {3: (4, 6, 8), None: (2, 4, 6, 8)}
+
+
+def _strip_terms(layer: QuantLayer) -> dict[str, int]:
+    """The strip path's terms (see dsp_dense_conv_features), from its geometry (the C's
+    strip_geometry, as ops.conv_strip_bytes) and its choice of dot product (strip_dot)."""
+    out_c, k_h, k_w, in_c, pixels, _ = _conv_geometry(layer)
+    out_h, out_w = int(layer.out_shape[0]), int(layer.out_shape[1])
+    slots = (k_h + 1) // 2  # words per strip position: vertical row pairs, + 1 for an odd last row
+    run = k_w * in_c  # values per kernel row
+    words = slots * run  # words of one window
+    unrolled = words in STRIP_UNROLLED.get(k_h, STRIP_UNROLLED[None])
+    # the unrolled dot products of 3-row kernels skip the odd last row's unused words
+    used = (k_h // 2) * run + (run + 1) // 2 if k_h == 3 and unrolled else words
+    # two windows per pass (3x3x1 at stride 1, and the loop): an odd last window of a strip goes alone
+    paired = not unrolled or (k_h == 3 and words == 6 and layer.stride[1] * in_c * slots == 2)
+    cols = min(out_w, STRIP_PIXELS)  # output pixels per segment row
+    widths = [min(cols, out_w - ox) for ox in range(0, out_w, cols)]  # pixels of a strip, per segment column
+    strips = out_h * len(widths)  # strips built: one per output row of each segment
+    return {
+        "strip_words": pixels * out_c * used if unrolled else 0,
+        "strip_loop_words": 0 if unrolled else pixels * out_c * words,
+        "strip_outputs": pixels * out_c,
+        "strip_row_channels": strips * out_c,
+        "strip_odd_windows": out_c * out_h * sum(n % 2 for n in widths) if paired else 0,
+        "strip_built": sum(out_h * slots * ((n - 1) * layer.stride[1] + k_w) * in_c for n in widths),
+        "strip_lines": strips * k_h,
+        "strip_weights": out_c * words,
+    }
+
+
+DSP_DENSE_CONV_TERMS = (  # the terms of dsp_dense_conv_features, in order
+    "im2col_macs", "im2col_outputs", "im2col_values", "im2col_pixels", "im2col_taps", "im2col_valid_taps",
+    "im2col_stage_rows", "im2col_odd_macs",
+    "pw_groups", "pw_tails", "pw_channels", "pw_convert", "pw_passes",
+    "strip_words", "strip_loop_words", "strip_outputs", "strip_row_channels", "strip_odd_windows", "strip_built",
+    "strip_lines", "strip_weights",
+    "call",
+)  # fmt: skip
+
+
+def dsp_dense_conv_features(layer: QuantLayer) -> dict[str, float]:
+    """Terms of the dense DSP conv, whose three paths (conv_path) each have their own; a layer's
+    terms of the other two paths are 0, so one linear model holds three. P = output pixels, R =
+    out_c, K = k_h * k_w * in_c.
+
+    im2col path (two pixels at a time; patches copied as int16, then 2 channels x 2 pixels per
+    pass): ``im2col_macs`` (R * K * P), ``im2col_outputs`` (R * P: requantization),
+    ``im2col_values`` (K * P: patch values converted), ``im2col_pixels`` (P); when in_c is a
+    multiple of 4 each tap is copied on its own: ``im2col_taps`` (k_h * k_w * P) and
+    ``im2col_valid_taps`` (taps inside the image, summed over pixels; padding taps are stored
+    zeros); otherwise each patch is staged as int8 first, a memset/memcpy/memset per kernel row:
+    ``im2col_stage_rows`` (k_h * P); an odd last pixel runs alone on a slower dot product:
+    ``im2col_odd_macs`` (R * K when P is odd).
+
+    Pointwise path (PW_PIXELS = 4 pixels per pass, the last pass filled up with the last pixel;
+    passes = ceil(P / 4)): ``pw_groups`` (passes * R * ceil(in_c / 4): the inner loop, 16 MACs per
+    group), ``pw_tails`` (passes * R when in_c % 4 != 0), ``pw_channels`` (passes * R: a channel's
+    constants and 4 requantizations), ``pw_convert`` (passes * 4 * ceil(in_c / 4): the pixels
+    converted to int16), ``pw_passes``.
+
+    Strip path (channel by channel over segments of up to STRIP_PIXELS pixels; a strip is one
+    output row of a segment): ``strip_words`` (P * R * window words used, for the window lengths
+    with an unrolled dot product, STRIP_UNROLLED: weights in registers), ``strip_loop_words``
+    (P * R * window words, other lengths: a loop), ``strip_outputs`` (P * R: requantization),
+    ``strip_row_channels`` (R * strips: a channel's pass over one strip), ``strip_odd_windows``
+    (R * strips of an odd pixel count, for the dot products that take two windows per pass: the
+    last one alone), ``strip_built`` (words of the strips built), ``strip_lines`` (k_h * strips:
+    int8 input lines copied), ``strip_weights`` (R * window words: weights rearranged once per
+    call).
+
+    ``call`` is shared.
+    """
+    out_c, k_h, k_w, in_c, pixels, valid = _conv_geometry(layer)
+    k = k_h * k_w * in_c
+    path = conv_path(layer)
+    features = dict.fromkeys(DSP_DENSE_CONV_TERMS, 0)
+    if path == "im2col":
+        staged = in_c % 4 != 0
+        features.update(im2col_macs=out_c * k * pixels, im2col_outputs=out_c * pixels, im2col_values=k * pixels,
+                        im2col_pixels=pixels, im2col_taps=0 if staged else k_h * k_w * pixels,
+                        im2col_valid_taps=0 if staged else valid, im2col_stage_rows=k_h * pixels if staged else 0,
+                        im2col_odd_macs=out_c * k * (pixels % 2))  # fmt: skip
+    elif path == "pointwise":
+        passes, groups = -(-pixels // PW_PIXELS), -(-in_c // 4)
+        features.update(pw_groups=passes * out_c * groups, pw_tails=passes * out_c * (in_c % 4 != 0),
+                        pw_channels=passes * out_c, pw_convert=passes * PW_PIXELS * groups,
+                        pw_passes=passes)  # fmt: skip
+    else:
+        features.update(_strip_terms(layer))
+    features["call"] = 1
+    return {name: float(value) for name, value in features.items()}
+
+
+def layer_cost_features(layer: QuantLayer, fmt: str, variant: str = "dsp") -> dict[str, float]:
+    """The cost model's terms for a layer packed in `fmt`, run by the `variant` kernels.
+
+    The dense conv kernels have terms of their own: reference_dense_conv_features, and
+    dsp_dense_conv_features for the DSP twin (three paths). Every other kernel takes
+    cost_features, with two refinements for the DSP kernels: the sparse conv kernels compute
+    output pixels two at a time, an odd last pixel paired with itself, so their per-pixel terms
+    count ceil(P / 2) * 2 pixels; the dense FC kernel takes rows FC_DSP_ROWS at a time, the rest
+    one by one on a slower dot product, and each row ends with its in % 4 last values:
+    ``rest_entries`` (rows % FC_DSP_ROWS * cols) and ``tail_rows`` (rows when cols % 4 != 0).
+
+    >>> import numpy as np
+    >>> from mcuprune.model.ir import QParams
+    >>> fc = QuantLayer(name="fc", op=Op.DENSE, in_shape=(30,), out_shape=(7,), input_q=QParams(1.0, 0),
+    ...                 output_q=QParams(1.0, 0), weights=np.ones((7, 30), np.int8))
+    >>> layer_cost_features(fc, "dense", "dsp")
+    {'entries': 210.0, 'rows': 7.0, 'cols': 30.0, 'rest_entries': 30.0, 'tail_rows': 7.0, 'call': 1.0}
+    >>> layer_cost_features(fc, "dense", "reference")
+    {'entries': 210.0, 'rows': 7.0, 'cols': 30.0, 'call': 1.0}
+    """
+    check_variant(variant)
     w = weight_matrix(layer.weights)
     rows, cols = w.shape
+    optimized = has_optimized_kernel(OPS[layer.op], fmt, variant)
     tail = 0
     if fmt == "dense":
+        if layer.op is Op.CONV2D:
+            return dsp_dense_conv_features(layer) if optimized else reference_dense_conv_features(layer)
         entries = rows * cols
     elif fmt == "bitmask":
         entries = int(np.count_nonzero(w))
@@ -95,10 +263,20 @@ def layer_cost_features(layer: QuantLayer, fmt: str) -> dict[str, float]:
         per_row = csr_layout(w, MAX_DELTA[fmt])[4]
         entries, tail = int(per_row.sum()), int((per_row % 4).sum())
     if layer.op is not Op.CONV2D:
-        return cost_features(layer.op, fmt, rows, cols, entries, tail_entries=tail)
-    pixels = int(layer.out_shape[0] * layer.out_shape[1])
-    taps = int(layer.weights.shape[1] * layer.weights.shape[2])
-    return cost_features(layer.op, fmt, rows, cols, entries, pixels, taps, _valid_taps(layer), tail)
+        features = cost_features(layer.op, fmt, rows, cols, entries, tail_entries=tail)
+        if fmt == "dense" and optimized:  # rows in blocks of FC_DSP_ROWS, then one by one; each a k % 4 tail
+            call = features.pop("call")
+            features.update(rest_entries=float(rows % FC_DSP_ROWS * cols), tail_rows=float(rows * (cols % 4 != 0)),
+                            call=call)  # fmt: skip
+        return features
+    _, k_h, k_w, _, pixels, valid = _conv_geometry(layer)
+    if optimized and pixels % 2:  # the odd last pixel is computed twice
+        (in_h, in_w, _), (out_h, out_w, _) = layer.in_shape, layer.out_shape
+        top, _, left, _ = layer.padding
+        pixels += 1
+        valid += (_inside(out_h, k_h, in_h, layer.stride[0], top, layer.dilation[0], first=out_h - 1)
+                  * _inside(out_w, k_w, in_w, layer.stride[1], left, layer.dilation[1], first=out_w - 1))  # fmt: skip
+    return cost_features(layer.op, fmt, rows, cols, entries, pixels, k_h * k_w, valid, tail, k_h)
 
 
 def cost_key(op: Op | str, fmt: str, variant: str, core: str) -> str:
@@ -111,7 +289,7 @@ def load_costs(path: Path = COSTS_PATH) -> dict:
 
 
 def _cost_entry(table: str, op: Op | str, fmt: str, variant: str, core: str | None):
-    """An entry of sparse_costs.json; a core we have not measured (e.g. M7, M33, M55) uses the
+    """An entry of kernel_costs.json; a core we have not measured (e.g. M7, M33, M55) uses the
     figures of the core the variant is tuned for (M4 for dsp, M3 for reference)."""
     entries = load_costs()[table]
     key = cost_key(op, fmt, variant, core or DEFAULT_CORE[variant])
@@ -132,11 +310,17 @@ def predict_instructions(layer: QuantLayer, fmt: str, variant: str = "dsp", core
     check_variant(variant)
     require_weights(layer)
     coef = _model(layer.op, fmt, variant, core)["coefficients"]
-    return float(sum(coef[name] * value for name, value in layer_cost_features(layer, fmt).items()))
+    features = layer_cost_features(layer, fmt, variant)
+    missing = sorted(set(features) - set(coef))
+    if missing:
+        raise ValueError(f"{COSTS_PATH.name} has no coefficient for {', '.join(missing)} "
+                         f"({cost_key(layer.op, fmt, variant, core or DEFAULT_CORE[variant])}); "
+                         "regenerate it with bench/sparse/fit_costs.py")  # fmt: skip
+    return float(sum(coef[name] * value for name, value in features.items()))
 
 
 def kernel_code_bytes(op: Op | str, fmt: str, variant: str = "dsp", core: str | None = None) -> int:
-    """.text bytes of the (op, fmt) kernel object at -O2 (sparse_costs.json, measured)."""
+    """.text bytes of the (op, fmt) kernel object at -O2 (kernel_costs.json, measured)."""
     return int(_cost_entry("code_bytes", op, fmt, variant, core))
 
 

@@ -253,6 +253,21 @@ def expected_out_shape(layer: FloatLayer | QuantLayer, in_shapes: list[tuple[int
     raise GraphError(f"layer {layer.name}: unknown op {op}")
 
 
+# Ops that apply no fused activation (TFLite has none for them, and neither do the kernels).
+UNCLAMPED_OPS = (Op.MEAN, Op.PAD, Op.RESHAPE, Op.SOFTMAX)
+
+
+def _check_options(layer: FloatLayer | QuantLayer) -> None:
+    """Options an op does not have must keep their neutral value."""
+    if layer.op in UNCLAMPED_OPS:
+        full = (layer.clamp == UNBOUNDED if isinstance(layer, FloatLayer)
+                else (layer.act_min, layer.act_max) == (-128, 127))
+        if not full:
+            raise GraphError(f"layer {layer.name}: {layer.op.value} takes no fused activation")
+    if layer.op in (Op.MAXPOOL2D, Op.AVGPOOL2D) and tuple(layer.dilation) != (1, 1):
+        raise GraphError(f"layer {layer.name}: pooling has no dilation")
+
+
 def verify(model: FloatModel | QuantModel) -> None:
     """Check the graph: names unique, every input produced earlier (or the model input), the input
     counts and shapes each op needs, and each layer's declared shapes. Raises GraphError."""
@@ -271,6 +286,7 @@ def verify(model: FloatModel | QuantModel) -> None:
         if tuple(layer.in_shape) != in_shapes[0] and not flattened:
             raise GraphError(f"layer {layer.name}: declared input shape {tuple(layer.in_shape)} but "
                              f"{layer.inputs[0]!r} is {in_shapes[0]}")
+        _check_options(layer)
         want = expected_out_shape(layer, in_shapes)
         if tuple(layer.out_shape) != want:
             raise GraphError(f"layer {layer.name}: declared output shape {tuple(layer.out_shape)}, "

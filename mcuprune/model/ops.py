@@ -64,11 +64,21 @@ def has_optimized_kernel(spec: OpSpec, fmt: str | None, variant: str) -> bool:
 # The DSP conv's strip path (firmware/kernels/dsp/conv2d_s8_dense.c): same constants as the C.
 STRIP_UNROLL_WORDS = 8  # windows up to this many words take the strip path
 STRIP_MAX_WORDS = 24  # ... and up to this many when in_c is not a multiple of 4
+STRIP_MAX_OUT_C = 16  # ... and out_c is at most this
 STRIP_PIXELS = 128  # output pixels per segment (whole rows when they fit)
 
 
+PW_PIXELS = 4  # output pixels per pass of the DSP conv's pointwise path
+
+
+def conv_is_pointwise(layer: QuantLayer) -> bool:
+    """The DSP conv's pointwise path: a 1x1 kernel at stride 1 without padding (any dilation)."""
+    return tuple(layer.weights.shape[1:3]) == (1, 1) and tuple(layer.stride) == (1, 1) and not any(layer.padding)
+
+
 def conv_strip_bytes(layer: QuantLayer) -> int | None:
-    """Scratch of the DSP conv's strip path, or None when the layer takes the im2col path.
+    """Scratch of the DSP conv's strip path, or None when the layer takes another path (pointwise,
+    conv_is_pointwise; or im2col).
 
     A strip position holds k_h // 2 vertical row pairs plus one word for an odd last row; a
     patch window is that many words per value of a kernel row (k_w * in_c). Scratch holds the
@@ -77,16 +87,19 @@ def conv_strip_bytes(layer: QuantLayer) -> int | None:
 
     >>> from types import SimpleNamespace as NS
     >>> import numpy as np
-    >>> first = NS(weights=np.zeros((16, 3, 3, 1)), out_shape=(28, 28, 16), stride=(1, 1))  # 3x3x1, 28 wide
+    >>> first = NS(weights=np.zeros((16, 3, 3, 1)), out_shape=(28, 28, 16), stride=(1, 1), dilation=(1, 1))
     >>> conv_strip_bytes(first)  # 4-row segments: 4 * (16 * 6 + 4 * 28 + 4 * 30 * 2) + 3 * 36
     1900
-    >>> conv_strip_bytes(NS(weights=np.zeros((32, 3, 3, 16)), out_shape=(14, 14, 32), stride=(1, 1))) is None
+    >>> second = NS(weights=np.zeros((32, 3, 3, 16)), out_shape=(14, 14, 32), stride=(1, 1), dilation=(1, 1))
+    >>> conv_strip_bytes(second) is None
     True
     """
     out_c, k_h, k_w, in_c = (int(d) for d in layer.weights.shape)  # [out_c, k_h, k_w, in_c]
+    if conv_is_pointwise(layer) or tuple(layer.dilation) != (1, 1):
+        return None  # the pointwise path goes first; a strip window needs adjacent taps
     slots = (k_h + 1) // 2
     words = slots * k_w * in_c
-    if words > STRIP_UNROLL_WORDS and (in_c % 4 == 0 or words > STRIP_MAX_WORDS):
+    if words > STRIP_UNROLL_WORDS and (in_c % 4 == 0 or words > STRIP_MAX_WORDS or out_c > STRIP_MAX_OUT_C):
         return None
     out_h, out_w = int(layer.out_shape[0]), int(layer.out_shape[1])
     cols = min(out_w, STRIP_PIXELS)  # output pixels per segment row
@@ -97,22 +110,36 @@ def conv_strip_bytes(layer: QuantLayer) -> int | None:
 
 
 def _conv2d_scratch(layer: QuantLayer, fmt: str, variant: str) -> int:
-    """conv2d. Dense DSP: the strip path's buffers (conv_strip_bytes), else two int16 im2col patches
-    (k_h * k_w * in_c values each) plus an int8 staging copy of one patch when in_c is not a
-    multiple of 4; dense reference: none. Sparse: the reference kernels hold one im2col patch as
-    int16 (rounded up to a word), the DSP ones two patches interleaved, one word per position."""
+    """conv2d. Dense DSP: for a pointwise layer (conv_is_pointwise) PW_PIXELS input pixels as int16
+    pairs, the last group of 4 values padded; else the strip path's buffers (conv_strip_bytes); else
+    two int16 im2col patches (k_h * k_w * in_c values each) plus an int8 staging copy of one patch
+    when in_c is not a multiple of 4; dense reference: none. Sparse: the reference kernels hold one
+    im2col patch as int16 (rounded up to a word), the DSP ones two patches interleaved, one word per
+    position."""
     cols = math.prod(int(d) for d in layer.weights.shape[1:])  # k_h * k_w * in_c
     optimized = has_optimized_kernel(OPS[Op.CONV2D], fmt, variant)
     if fmt != "dense":
         return 4 * cols if optimized else 4 * _words_for_int16(cols)
     if not optimized:
         return 0
+    in_c = int(layer.weights.shape[3])
+    if conv_is_pointwise(layer):
+        return 4 * PW_PIXELS * 2 * ((in_c + 3) // 4)  # 2 words per group of 4 values, tail padded
     strip = conv_strip_bytes(layer)
     if strip is not None:
         return strip
-    in_c = int(layer.weights.shape[3])
     stage = (cols + 3) // 4 * 4 if in_c % 4 else 0  # int8 copy of a patch whose taps split groups
     return 2 * 4 * _words_for_int16(cols) + stage
+
+
+def _depthwise_conv2d_scratch(layer: QuantLayer, fmt: str, variant: str) -> int:
+    """depthwise_conv2d. DSP with depth multiplier 1: the weights of every whole group of 4 channels
+    rearranged as int16, two words per tap, and one folded bias word per such channel; otherwise
+    (reference, or a multiplier > 1) none."""
+    out_c, k_h, k_w, _ = (int(d) for d in layer.weights.shape)  # [out_c, k_h, k_w, 1]
+    if not has_optimized_kernel(OPS[Op.DEPTHWISE_CONV2D], fmt, variant) or layer.depth_multiplier != 1:
+        return 0
+    return 4 * 2 * (out_c // 4) * k_h * k_w + 4 * (out_c // 4 * 4)  # + a folded bias per channel of the groups
 
 
 def _dense_scratch(layer: QuantLayer, fmt: str, variant: str) -> int:
@@ -241,7 +268,7 @@ OPS: dict[Op, OpSpec] = {
         OpSpec(Op.CONV2D, "conv2d", reference.conv2d_s8, reference.conv2d_f32, _conv2d_fields, FORMATS,
                _conv2d_scratch),
         OpSpec(Op.DEPTHWISE_CONV2D, "depthwise_conv2d", reference.depthwise_conv2d_s8,
-               reference.depthwise_conv2d_f32, _depthwise_conv2d_fields, ("dense",)),
+               reference.depthwise_conv2d_f32, _depthwise_conv2d_fields, ("dense",), _depthwise_conv2d_scratch),
         OpSpec(Op.DENSE, "fc", reference.dense_s8, reference.dense_f32, _dense_fields, FORMATS, _dense_scratch),
         OpSpec(Op.MAXPOOL2D, "maxpool2d", reference.maxpool2d_s8, reference.maxpool2d_f32, _pool2d_fields),
         OpSpec(Op.AVGPOOL2D, "avgpool2d", reference.avgpool2d_s8, reference.avgpool2d_f32, _pool2d_fields),

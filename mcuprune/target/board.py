@@ -305,4 +305,12 @@ def check_fits(board: Board, flash_bytes: int, ram_bytes: int, what: str = "firm
         over.append(f"{ram_bytes:,} B of RAM but the RAM region is {board.ram.length:,} B")
     if over:
         raise UserError(f"{what} does not fit board {board.name}: it needs " + " and ".join(over)
-                        + f" ({board.path.name}); use a smaller model or a bigger board")
+                        + f" ({board.path.name}); {_boards_that_fit(flash_bytes, ram_bytes)}")
+
+
+def _boards_that_fit(flash_bytes: int, ram_bytes: int) -> str:
+    """What to do when a model does not fit: the known boards whose regions would hold it."""
+    fits = [b.name for b in list_boards() if flash_bytes <= b.flash.length and ram_bytes <= b.ram.length]
+    if not fits:
+        return "no known board holds it: use a smaller model (prune it)"
+    return f"use a smaller model or a board that holds it: {', '.join(fits)}"

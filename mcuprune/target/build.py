@@ -127,9 +127,7 @@ def _raise_if_overflow(log: str, board: Board) -> None:
     if not over:
         return
     sizes = {"FLASH": board.flash.length, "RAM": board.ram.length}
-    parts = [f"{sizes[r] + n:,} B of {r.lower()} but the {r} region is {sizes[r]:,} B" for r, n in over.items()]
-    raise UserError(f"firmware does not fit board {board.name}: it needs " + " and ".join(parts)
-                    + f" ({board.path.name}); use a smaller model or a bigger board")
+    check_fits(board, sizes["FLASH"] + over.get("FLASH", 0), sizes["RAM"] + over.get("RAM", 0))
 
 
 def _run(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -44,14 +44,14 @@ mcup_csr_walk_fc(const mcup_fc_csr_params *p, const int8_t *input, int8_t *outpu
     int32_t k = mcup_sparse_row_ptr(p->row_ptr, p->row_ptr_bytes, 0);
     for (int32_t o = 0; o < p->out_features; o++) {
         const int32_t end = mcup_sparse_row_ptr(p->row_ptr, p->row_ptr_bytes, o + 1);
-        int32_t acc = q->bias != NULL ? q->bias[o] : 0;
+        uint32_t acc = q->bias != NULL ? (uint32_t)q->bias[o] : 0; /* wraps like int32 */
         int32_t col = 0;
         for (; k < end; k++) {
             col += mcup_csr_delta(p->deltas, k, width); /* fillers (value 0) only move col */
-            acc += (input[col] + q->input_offset) * p->values[k];
+            acc += (uint32_t)((input[col] + q->input_offset) * p->values[k]);
         }
-        output[o] = mcup_requantize_s8(acc, q->multiplier[o], q->shift[o], q->output_offset,
-                                       q->act_min, q->act_max);
+        output[o] = mcup_requantize_s8((int32_t)acc, q->multiplier[o], q->shift[o],
+                                       q->output_offset, q->act_min, q->act_max);
     }
 }
 
@@ -69,19 +69,19 @@ mcup_csr_walk_conv2d(const mcup_conv2d_csr_params *p, const int8_t *input, int8_
     for (int32_t oy = 0; oy < p->out_h; oy++) {
         for (int32_t ox = 0; ox < p->out_w; ox++) {
             mcup_sparse_im2col_s16(input, p->in_h, p->in_w, p->in_c, p->k_h, p->k_w,
-                                   oy * p->stride - p->pad, ox * p->stride - p->pad,
-                                   q->input_offset, patch, 1);
+                                   oy * p->stride_h - p->pad_top, ox * p->stride_w - p->pad_left,
+                                   p->dil_h, p->dil_w, q->input_offset, patch, 1);
             int8_t *out = output + (oy * p->out_w + ox) * p->out_c;
             int32_t k = mcup_sparse_row_ptr(p->row_ptr, p->row_ptr_bytes, 0);
             for (int32_t oc = 0; oc < p->out_c; oc++) {
                 const int32_t end = mcup_sparse_row_ptr(p->row_ptr, p->row_ptr_bytes, oc + 1);
-                int32_t acc = q->bias != NULL ? q->bias[oc] : 0;
+                uint32_t acc = q->bias != NULL ? (uint32_t)q->bias[oc] : 0;
                 int32_t col = 0;
                 for (; k < end; k++) {
                     col += mcup_csr_delta(p->deltas, k, width);
-                    acc += patch[col] * p->values[k];
+                    acc += (uint32_t)(patch[col] * p->values[k]);
                 }
-                out[oc] = mcup_requantize_s8(acc, q->multiplier[oc], q->shift[oc],
+                out[oc] = mcup_requantize_s8((int32_t)acc, q->multiplier[oc], q->shift[oc],
                                              q->output_offset, q->act_min, q->act_max);
             }
         }

@@ -87,9 +87,9 @@ static inline void mcup_csr_one(const void *x, int32_t pixels, uint32_t *col, ui
 {
     *col += delta;
     const int32_t pw = (int32_t)mcup_csr_load(x, *col, pixels);
-    acc->a += (int16_t)pw * w;
+    acc->a = __smlabb(pw, w, acc->a); /* low half times w, wrapping like int32 */
     if (pixels == 2) {
-        acc->b += (pw >> 16) * w;
+        acc->b = __smlatb(pw, w, acc->b); /* high half */
     }
 }
 
@@ -179,8 +179,8 @@ mcup_csr_im2col_lane(const mcup_conv2d_csr_params *p, const int8_t *input, int32
     const int32_t oy = pix / p->out_w;
     const int32_t ox = pix - oy * p->out_w;
     mcup_sparse_im2col_s16(input, p->in_h, p->in_w, p->in_c, p->k_h, p->k_w,
-                           oy * p->stride - p->pad, ox * p->stride - p->pad, p->q.input_offset,
-                           lanes + lane, 2);
+                           oy * p->stride_h - p->pad_top, ox * p->stride_w - p->pad_left,
+                           p->dil_h, p->dil_w, p->q.input_offset, lanes + lane, 2);
 }
 
 /*

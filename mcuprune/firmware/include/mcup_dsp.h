@@ -2,7 +2,8 @@
  * mcup_dsp.h - dual 16-bit MAC intrinsics and the q15-pair layout shared by the DSP kernels.
  *
  * The only file that includes <arm_acle.h>. Kernels in firmware/kernels/dsp/ include this
- * header and use the ACLE names __sxtb16, __sxtab16 and __smlad:
+ * header and use the ACLE names __sxtb16, __sxtab16, __smlad, __smlabb, __smlatt, __smlatb,
+ * __ssub8 and __sel:
  *   - cores with the DSP extension (Cortex-M4/M7/M33/M55, __ARM_FEATURE_DSP): GCC's intrinsics;
  *   - host builds with -DMCUP_EMULATE_DSP: the portable C definitions below, bit-identical,
  *     so the kernels' logic can be tested on the host against the numpy reference;
@@ -75,6 +76,24 @@ static inline int32_t __smlad(int32_t a, int32_t b, int32_t acc)
     return (int32_t)((uint32_t)acc + lo + hi);
 }
 
+/* SMLABB / SMLATT: acc + the product of the bottom (top) halves of a and b, wrapping. A value
+ * that fits 16 bits (an int8 weight, an int16 patch value) is its own bottom half. */
+static inline int32_t __smlabb(int32_t a, int32_t b, int32_t acc)
+{
+    return (int32_t)((uint32_t)acc + (uint32_t)(mcup_emu_lane16(a, 0) * mcup_emu_lane16(b, 0)));
+}
+
+static inline int32_t __smlatt(int32_t a, int32_t b, int32_t acc)
+{
+    return (int32_t)((uint32_t)acc + (uint32_t)(mcup_emu_lane16(a, 1) * mcup_emu_lane16(b, 1)));
+}
+
+/* SMLATB: acc + top half of a times bottom half of b, wrapping. */
+static inline int32_t __smlatb(int32_t a, int32_t b, int32_t acc)
+{
+    return (int32_t)((uint32_t)acc + (uint32_t)(mcup_emu_lane16(a, 1) * mcup_emu_lane16(b, 0)));
+}
+
 /*
  * The APSR.GE bits (bit i for byte i) that the last emulated byte-wise instruction set and
  * __sel reads: one per translation unit, standing for the core's single flags register (host
@@ -118,6 +137,33 @@ static inline int32_t mcup_ror8(int32_t x)
 }
 
 /*
+ * __sxtb16(mcup_ror8(x)) and __sxtab16(a, mcup_ror8(x)) in one instruction: SXTB16 and SXTAB16
+ * can rotate their byte operand, but GCC 12 does not fold a rotate into the intrinsics (it emits
+ * a separate ROR), so on the target these are one-line inline assembly.
+ */
+static inline int32_t mcup_sxtb16_ror8(int32_t x)
+{
+#if defined(__ARM_FEATURE_DSP)
+    int32_t r;
+    __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(x));
+    return r;
+#else
+    return __sxtb16(mcup_ror8(x));
+#endif
+}
+
+static inline int32_t mcup_sxtab16_ror8(int32_t a, int32_t x)
+{
+#if defined(__ARM_FEATURE_DSP)
+    int32_t r;
+    __asm__("sxtab16 %0, %1, %2, ror #8" : "=r"(r) : "r"(a), "r"(x));
+    return r;
+#else
+    return __sxtab16(a, mcup_ror8(x));
+#endif
+}
+
+/*
  * Four int8 as one word from any address. LDR tolerates unaligned addresses on these cores;
  * memcpy (not a cast) tells GCC the alignment is unknown, so it never fuses two reads into an
  * LDRD, which would fault on a non-word-aligned weight row.
@@ -134,6 +180,13 @@ static inline int32_t mcup_max_s8x4(int32_t a, int32_t b)
 {
     (void)__ssub8(a, b);
     return (int32_t)__sel((uint32_t)a, (uint32_t)b);
+}
+
+/* Byte-wise signed minimum of two words of 4 int8: SSUB8, then SEL with the operands swapped. */
+static inline int32_t mcup_min_s8x4(int32_t a, int32_t b)
+{
+    (void)__ssub8(a, b);
+    return (int32_t)__sel((uint32_t)b, (uint32_t)a);
 }
 
 /* Stores the 4 int8 of w at any address (a single STR, which tolerates unaligned addresses). */
@@ -156,7 +209,7 @@ static inline int32_t *mcup_s8_to_q15_pairs(const int8_t *src, int32_t n, int32_
         const int32_t w = mcup_read_s8x4(src);
         src += 4;
         dst[0] = __sxtab16(offset2, w);
-        dst[stride] = __sxtab16(offset2, mcup_ror8(w));
+        dst[stride] = mcup_sxtab16_ror8(offset2, w);
         dst += 2 * stride;
     }
     const int32_t tail = n & 3;
@@ -175,7 +228,7 @@ static inline int32_t *mcup_s8_to_q15_pairs(const int8_t *src, int32_t n, int32_
 static inline int32_t mcup_mac_group(int32_t x02, int32_t x13, int32_t w, int32_t acc)
 {
     acc = __smlad(x02, __sxtb16(w), acc);
-    return __smlad(x13, __sxtb16(mcup_ror8(w)), acc);
+    return __smlad(x13, mcup_sxtb16_ror8(w), acc);
 }
 
 /* The 1..3 trailing elements of a dot product: x holds them as [t0|t1], [t2|0]. */

@@ -103,7 +103,7 @@ typedef struct {
  *  - max: the maximum of the window's in-image taps (-128 for a window wholly in the padding);
  *  - average: the sum of the raw int8 values of the in-image taps divided by their count,
  *    rounded to nearest with ties away from zero. A window needs at least one in-image tap
- *    (TFLM fails on one that has none; the kernel then writes act_min's clamp of 0).
+ *    (TFLM fails on one that has none; the kernel then takes the average as 0 and clamps it).
  *    Windows of up to 2^23 taps.
  */
 typedef struct {
@@ -123,7 +123,8 @@ typedef mcup_pool2d_params mcup_avgpool2d_params;
  *   output[i] = clamp(requant(sum_(y,x) input[y][x][i] + input_offset * in_h * in_w,
  *                             multiplier, shift) + output_offset, -128, 127)
  * The 1 / (in_h * in_w) is folded into multiplier/shift on the host
- * (mcuprune/model/int8_params.py: mean_multiplier). in_h * in_w below 2^23.
+ * (mcuprune/model/int8_params.py: mean_multiplier). in_h * in_w below 2^23. TFLite's MEAN has no
+ * fused activation: the result is clamped to the int8 range only.
  */
 typedef struct {
     int32_t in_h, in_w, c;
@@ -185,7 +186,11 @@ typedef struct {
 /*
  * Scratch: a kernel that needs working memory has a _get_buffer_size companion returning the
  * number of bytes the caller must pass as `scratch` (4-byte aligned). 0 means scratch may be NULL.
- * The sizes are those of mcuprune.model.ops.scratch_bytes.
+ * The sizes are those of mcuprune.model.ops.scratch_bytes: none for the reference kernels; for
+ * the DSP ones, FC: the input as int16; conv: the strip path's buffers, PW_PIXELS pixels as int16
+ * (1x1, stride 1, no padding) or two int16 patches (see conv2d_s8_dense.c); depthwise with depth
+ * multiplier 1: the weights of the whole groups of 4 channels as int16 plus one word per such
+ * channel (8 * (out_c / 4) * k_h * k_w + 16 * (out_c / 4) bytes), else none.
  */
 int32_t mcup_fc_s8_dense_get_buffer_size(const mcup_fc_params *p);
 void mcup_fc_s8_dense(const mcup_fc_params *p, const int8_t *input, int8_t *output,

@@ -143,8 +143,10 @@ static inline int32_t mcup_one_over_one_plus_x_for_x_in_0_1(int32_t a)
     /* 48/17 - 32/17 * d, Q2.29: the starting point of the iteration */
     int32_t x = mcup_wrap_add(1515870810, mcup_doubling_high_mult(half_denominator, -1010580540));
     for (int32_t i = 0; i < 3; i++) {
-        const int32_t one_minus = mcup_wrap_sub(1 << 29, mcup_doubling_high_mult(half_denominator, x));
-        x = mcup_wrap_add(x, mcup_saturating_rounding_mul_pot(mcup_doubling_high_mult(x, one_minus), 2));
+        const int32_t d_x = mcup_doubling_high_mult(half_denominator, x);
+        const int32_t one_minus = mcup_wrap_sub(1 << 29, d_x); /* 1 - d * x, Q2.29 */
+        const int32_t step = mcup_doubling_high_mult(x, one_minus);
+        x = mcup_wrap_add(x, mcup_saturating_rounding_mul_pot(step, 2));
     }
     return mcup_saturating_rounding_mul_pot(x, 1); /* 1 / (2d) in Q2.29 is 1 / (1 + a) in Q0.31 */
 }

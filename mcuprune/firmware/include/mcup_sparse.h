@@ -4,9 +4,9 @@
  * Same conventions as mcup_nn.h (TFLite int8, per-channel requantization through
  * mcup_quant_params, HWC feature maps, batch 1) and the same results: every kernel here is
  * bit-identical to its dense twin (mcup_fc_s8_dense, mcup_conv2d_s8_dense) run on the unpacked
- * weights, hence to mcuprune/reference.py. As in mcup_nn.h, each kernel has a reference
+ * weights, hence to mcuprune/model/reference.py. As in mcup_nn.h, each kernel has a reference
  * implementation (firmware/kernels/reference/) and an optimized twin with the same name
- * (firmware/kernels/dsp/); mcuprune/sparse.py packs the arrays and picks a format per layer.
+ * (firmware/kernels/dsp/); mcuprune/model/formats.py packs the arrays, costs.py picks a format.
  * The csr8 and csr4 kernels of an op differ only in how they read a delta, so they share their
  * walk: mcup_csr_walk.h (reference) and mcup_csr_walk_dsp.h (DSP), included by those files only.
  *
@@ -59,25 +59,29 @@ typedef struct {
     mcup_quant_params q;
 } mcup_fc_csr_params;
 
-/* 2-D convolution with bitmask weights (cols = k_h * k_w * in_c); shapes as mcup_conv2d_params. */
+/* 2-D convolution with bitmask weights (cols = k_h * k_w * in_c); shapes and geometry as
+ * mcup_conv2d_params (mcup_nn.h). */
 typedef struct {
     int32_t in_h, in_w, in_c;
     int32_t out_h, out_w, out_c;
     int32_t k_h, k_w;
-    int32_t stride;
-    int32_t pad;
+    int32_t stride_h, stride_w;
+    int32_t pad_top, pad_left;
+    int32_t dil_h, dil_w;
     const uint8_t *mask;  /* [out_c][(k_h * k_w * in_c + 7) / 8], MSB first */
     const int8_t *values; /* [nnz], row-major */
     mcup_quant_params q;
 } mcup_conv2d_bitmask_params;
 
-/* 2-D convolution with csr8 or csr4 weights (cols = k_h * k_w * in_c). */
+/* 2-D convolution with csr8 or csr4 weights (cols = k_h * k_w * in_c); shapes and geometry as
+ * mcup_conv2d_params. */
 typedef struct {
     int32_t in_h, in_w, in_c;
     int32_t out_h, out_w, out_c;
     int32_t k_h, k_w;
-    int32_t stride;
-    int32_t pad;
+    int32_t stride_h, stride_w;
+    int32_t pad_top, pad_left;
+    int32_t dil_h, dil_w;
     const int8_t *values;  /* [entries], fillers included */
     const uint8_t *deltas; /* csr8: [entries]; csr4: [(entries + 1) / 2], two per byte */
     const void *row_ptr;   /* [out_c + 1], element type given by row_ptr_bytes */
@@ -166,37 +170,57 @@ static inline int16_t *mcup_sparse_to_s16(const int8_t *src, int32_t n, int32_t 
     return dst;
 }
 
+/* n int16 zeros at dst[0], dst[stride], ...; returns dst + n * stride. */
+static inline int16_t *mcup_sparse_zeros_s16(int16_t *dst, int32_t n, int32_t stride)
+{
+    for (; n > 0; n--, dst += stride) {
+        *dst = 0;
+    }
+    return dst;
+}
+
 /*
- * im2col of one output pixel: the k_h * k_w * in_c patch whose top-left input pixel is (y0, x0)
- * (may lie in the padding), as int16 with input_offset added, in [k_h][k_w][in_c] order, to
- * dst[0], dst[stride], dst[2 * stride], ... Padding taps hold the input zero point, i.e. 0.
- * A kernel row clipped to the image is one contiguous run of input bytes.
+ * im2col of one output pixel: the k_h * k_w * in_c patch whose first tap reads input pixel
+ * (y0, x0) (which may lie in the padding) and whose taps are dil_h rows and dil_w columns apart,
+ * as int16 with input_offset added, in [k_h][k_w][in_c] order, to dst[0], dst[stride],
+ * dst[2 * stride], ... Taps outside the image hold the input zero point, i.e. 0. With dil_w == 1
+ * a kernel row clipped to the image is one contiguous run of input bytes.
  */
 static inline void mcup_sparse_im2col_s16(const int8_t *input, int32_t in_h, int32_t in_w,
                                           int32_t in_c, int32_t k_h, int32_t k_w, int32_t y0,
-                                          int32_t x0, int32_t offset, int16_t *dst,
-                                          int32_t stride)
+                                          int32_t x0, int32_t dil_h, int32_t dil_w,
+                                          int32_t offset, int16_t *dst, int32_t stride)
 {
-    const int32_t left = x0 < 0 ? (-x0 < k_w ? -x0 : k_w) : 0; /* taps left of the image */
-    const int32_t over = x0 + k_w - in_w;                       /* taps right of it */
-    const int32_t right = over > 0 ? (over < k_w - left ? over : k_w - left) : 0;
-    const int32_t inside = (k_w - left - right) * in_c;
-    for (int32_t iy = y0; iy < y0 + k_h; iy++) {
-        if (iy < 0 || iy >= in_h) {
-            for (int32_t i = 0; i < k_w * in_c; i++, dst += stride) {
-                *dst = 0;
+    if (dil_w == 1) {
+        const int32_t left = x0 < 0 ? (-x0 < k_w ? -x0 : k_w) : 0; /* taps left of the image */
+        const int32_t over = x0 + k_w - in_w;                       /* taps right of it */
+        const int32_t right = over > 0 ? (over < k_w - left ? over : k_w - left) : 0;
+        const int32_t inside = (k_w - left - right) * in_c;
+        for (int32_t ky = 0; ky < k_h; ky++) {
+            const int32_t iy = y0 + ky * dil_h;
+            if (iy < 0 || iy >= in_h) {
+                dst = mcup_sparse_zeros_s16(dst, k_w * in_c, stride);
+                continue;
             }
-            continue;
+            dst = mcup_sparse_zeros_s16(dst, left * in_c, stride);
+            if (inside > 0) {
+                dst = mcup_sparse_to_s16(input + (iy * in_w + x0 + left) * in_c, inside, offset,
+                                         dst, stride);
+            }
+            dst = mcup_sparse_zeros_s16(dst, right * in_c, stride);
         }
-        for (int32_t i = 0; i < left * in_c; i++, dst += stride) {
-            *dst = 0;
-        }
-        if (inside > 0) {
-            dst = mcup_sparse_to_s16(input + (iy * in_w + x0 + left) * in_c, inside, offset, dst,
-                                     stride);
-        }
-        for (int32_t i = 0; i < right * in_c; i++, dst += stride) {
-            *dst = 0;
+        return;
+    }
+    for (int32_t ky = 0; ky < k_h; ky++) { /* dilated columns: tap by tap */
+        const int32_t iy = y0 + ky * dil_h;
+        for (int32_t kx = 0; kx < k_w; kx++) {
+            const int32_t ix = x0 + kx * dil_w;
+            if (iy < 0 || iy >= in_h || ix < 0 || ix >= in_w) {
+                dst = mcup_sparse_zeros_s16(dst, in_c, stride);
+            } else {
+                dst = mcup_sparse_to_s16(input + (iy * in_w + ix) * in_c, in_c, offset, dst,
+                                         stride);
+            }
         }
     }
 }

@@ -21,7 +21,7 @@ int32_t mcup_fc_s8_bitmask_get_buffer_size(const mcup_fc_bitmask_params *p)
 /*
  * acc + the products of the set bits of `bits` (bit 31 = x[0]) with the next values. The word
  * is shifted past each bit found, so the loop test is the flags of the last shift:
- * CLZ, ADD x, LDRSH x (post-increment), LDRSB value, LSL, LSLS, MLA, BNE - 8 per non-zero.
+ * CLZ, ADD x, LDRSH x (post-increment), LDRSB value, LSL, LSLS, SMLABB, BNE - 8 per non-zero.
  */
 static inline int32_t masked_dot(uint32_t bits, const int16_t *x, const int8_t **values,
                                  int32_t acc)
@@ -31,7 +31,7 @@ static inline int32_t masked_dot(uint32_t bits, const int16_t *x, const int8_t *
         const uint32_t c = (uint32_t)__builtin_clz(bits); /* columns to the next non-zero */
         x += c;
         bits <<= c;
-        acc += *x++ * *v++;
+        acc = __smlabb(*x++, *v++, acc); /* a multiply-accumulate that wraps like int32 */
         bits <<= 1; /* two shifts: c + 1 may be 32 */
     }
     *values = v;

@@ -26,22 +26,22 @@ void mcup_conv2d_s8_bitmask(const mcup_conv2d_bitmask_params *p, const int8_t *i
     for (int32_t oy = 0; oy < p->out_h; oy++) {
         for (int32_t ox = 0; ox < p->out_w; ox++) {
             mcup_sparse_im2col_s16(input, p->in_h, p->in_w, p->in_c, p->k_h, p->k_w,
-                                   oy * p->stride - p->pad, ox * p->stride - p->pad,
-                                   q->input_offset, patch, 1);
+                                   oy * p->stride_h - p->pad_top, ox * p->stride_w - p->pad_left,
+                                   p->dil_h, p->dil_w, q->input_offset, patch, 1);
             int8_t *out = output + (oy * p->out_w + ox) * p->out_c;
             const uint8_t *mask = p->mask;
             const int8_t *values = p->values; /* consumed in row-major order */
             for (int32_t oc = 0; oc < p->out_c; oc++, mask += row_bytes) {
-                int32_t acc = q->bias != NULL ? q->bias[oc] : 0;
+                uint32_t acc = q->bias != NULL ? (uint32_t)q->bias[oc] : 0; /* wraps like int32 */
                 for (int32_t b = 0; b < row_bytes; b++) {
                     uint32_t bits = mask[b]; /* bit 7 is column 8 * b */
                     while (bits != 0) {
                         const int32_t j = __builtin_clz(bits) - 24; /* leftmost set bit */
                         bits ^= 0x80u >> j;
-                        acc += patch[8 * b + j] * *values++;
+                        acc += (uint32_t)(patch[8 * b + j] * *values++);
                     }
                 }
-                out[oc] = mcup_requantize_s8(acc, q->multiplier[oc], q->shift[oc],
+                out[oc] = mcup_requantize_s8((int32_t)acc, q->multiplier[oc], q->shift[oc],
                                              q->output_offset, q->act_min, q->act_max);
             }
         }

@@ -1,7 +1,7 @@
 /*
  * conv2d_s8_dense.c - reference 2-D convolution int8 kernel (plain C, the readable twin).
- * Parameters and layout: see mcup_conv2d_params in mcup_nn.h (HWC feature maps,
- * weights [out_c][k_h][k_w][in_c]).
+ * Parameters, geometry and layout: see mcup_conv2d_params in mcup_nn.h (HWC feature maps,
+ * weights [out_c][k_h][k_w][in_c], any stride, padding and dilation).
  */
 #include <stddef.h>
 
@@ -19,28 +19,35 @@ void mcup_conv2d_s8_dense(const mcup_conv2d_params *p, const int8_t *input, int8
 {
     (void)scratch;
     const mcup_quant_params *q = &p->q;
+    const int32_t filter_size = p->k_h * p->k_w * p->in_c;
     for (int32_t oy = 0; oy < p->out_h; oy++) {
+        const int32_t y0 = oy * p->stride_h - p->pad_top; /* input row of tap ky = 0 */
         for (int32_t ox = 0; ox < p->out_w; ox++) {
+            const int32_t x0 = ox * p->stride_w - p->pad_left;
             for (int32_t oc = 0; oc < p->out_c; oc++) {
-                const int8_t *filter = p->weights + oc * p->k_h * p->k_w * p->in_c;
-                int32_t acc = q->bias != NULL ? q->bias[oc] : 0;
+                const int8_t *filter = p->weights + oc * filter_size;
+                /* unsigned: the int32 accumulator wraps, as TFLM's, without undefined behaviour */
+                uint32_t acc = q->bias != NULL ? (uint32_t)q->bias[oc] : 0;
                 for (int32_t ky = 0; ky < p->k_h; ky++) {
-                    const int32_t iy = oy * p->stride - p->pad + ky;
+                    const int32_t iy = y0 + ky * p->dil_h;
+                    if (iy < 0 || iy >= p->in_h) {
+                        continue; /* padding holds the input zero point: contributes 0 */
+                    }
                     for (int32_t kx = 0; kx < p->k_w; kx++) {
-                        const int32_t ix = ox * p->stride - p->pad + kx;
-                        if (iy < 0 || iy >= p->in_h || ix < 0 || ix >= p->in_w) {
-                            continue; /* padding holds the input zero point: contributes 0 */
+                        const int32_t ix = x0 + kx * p->dil_w;
+                        if (ix < 0 || ix >= p->in_w) {
+                            continue;
                         }
                         const int8_t *pixel = input + (iy * p->in_w + ix) * p->in_c;
                         const int8_t *taps = filter + (ky * p->k_w + kx) * p->in_c;
                         for (int32_t ic = 0; ic < p->in_c; ic++) {
-                            acc += (pixel[ic] + q->input_offset) * taps[ic];
+                            acc += (uint32_t)((pixel[ic] + q->input_offset) * taps[ic]);
                         }
                     }
                 }
                 output[(oy * p->out_w + ox) * p->out_c + oc] =
-                    mcup_requantize_s8(acc, q->multiplier[oc], q->shift[oc], q->output_offset,
-                                       q->act_min, q->act_max);
+                    mcup_requantize_s8((int32_t)acc, q->multiplier[oc], q->shift[oc],
+                                       q->output_offset, q->act_min, q->act_max);
             }
         }
     }

@@ -22,16 +22,16 @@ void mcup_fc_s8_bitmask(const mcup_fc_bitmask_params *p, const int8_t *input, in
     const uint8_t *mask = p->mask;
     const int8_t *values = p->values; /* consumed in row-major order */
     for (int32_t o = 0; o < p->out_features; o++, mask += row_bytes) {
-        int32_t acc = q->bias != NULL ? q->bias[o] : 0;
+        uint32_t acc = q->bias != NULL ? (uint32_t)q->bias[o] : 0; /* wraps like int32 */
         for (int32_t b = 0; b < row_bytes; b++) {
             uint32_t bits = mask[b]; /* bit 7 is column 8 * b */
             while (bits != 0) {
                 const int32_t j = __builtin_clz(bits) - 24; /* leftmost set bit: next column */
                 bits ^= 0x80u >> j;
-                acc += (input[8 * b + j] + q->input_offset) * *values++;
+                acc += (uint32_t)((input[8 * b + j] + q->input_offset) * *values++);
             }
         }
-        output[o] = mcup_requantize_s8(acc, q->multiplier[o], q->shift[o], q->output_offset,
-                                       q->act_min, q->act_max);
+        output[o] = mcup_requantize_s8((int32_t)acc, q->multiplier[o], q->shift[o],
+                                       q->output_offset, q->act_min, q->act_max);
     }
 }

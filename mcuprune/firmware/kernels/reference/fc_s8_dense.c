@@ -20,11 +20,11 @@ void mcup_fc_s8_dense(const mcup_fc_params *p, const int8_t *input, int8_t *outp
     const mcup_quant_params *q = &p->q;
     for (int32_t o = 0; o < p->out_features; o++) {
         const int8_t *row = p->weights + o * p->in_features;
-        int32_t acc = q->bias != NULL ? q->bias[o] : 0;
+        uint32_t acc = q->bias != NULL ? (uint32_t)q->bias[o] : 0; /* wraps like int32 */
         for (int32_t i = 0; i < p->in_features; i++) {
-            acc += (input[i] + q->input_offset) * row[i];
+            acc += (uint32_t)((input[i] + q->input_offset) * row[i]);
         }
-        output[o] = mcup_requantize_s8(acc, q->multiplier[o], q->shift[o], q->output_offset,
-                                       q->act_min, q->act_max);
+        output[o] = mcup_requantize_s8((int32_t)acc, q->multiplier[o], q->shift[o],
+                                       q->output_offset, q->act_min, q->act_max);
     }
 }
