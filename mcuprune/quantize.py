@@ -56,12 +56,17 @@ def activation_qparams(lo: float, hi: float) -> QParams:
     return QParams(scale=scale, zero_point=zero_point)
 
 
-def quantize_weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-output-channel symmetric int8: returns (int8 weights, float32 scales [C_out])."""
+def quantize_weights(w: np.ndarray, bits: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Per-output-channel symmetric: returns (int8 array of the integer weights, float32 scales [C_out]).
+
+    `bits` 8 gives [-127, 127], 4 gives [-7, 7] (symmetric, so -8 is never used: the zero point is 0)."""
+    if bits not in (4, 8):
+        raise ValueError(f"weights are quantized to 4 or 8 bits, not {bits}")
+    top = (1 << (bits - 1)) - 1
     flat = w.reshape(w.shape[0], -1)
     max_abs = np.abs(flat).max(axis=1)
-    scales = np.where(max_abs > 0, max_abs / 127.0, 1.0).astype(np.float32)
-    q = np.clip(np.round(flat / scales[:, None]), -127, 127).astype(np.int8)
+    scales = np.where(max_abs > 0, max_abs / top, 1.0).astype(np.float32)
+    q = np.clip(np.round(flat / scales[:, None]), -top, top).astype(np.int8)
     return q.reshape(w.shape), scales
 
 
@@ -98,13 +103,13 @@ def quantize_layer(layer: FloatLayer, input_q: QParams, output_q: QParams,
                   depth_multiplier=layer.depth_multiplier)
     if layer.weights is not None:
         w = layer.weights if layer.mask is None else layer.weights * layer.mask
-        q_w, w_scales = quantize_weights(w)
+        q_w, w_scales = quantize_weights(w, layer.weight_bits)
         bias_scales = np.float64(input_q.scale) * w_scales.astype(np.float64)
         bias = np.clip(np.round(layer.bias / bias_scales), -(2**31), 2**31 - 1).astype(np.int32)
         multiplier, shift = int8_params.conv_multipliers(input_q.scale, w_scales, output_q.scale)
         mask = None if layer.mask is None else layer.mask.astype(bool)
         return QuantLayer(weights=q_w, bias=bias, weight_scales=w_scales, multiplier=multiplier, shift=shift,
-                          mask=mask, **common)
+                          mask=mask, weight_bits=layer.weight_bits, **common)
     if layer.op is Op.ADD:
         multipliers, shifts = int8_params.add_multipliers(input_q.scale, other_q.scale, output_q.scale)
         return QuantLayer(other_q=other_q, multiplier=multipliers, shift=shifts, **common)

@@ -189,7 +189,7 @@ def measure(specs: list[Spec], targets: list[str], build_dir: Path) -> tuple[lis
             spec_name, fmt = case.rsplit("_", 1)
             spec, layer, expected = info[spec_name]
             w = layer.weights.reshape(layer.weights.shape[0], -1)
-            features = layer_cost_features(layer, fmt)
+            features = layer_cost_features(layer, fmt, target.variant)
             result = Result(
                 target=name, core=target.core, variant=target.variant, spec=spec_name, op=spec.op.value, fmt=fmt,
                 sparsity=spec.sparsity, instructions=instructions,

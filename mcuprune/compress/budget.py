@@ -87,11 +87,11 @@ def emitted(model: FloatModel, masks: dict[str, np.ndarray] | None = None, varia
             q = mask.astype(np.int8)
         else:  # a layer the plan leaves alone (e.g. depthwise) counts as it is
             mask = None if layer.mask is None else np.asarray(layer.mask, dtype=bool)
-            q, _ = quantize_weights(layer.weights if mask is None else layer.weights * mask)
+            q, _ = quantize_weights(layer.weights if mask is None else layer.weights * mask, layer.weight_bits)
         zeros = np.zeros(q.shape[0], np.int32)
         qlayers.append(QuantLayer(layer.name, layer.op, tuple(layer.in_shape), tuple(layer.out_shape),
                                   QParams(1.0, 0), QParams(1.0, 0), weights=q, bias=zeros, multiplier=zeros,
-                                  shift=zeros, mask=mask))
+                                  shift=zeros, mask=mask, weight_bits=layer.weight_bits))
     formats = choose_formats(qlayers, variant, objective)
     sizes = {q.name: layer_bytes(q, formats[q.name]) for q in qlayers}
     return Emitted(sum(sizes.values()), formats, sizes)

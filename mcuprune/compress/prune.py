@@ -284,7 +284,7 @@ def layer_report(model: FloatModel, chosen: dict[str, Candidate]) -> list[dict]:
         if layer.weights is None:
             continue
         w = layer.weights if layer.mask is None else layer.weights * layer.mask
-        q, _ = quantize_weights(w)
+        q, _ = quantize_weights(w, layer.weight_bits)
         c = chosen.get(layer.name, UNPRUNED)
         rows.append({
             "name": layer.name,

@@ -85,6 +85,7 @@ class FloatLayer:
     depth_multiplier: int = 1  # depthwise: output channels per input channel
     beta: float = 1.0  # softmax
     mask: np.ndarray | None = None  # bool, weights' shape; None means dense (no pruning)
+    weight_bits: int = 8  # weighted ops: 8 or 4, the integer width quantization gives the weights
 
     @property
     def relu(self) -> bool:
@@ -115,6 +116,7 @@ class QuantLayer:
     depth_multiplier: int = 1
     other_q: QParams | None = None  # ADD: the quantization of inputs[1]
     mask: np.ndarray | None = None
+    weight_bits: int = 8  # 8: weights in [-127, 127]; 4: in [-7, 7], stored two per byte (formats.py)
     # multiplier/shift of ops without weights: ADD [input 1, input 2, output] (left shift 20, TFLM's
     # int8 ADD), MEAN [in/out scale], SOFTMAX [input beta multiplier] / [input left shift].
 
