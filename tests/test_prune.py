@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -22,19 +23,14 @@ from mcuprune.compress.budget import (
     plan_bytes,
 )
 from mcuprune.compress.importance import SPARSITY_LEVELS, layer_candidates, layer_front
-from mcuprune.compress.magnitude import (
-    cubic_sparsity,
-    finetune,
-    global_magnitude_masks,
-    sparsity_for_budget,
-)
-from mcuprune.compress.prune import check_arguments, prune_run
-from mcuprune.compress.structured import shrink
+from mcuprune.compress.magnitude import cubic_sparsity, global_magnitude_masks, sparsity_for_budget
+from mcuprune.compress.prune import check_arguments, fp32_params, prune_run
+from mcuprune.compress.structured import channel_groups, remove_channels
 from mcuprune.errors import UserError
+from mcuprune.model.interpreter import run_f32, run_layer_f32, trace_f32
 from mcuprune.model.ir import Op, QParams, QuantLayer
 from mcuprune.quantize import quantize_weights
 from mcuprune.train.datasets import to_float
-from mcuprune.train.layout import ir_masks_to_torch
 
 INPUT = (8, 8, 1)
 SPECS = [
@@ -47,117 +43,97 @@ SPECS = [
 ]
 
 
-def _net(seed: int = 0):
+def _model(seed: int = 0):
+    """A small CNN in the float IR (conv2d0, maxpool2d1, conv2d2, maxpool2d3, dense4, dense5) with
+    positive biases: a removed row whose weights alone were zeroed would still fire through ReLU(b)."""
     import torch
 
-    from mcuprune.train.training import build_torch_model
+    from mcuprune.train.training import build_torch_model, export_float_model
 
     torch.manual_seed(seed)
     net = build_torch_model(SPECS, INPUT)
     with torch.no_grad():
         for m in net:
             if hasattr(m, "bias") and m.bias is not None:
-                m.bias.uniform_(0.05, 0.3)  # positive biases: a zeroed row would still fire through ReLU(b)
-    return net.eval()
+                m.bias.uniform_(0.05, 0.3)
+    return export_float_model(net.eval(), SPECS, INPUT, "t", 3)
 
 
-def _x(n: int = 16, seed: int = 1):
-    import torch
-
-    return torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
+def _x(n: int = 16, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, *INPUT)).astype(np.float32)
 
 
-def _modules(net) -> list:
-    import torch
+def _group(model, first: str) -> int:
+    return next(i for i, g in enumerate(channel_groups(model)) if g.tensors[0] == first)
 
-    return [m for m in net if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+
+def _zero_rows(model, name: str, rows: list[int], bias: bool = True):
+    layers = []
+    for layer in model.layers:
+        if layer.name == name:
+            w, b = layer.weights.copy(), layer.bias.copy()
+            w[rows] = 0.0
+            if bias:
+                b[rows] = 0.0
+            layer = replace(layer, weights=w, bias=b)
+        layers.append(layer)
+    return replace(model, layers=tuple(layers))
 
 
 # --- structured removal ---------------------------------------------------------------------
 
 
-def test_shrink_really_shrinks_specs_and_torch_shapes() -> None:
-    net = _net()
-    masks = [np.ones(tuple(m.weight.shape), dtype=bool) for m in _modules(net)]
-    new, specs, new_masks = shrink(net, SPECS, INPUT, {0: np.array([1]), 2: np.array([0, 5]), 4: np.array([2, 3])},
-                                   masks)
-    assert [s.get("out") for s in specs] == [3, None, 4, None, 6, 3]
-    shapes = [tuple(m.weight.shape) for m in _modules(new)]
-    assert shapes == [(3, 1, 3, 3), (4, 3, 3, 3), (6, 4 * 2 * 2), (3, 6)]
-    assert [tuple(m.shape) for m in new_masks] == shapes
-    assert sum(p.numel() for p in new.parameters()) < sum(p.numel() for p in net.parameters())
-    assert SPECS[0]["out"] == 4  # the input specs are not modified
+def test_removing_channels_really_shrinks_every_layer_they_touch() -> None:
+    model = _model()
+    small = remove_channels(model, {_group(model, "conv2d0"): [1], _group(model, "conv2d2"): [0, 5],
+                                    _group(model, "dense4"): [2, 3]})
+    shapes = [layer.weights.shape for layer in small.layers if layer.weights is not None]
+    assert shapes == [(3, 3, 3, 1), (4, 3, 3, 3), (6, 2 * 2 * 4), (3, 6)]
+    assert [layer.out_shape for layer in small.layers] == [(8, 8, 3), (4, 4, 3), (4, 4, 4), (2, 2, 4), (6,), (3,)]
+    assert fp32_params(small) < fp32_params(model)
 
 
-@pytest.mark.parametrize(("producer", "features"), [(0, [1, 2]), (2, [0, 5]), (4, [2, 3, 7])])
-def test_shrunken_net_equals_original_with_producer_rows_and_bias_zeroed(producer, features) -> None:
-    """Exact statement 1 (structured.py): no folding -> same as zeroing weights AND bias of the features."""
-    import torch
-
-    net = _net()
-    small, _, _ = shrink(net, SPECS, INPUT, {producer: np.array(features)})
-    module = _modules(net)[[0, 2, 4, 5].index(producer)]
-    with torch.no_grad():
-        module.weight[features] = 0.0
-        module.bias[features] = 0.0
-        x = _x()
-        torch.testing.assert_close(small(x), net(x), rtol=1e-5, atol=1e-6)
+@pytest.mark.parametrize(("first", "channels"), [("conv2d0", [1, 2]), ("conv2d2", [0, 5]), ("dense4", [2, 3, 7])])
+def test_removed_channels_equal_their_rows_and_bias_zeroed(first, channels) -> None:
+    """Exact statement 1 (structured.py): removing == zeroing the writers' weights AND bias."""
+    model = _model()
+    small = remove_channels(model, {_group(model, first): channels})
+    np.testing.assert_allclose(run_f32(small, _x()), run_f32(_zero_rows(model, first, channels), _x()),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_zeroing_only_the_weights_is_not_equivalent() -> None:
-    """With a positive bias the 'removed' neuron still outputs ReLU(b) > 0, which the consumer reads."""
-    import torch
-
-    net = _net()
-    small, _, _ = shrink(net, SPECS, INPUT, {4: np.array([2, 3])})
-    with torch.no_grad():
-        _modules(net)[2].weight[[2, 3]] = 0.0
-        x = _x()
-        assert not torch.allclose(small(x), net(x), atol=1e-4)
+    """With a positive bias the 'removed' neuron still outputs ReLU(b) > 0, which its reader reads."""
+    model = _model()
+    small = remove_channels(model, {_group(model, "dense4"): [2, 3]})
+    assert not np.allclose(run_f32(small, _x()), run_f32(_zero_rows(model, "dense4", [2, 3], bias=False), _x()),
+                           atol=1e-4)
 
 
-@pytest.mark.parametrize(("producer", "features"), [(2, [1, 4]), (4, [0, 6])])
-def test_folded_means_equal_replacing_the_consumer_inputs_by_their_means(producer, features) -> None:
-    """Exact statement 2: dense consumer with folding == original with the removed input columns set to
-    the given means (torch C,H,W column order)."""
-    import torch
-
-    net = _net()
-    consumer_index = {2: 7, 4: 9}[producer]  # position of the consumer nn.Linear in the Sequential
-    consumer_spec = {2: 4, 4: 5}[producer]
-    fan_in = net[consumer_index].in_features
+@pytest.mark.parametrize(("first", "channels", "reader"), [("conv2d2", [1, 4], "dense4"), ("dense4", [0, 6], "dense5")])
+def test_folded_means_equal_replacing_the_reader_inputs_by_their_means(first, channels, reader) -> None:
+    """Exact statement 2: a dense reader with folding == the original with its lost input columns set
+    to the given means (H, W, C column order)."""
+    model = _model()
+    index = next(i for i, layer in enumerate(model.layers) if layer.name == reader)
+    fan_in = model.layers[index].weights.shape[1]
     means = np.random.default_rng(0).random(fan_in).astype(np.float32)
-    small, _, _ = shrink(net, SPECS, INPUT, {producer: np.array(features)}, fold_means={consumer_spec: means})
-    hw = 4 if producer == 2 else 1  # a 2x2 map after the second pooling
-    cols = np.concatenate([np.arange(f * hw, (f + 1) * hw) for f in features])
-    with torch.no_grad():
-        x = _x()
-        h = net[:consumer_index](x).clone()
-        h[:, cols] = torch.from_numpy(means[cols])
-        torch.testing.assert_close(small(x), net[consumer_index:](h), rtol=1e-5, atol=1e-5)
+    small = remove_channels(model, {_group(model, first): channels}, {reader: means})
+    tensors = trace_f32(model, _x())
+    h = tensors[model.layers[index].inputs[0]].reshape(len(_x()), -1).copy()
+    lost = np.isin(np.arange(fan_in) % model.layers[index - 1].out_shape[-1], channels)
+    h[:, lost] = means[lost]
+    for layer in model.layers[index:]:
+        h = run_layer_f32(layer, h)
+    np.testing.assert_allclose(run_f32(small, _x()), h, rtol=1e-5, atol=1e-5)
 
 
-def test_removing_every_output_or_the_logits_is_refused() -> None:
+def test_removing_every_channel_or_the_logits_is_refused() -> None:
+    model = _model()
     with pytest.raises(ValueError, match="cut the network"):
-        shrink(_net(), SPECS, INPUT, {0: np.arange(4)})
-    with pytest.raises(ValueError, match="no consumer"):
-        shrink(_net(), SPECS, INPUT, {5: np.array([0])})
-
-
-# --- mask layout ----------------------------------------------------------------------------
-
-
-def test_ir_masks_convert_back_to_the_torch_layout() -> None:
-    from mcuprune.train.training import export_float_model
-
-    net = _net()
-    rng = np.random.default_rng(0)
-    torch_masks = [rng.random(tuple(m.weight.shape)) > 0.5 for m in _modules(net)]
-    model = export_float_model(net, SPECS, INPUT, "t", 3, torch_masks)
-    ir = {layer.name: layer.mask for layer in model.layers if layer.mask is not None}
-    back = ir_masks_to_torch(model, ir)
-    for a, b in zip(back, torch_masks, strict=True):
-        np.testing.assert_array_equal(a, b)
+        remove_channels(model, {_group(model, "conv2d0"): np.arange(4)})
+    with pytest.raises(ValueError, match="cannot lose channels"):
+        remove_channels(model, {_group(model, "dense5"): [0]})
 
 
 # --- byte accounting ------------------------------------------------------------------------
@@ -329,23 +305,6 @@ def test_global_magnitude_meets_the_budget_with_the_least_sparsity(digits_captur
         sparsity_for_budget(model, 100)
 
 
-def test_finetune_loop_is_train_fit_for_fixed_masks(digits_run) -> None:
-    """The gradual baseline's loop must train exactly like train.fit (fair comparison)."""
-    import torch
-
-    from mcuprune.train.training import fit, load_torch_model
-
-    run_dir, ds = digits_run
-    a, _, _ = load_torch_model(run_dir)
-    b, _, _ = load_torch_model(run_dir)
-    rng = np.random.default_rng(0)
-    masks = [rng.random(tuple(m.weight.shape)) > 0.6 for m in _modules(a)]
-    fit(a, ds.x_train, ds.y_train, epochs=1, seed=3, masks=masks)
-    finetune(b, ds.x_train, ds.y_train, epochs=1, seed=3, masks=masks)
-    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
-        assert torch.equal(pa, pb)
-
-
 # --- arguments and errors -------------------------------------------------------------------
 
 
@@ -391,7 +350,7 @@ def _int8_acc(run_dir, ds) -> float:
 
 def test_digits_qsae_prune_end_to_end(digits_run, tmp_path) -> None:
     from mcuprune.target.compile import quantize_run
-    from mcuprune.train.training import load_torch_model
+    from mcuprune.train.training import load_run_model
 
     run_dir, ds = digits_run
     budget = 6000  # fp32 is 54,824 B, dense int8 about 15 KB
@@ -400,14 +359,13 @@ def test_digits_qsae_prune_end_to_end(digits_run, tmp_path) -> None:
     assert meta["pruning"]["model_bytes"] == report["model_bytes"] <= budget
     assert report["model_bytes"] == sum(layer["bytes"] for layer in report["layers"])
     assert report["ratio_vs_fp32"] == pytest.approx(report["fp32_bytes"] / report["model_bytes"], rel=1e-3)
-    assert report["fp32_bytes"] == 4 * 13706
-    assert {"name", "sparsity", "format", "bytes", "tau", "kl"} <= set(report["layers"][0])
-    net, meta, masks = load_torch_model(tmp_path / "p")  # the pruned run loads with its masks
-    assert len(masks) == 4 and all(m is not None for m in masks)
+    assert report["fp32_bytes"] == 4 * 13706 == 4 * meta["fp32_params"]  # the model the user started from
+    assert {"name", "sparsity", "format", "bytes", "tau", "kl", "weight_bits"} <= set(report["layers"][0])
+    pruned, _ = load_run_model(tmp_path / "p")  # the pruned run loads with its masks
+    assert all(layer.mask is not None for layer in pruned.layers if layer.weights is not None)
     removed = sum(len(s["removed"]) for s in report["structured"])
-    assert sum(p.numel() for p in net.parameters()) == meta["param_count"]
-    if removed:
-        assert meta["specs"] != json.loads((run_dir / "run.json").read_text())["specs"]
+    original, _ = load_run_model(run_dir)
+    assert (fp32_params(pruned) < fp32_params(original)) == (removed > 0)
     qmodel = quantize_run(tmp_path / "p")  # what `mcuprune compile` does with it
     from mcuprune.model.formats import layer_bytes
 

@@ -12,15 +12,16 @@ import pytest
 @pytest.fixture(scope="module")
 def shrunken(digits_run, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(original run, run with 3 channels of conv2d2 and 20 neurons of dense4 removed)."""
-    from mcuprune.compress.structured import shrink
-    from mcuprune.train.training import load_torch_model, save_run
+    from mcuprune.compress.structured import channel_groups, remove_channels
+    from mcuprune.train.runs import write_imported_run
+    from mcuprune.train.training import load_run_model
 
     run_dir, _ = digits_run
-    net, meta, _ = load_torch_model(run_dir)
-    remove = {2: np.array([0, 7, 9]), 4: np.arange(20)}  # spec index -> removed output features
-    new_net, specs, _ = shrink(net, meta["specs"], tuple(meta["input_shape"]), remove)
-    out = tmp_path_factory.mktemp("shrunken-run")
-    save_run(out, new_net, dict(meta, specs=specs, param_count=sum(p.numel() for p in new_net.parameters())))
+    model, meta = load_run_model(run_dir)
+    group = {g.tensors[0]: i for i, g in enumerate(channel_groups(model))}
+    small = remove_channels(model, {group["conv2d2"]: np.array([0, 7, 9]), group["dense4"]: np.arange(20)})
+    out = tmp_path_factory.mktemp("shrunken") / "run"
+    write_imported_run(out, small, {"dataset": meta["dataset"]})
     return run_dir, out
 
 

@@ -24,7 +24,7 @@ removed entry). So a plan within budget stays within budget after fine-tuning.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -38,26 +38,27 @@ from mcuprune.quantize import quantize_weights
 QUANT_BYTES_PER_CHANNEL = 12  # int32 bias + int32 multiplier + int32 shift
 
 
-def _format_sizes(weights_int8_masked: np.ndarray) -> dict[str, int]:
-    """Bytes of the packed weight arrays per format (formats.py)."""
-    return {fmt: format_bytes(weights_int8_masked, fmt) for fmt in FORMATS}
+def _format_sizes(weights_masked: np.ndarray, bits: int = 8) -> dict[str, int]:
+    """Bytes of the packed weight arrays per format (formats.py) for `bits`-wide weights."""
+    return {fmt: format_bytes(weights_masked, fmt, bits) for fmt in FORMATS}
 
 
-def best_format(weights_int8_masked: np.ndarray) -> str:
-    """The smallest format for int8 weights whose pruned entries are 0 (dense wins ties)."""
-    sizes = _format_sizes(weights_int8_masked)
+def best_format(weights_masked: np.ndarray, bits: int = 8) -> str:
+    """The smallest format for integer weights whose pruned entries are 0 (dense wins ties)."""
+    sizes = _format_sizes(weights_masked, bits)
     return min(sizes, key=lambda fmt: (sizes[fmt], fmt != "dense"))
 
 
-def packed_layer_bytes(weights_int8_masked: np.ndarray, out_channels: int) -> int:
+def packed_layer_bytes(weights_masked: np.ndarray, out_channels: int, bits: int = 8) -> int:
     """Every parameter byte of one layer: packed weights (smallest format) + bias/multiplier/shift."""
-    return min(_format_sizes(weights_int8_masked).values()) + QUANT_BYTES_PER_CHANNEL * int(out_channels)
+    return min(_format_sizes(weights_masked, bits).values()) + QUANT_BYTES_PER_CHANNEL * int(out_channels)
 
 
-def mask_bytes(mask: np.ndarray) -> int:
-    """Upper bound of a layer's bytes under `mask` (IR layout, rows = output channels)."""
+def mask_bytes(mask: np.ndarray, bits: int = 8) -> int:
+    """Upper bound of a layer's bytes under `mask` (IR layout, rows = output channels) with
+    `bits`-wide weights."""
     m = np.asarray(mask, dtype=bool)
-    return packed_layer_bytes(m.astype(np.int8), m.shape[0])
+    return packed_layer_bytes(m.astype(np.int8), m.shape[0], bits)
 
 
 @dataclass(frozen=True)
@@ -70,18 +71,20 @@ class Emitted:
 
 
 def emitted(model: FloatModel, masks: dict[str, np.ndarray] | None = None, variant: str = "dsp",
-            objective: str = "smallest") -> Emitted:
+            objective: str = "smallest", bits: dict[str, int] | None = None) -> Emitted:
     """Parameter bytes and formats the code generator picks (costs.choose_formats) for the model.
 
     The generator also weighs each sparse kernel's code (linked once per firmware), so it may keep a
     layer in a format a few bytes larger than the layer's smallest. With `masks` (IR layout, by
     layer name) every kept weight counts as non-zero: the planning count. Without (and for layers
     the masks leave out), the model's own masked weights are quantized as quantize.py does: the
-    final count."""
+    final count. `bits` overrides layers' weight widths (a plan's choice)."""
     qlayers = []
     for layer in model.layers:
         if layer.weights is None:
             continue
+        if bits is not None and layer.name in bits:
+            layer = replace(layer, weight_bits=bits[layer.name])
         if masks is not None and layer.name in masks:
             mask = np.asarray(masks[layer.name], dtype=bool)
             q = mask.astype(np.int8)
@@ -97,9 +100,10 @@ def emitted(model: FloatModel, masks: dict[str, np.ndarray] | None = None, varia
     return Emitted(sum(sizes.values()), formats, sizes)
 
 
-def plan_bytes(model: FloatModel, masks: dict[str, np.ndarray]) -> int:
-    """Model flash of a pruning plan (masks by layer name), as emitted with every kept weight non-zero."""
-    return emitted(model, masks).bytes
+def plan_bytes(model: FloatModel, masks: dict[str, np.ndarray], bits: dict[str, int] | None = None) -> int:
+    """Model flash of a pruning plan (masks and weight widths by layer name), as emitted with every
+    kept weight non-zero."""
+    return emitted(model, masks, bits=bits).bytes
 
 
 @dataclass(frozen=True)
@@ -108,31 +112,33 @@ class Candidate:
     sparsity: float  # fraction of the layer's weights pruned
     bytes: int  # upper bound of the layer's emitted bytes (mask_bytes)
     kl: float  # KL(P_before || P_after) of the layer's outputs (kl.output_kl)
+    bits: int = 8  # weight width: 8, or 4
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def pareto(candidates: Sequence[Candidate]) -> list[Candidate]:
-    """The candidates no other one beats on both bytes and KL, sorted by τ.
+    """The candidates no other one beats on both bytes and KL, from the most bytes to the fewest.
 
-    Along the result, τ and sparsity increase, bytes decrease and KL does not decrease."""
+    Along the result bytes decrease and KL increases; among candidates of one weight width, τ and
+    sparsity increase with it."""
     best: list[Candidate] = []
     for c in sorted(candidates, key=lambda c: (c.bytes, c.kl, -c.tau)):
         if not best or c.kl < best[-1].kl:
             best.append(c)
-    return sorted(best, key=lambda c: c.tau)
+    return best[::-1]
 
 
 def choose_by_kl(candidates: dict[str, Sequence[Candidate]], eps: float) -> dict[str, Candidate]:
-    """Per layer, the largest-τ candidate with KL ≤ eps (the τ = 0 candidate has KL 0)."""
+    """Per layer, the smallest candidate with KL ≤ eps (the unpruned int8 candidate has KL 0)."""
     check_kl_budget(eps)
     chosen = {}
     for name, cands in candidates.items():
         ok = [c for c in cands if c.kl <= eps]
         if not ok:
             raise ValueError(f"layer {name}: no candidate has KL <= {eps} (the unpruned one should)")
-        chosen[name] = max(ok, key=lambda c: c.tau)
+        chosen[name] = min(ok, key=lambda c: (c.bytes, -c.tau))
     return chosen
 
 

@@ -21,6 +21,7 @@ from mcuprune.compress.activations import LayerCapture, apply_rows
 from mcuprune.compress.budget import Candidate, mask_bytes, pareto
 from mcuprune.compress.kl import DEFAULT_BINS, output_kl
 from mcuprune.model.ir import FloatLayer
+from mcuprune.quantize import quantize_weights
 
 # Pruned fraction of a layer's weights per τ candidate: coarse where layers are rarely cut, fine where
 # the budget usually lands.
@@ -44,25 +45,36 @@ def tau_for_sparsity(imp: np.ndarray, sparsity: float) -> float:
 
 
 def layer_candidates(layer: FloatLayer, capture: LayerCapture, levels: tuple[float, ...] = SPARSITY_LEVELS,
-                     bins: int = DEFAULT_BINS) -> list[Candidate]:
-    """Every τ candidate of the layer, measured (not Pareto-filtered), sorted by τ."""
+                     bins: int = DEFAULT_BINS, widths: tuple[int, ...] = (8,)) -> list[Candidate]:
+    """Every (τ, weight width) candidate of the layer, measured (not Pareto-filtered), sorted by
+    width (widest first), then τ.
+
+    An int8 candidate's KL is that of pruning alone (int8 rounding moves outputs by less than the
+    histograms resolve); a narrower one's KL is that of its weights pruned *and* rounded to the
+    width (quantize.quantize_weights), since at 4 bits the rounding is what changes the outputs."""
     imp = importance(layer, capture)
     w = layer.weights if layer.mask is None else layer.weights * layer.mask
     w2 = w.reshape(w.shape[0], -1)
     taus = sorted({tau_for_sparsity(imp, s) for s in levels})
     cands = []
-    for tau in taus:
-        mask = imp > tau
-        after = apply_rows(capture.inputs, w2 * mask.reshape(w2.shape), layer.bias, layer.clamp)
-        kl = 0.0 if mask.all() else output_kl(capture.outputs, after, bins, zero_spike=layer.relu)
-        cands.append(Candidate(tau=tau, sparsity=float(1.0 - mask.mean()), bytes=mask_bytes(mask), kl=kl))
+    for bits in sorted(widths, reverse=True):
+        for tau in taus:
+            mask = imp > tau
+            pruned = w2 * mask.reshape(w2.shape)
+            if bits < 8:
+                q, scales = quantize_weights(pruned, bits)
+                pruned = q.astype(np.float32) * scales[:, None]
+            after = apply_rows(capture.inputs, pruned, layer.bias, layer.clamp)
+            kl = 0.0 if mask.all() and bits == 8 else output_kl(capture.outputs, after, bins, zero_spike=layer.relu)
+            cands.append(Candidate(tau=tau, sparsity=float(1.0 - mask.mean()), bytes=mask_bytes(mask, bits), kl=kl,
+                                   bits=bits))
     return cands
 
 
 def layer_front(layer: FloatLayer, capture: LayerCapture, levels: tuple[float, ...] = SPARSITY_LEVELS,
-                bins: int = DEFAULT_BINS) -> list[Candidate]:
-    """The Pareto-optimal candidates (sorted by τ: sparsity and KL up, bytes down)."""
-    return pareto(layer_candidates(layer, capture, levels, bins))
+                bins: int = DEFAULT_BINS, widths: tuple[int, ...] = (8,)) -> list[Candidate]:
+    """The Pareto-optimal candidates (bytes down, KL up; budget.pareto)."""
+    return pareto(layer_candidates(layer, capture, levels, bins, widths))
 
 
 def mask_for(layer: FloatLayer, capture: LayerCapture, tau: float) -> np.ndarray:

@@ -6,7 +6,7 @@ the same optimiser, learning rate, batch size, data order and seed:
 
 * one-shot: the global |w| threshold that meets the flash budget, then train.fit with the masks
   fixed;
-* gradual: ``finetune`` (train.fit's loop, plus a hook) re-prunes every ``interval`` steps to
+* gradual: the same fine-tune (train.fit) re-prunes after every ``interval`` steps to
   s_t = s_f + (s_i − s_f)(1 − t/T)³, T = ``end_fraction`` of the fine-tune steps (the remaining
   steps recover with the final mask fixed, as in Zhu & Gupta). At the last pruning step the
   sparsity is not s_f (estimated from the starting weights) but the smallest global sparsity
@@ -18,12 +18,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-import torch
 
 from mcuprune.compress.budget import plan_bytes
 from mcuprune.errors import UserError
 from mcuprune.model.ir import FloatModel
-from mcuprune.train.training import _to_nchw, _weight_modules
 
 MAX_SPARSITY = 0.995
 DEFAULT_INTERVAL = 50
@@ -78,70 +76,23 @@ def cubic_sparsity(step: int, end_step: int, s_initial: float, s_final: float) -
     return s_final + (s_initial - s_final) * (1.0 - step / end_step) ** 3
 
 
-def finetune(net, x_uint8: np.ndarray, y: np.ndarray, epochs: int, seed: int, lr: float = 1e-3, batch: int = 128,
-             masks: list | None = None, on_step: Callable[[int, int], list | None] | None = None) -> list | None:
-    """train.fit's loop (same seeding, optimiser, order, mask application) with a mask hook.
+def gradual_schedule(budget: int, s_final: float, end_fraction: float = DEFAULT_END_FRACTION,
+                     interval: int = DEFAULT_INTERVAL) -> Callable[[int, int, Callable[[], FloatModel]], dict | None]:
+    """Gradual magnitude pruning as a function masks_at(step, total_steps, current) called after
+    each fine-tuning step: every `interval` steps until the end step it returns the global magnitude
+    masks (IR layout, by layer name) of the model `current()` returns, at the cubic schedule's
+    sparsity, and at the end step those that meet `budget` for the weights as they are then;
+    None at the other steps."""
 
-    on_step(step, total_steps), called before each step, may return new masks (torch layout, one
-    per weight module) that replace the current ones. Returns the final masks."""
-
-
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    x_all = _to_nchw(x_uint8)
-    y_all = torch.from_numpy(y.astype(np.int64))
-    modules = _weight_modules(net)
-    current = list(masks) if masks else [None] * len(modules)
-    tensors = [None if m is None else torch.from_numpy(np.asarray(m, dtype=bool)) for m in current]
-    steps_per_epoch = (len(x_all) + batch - 1) // batch
-    total = epochs * steps_per_epoch
-    step = 0
-    for _ in range(epochs):
-        net.train()
-        order = torch.from_numpy(rng.permutation(len(x_all)))
-        for start in range(0, len(order), batch):
-            if on_step is not None:
-                new = on_step(step, total)
-                if new is not None:
-                    current = list(new)
-                    tensors = [None if m is None else torch.from_numpy(np.asarray(m, dtype=bool)) for m in current]
-                    _apply(modules, tensors)
-            idx = order[start : start + batch]
-            opt.zero_grad()
-            loss = loss_fn(net(x_all[idx]), y_all[idx])
-            loss.backward()
-            opt.step()
-            _apply(modules, tensors)
-            step += 1
-    return current
-
-
-def _apply(modules: list, tensors: list) -> None:
-    with torch.no_grad():
-        for module, mask in zip(modules, tensors, strict=False):
-            if mask is not None:
-                module.weight.mul_(mask.reshape(module.weight.shape).to(module.weight.dtype))
-
-
-def gradual_schedule(export: Callable[[], FloatModel], to_torch: Callable[[FloatModel, dict], list], budget: int,
-                     s_final: float, end_fraction: float = DEFAULT_END_FRACTION,
-                     interval: int = DEFAULT_INTERVAL) -> Callable[[int, int], list | None]:
-    """The on_step hook of gradual magnitude pruning.
-
-    export() -> the network's current FloatModel (IR layout, current masks applied);
-    to_torch(model, masks by name) -> torch-layout masks."""
-
-    def on_step(step: int, total: int) -> list | None:
+    def masks_at(step: int, total: int, current: Callable[[], FloatModel]) -> dict[str, np.ndarray] | None:
         end = max(1, int(round(end_fraction * total)))
         if step > end or step % interval and step != end:
             return None
-        model = export()
+        model = current()
         if step == end:
             sparsity = sparsity_for_budget(model, budget)
         else:
             sparsity = cubic_sparsity(step, end, 0.0, s_final)
-        return to_torch(model, global_magnitude_masks(model, sparsity))
+        return global_magnitude_masks(model, sparsity)
 
-    return on_step
+    return masks_at

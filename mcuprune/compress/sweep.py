@@ -25,9 +25,8 @@ from pathlib import Path
 
 from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
 
-from mcuprune.compress.prune import DEFAULT_FINETUNE_EPOCHS, METHODS, prune_run
+from mcuprune.compress.prune import DEFAULT_FINETUNE_EPOCHS, METHODS, original_fp32_bytes, prune_run
 from mcuprune.errors import UserError
-from mcuprune.train.runs import read_run_meta
 
 COLUMNS = (
     ("method", "method"), ("budget", "budget B"), ("model_flash_bytes", "ELF model B"),
@@ -51,7 +50,7 @@ def sweep_run(run_dir: Path, budgets: Sequence[int], methods: Sequence[str], out
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    fp32_bytes = 4 * int(read_run_meta(run_dir)["param_count"])
+    fp32_bytes = original_fp32_bytes(run_dir)
     base = measure(run_dir, out_dir / "unpruned" / "fw")
     rows = [dict(method="unpruned", budget=None, planned_bytes=None, prune_seconds=0.0, **base)]
     for budget in sorted(budgets, reverse=True):

@@ -60,7 +60,7 @@ from mcuprune.codegen.emit import architecture_hash
 from mcuprune.compress.activations import capture_activations, layer_rows, weight_matrix
 from mcuprune.compress.budget import QUANT_BYTES_PER_CHANNEL, choose_by_bytes, pareto
 from mcuprune.compress.importance import SPARSITY_LEVELS, layer_candidates, mask_for
-from mcuprune.compress.structured import consumer_of, hwc_to_chw_columns, shrink
+from mcuprune.compress.prune import replay_removals
 from mcuprune.controller import ADAPT_STEPS
 from mcuprune.controller.detectors import DriftDetector
 from mcuprune.controller.drift_offline import DetectorSpec, build_detector
@@ -73,7 +73,7 @@ from mcuprune.model.ops import FORMATS
 from mcuprune.quantize import activation_qparams, calibration_ranges, input_floats, quantize_model
 from mcuprune.train.datasets import load_dataset
 from mcuprune.train.runs import read_run_meta
-from mcuprune.train.training import export_float_model, load_float_model, load_torch_model
+from mcuprune.train.training import load_run_model
 
 STEPS = ADAPT_STEPS
 DEFAULT_STEPS = ("input", "calibrate", "monitor")  # reprune: see the module docstring
@@ -245,39 +245,31 @@ def dequantize_model(model: QuantModel) -> FloatModel:
 def parent_source(run_dir: Path, captured_uint8: np.ndarray, input_q: QParams, seed: int = 0) -> tuple[FloatModel, str]:
     """The run's dense parent in the run's own shapes: (FloatModel, where it came from).
 
-    A pruned run records its parent (``pruned_from``) and the features its structured step removed;
-    the same features are removed from the parent, with the removed columns of dense consumers
-    folded into their biases at their mean on the captured data (as prune.py does on calibration
-    data). A run that was not pruned is its own source."""
+    A pruned run records its parent (``pruned_from``) and the channels its structured step removed;
+    the same channels are removed from the parent, with the lost columns of dense readers folded
+    into their biases at their means on the captured data (as prune.py does on calibration data).
+    A run that was not pruned is its own source."""
     run_dir = Path(run_dir)
     meta = read_run_meta(run_dir)
     parent = meta.get("pruned_from")
     if not parent:
-        model, _ = load_float_model(run_dir)
-        return model, str(run_dir)
+        return _float_model(run_dir), str(run_dir)
     parent = Path(parent)
     if not (parent / "run.json").exists():
         raise UserError(f"{run_dir} was pruned from {parent}, which is gone: re-pruning needs the dense parent run")
-    net, pmeta, masks = load_torch_model(parent)
-    specs = [dict(s) for s in pmeta["specs"]]
-    shape = tuple(pmeta["input_shape"])
-    full = export_float_model(net, specs, shape, pmeta["name"], pmeta["num_classes"], masks)
-    index = {layer.name: i for i, layer in enumerate(full.layers)}
-    remove = {index[s["layer"]]: np.asarray(s["removed"], dtype=np.int64)
-              for s in meta.get("pruning", {}).get("structured", []) if s["removed"]}
-    fold: dict[int, np.ndarray] = {}
-    if remove:
-        caps = capture_activations(full, input_floats(captured_uint8, input_q), seed=seed)
-        for producer in remove:
-            consumer = consumer_of(specs, producer)
-            if consumer is not None and full.layers[consumer].op is Op.DENSE:
-                means = caps[full.layers[consumer].name].input_means
-                prev = full.layers[consumer - 1].out_shape
-                fold[consumer] = hwc_to_chw_columns(means, prev) if len(prev) == 3 else means
-        net, specs, masks = shrink(net, specs, shape, remove, masks, fold)
-    if [(s["op"], s.get("out")) for s in specs] != [(s["op"], s.get("out")) for s in meta["specs"]]:
+    full = replay_removals(_float_model(parent), meta.get("pruning", {}).get("structured", []),
+                           input_floats(captured_uint8, input_q), seed=seed)
+    pruned = _float_model(run_dir)
+    if [tuple(layer.out_shape) for layer in full.layers] != [tuple(layer.out_shape) for layer in pruned.layers]:
         raise UserError(f"the parent {parent} shrunk by the recorded removals does not give the shapes of {run_dir}")
-    return export_float_model(net, specs, shape, meta["name"], meta["num_classes"], masks), str(parent)
+    return replace(full, name=pruned.name), str(parent)
+
+
+def _float_model(run_dir: Path) -> FloatModel:
+    model, _ = load_run_model(run_dir)
+    if not isinstance(model, FloatModel):
+        raise UserError(f"{run_dir} holds an int8 model taken from a .tflite: adaptation re-prunes float models")
+    return model
 
 
 def _row_ptr_dtype(weights_int8: np.ndarray, fmt: str) -> str | None:

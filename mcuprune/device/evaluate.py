@@ -166,7 +166,7 @@ class CompileAndEvaluate:
     measurement compress.sweep takes for each pruned run."""
 
     board: str = "mps2-an386"
-    objective: str = "smallest"
+    objective: str = "auto"  # what `mcuprune compile` emits by default
     limit: int | None = None
 
     def __call__(self, run_dir: Path, fw_dir: Path) -> dict:

@@ -25,6 +25,7 @@ from mcuprune.codegen import emit as codegen
 from mcuprune.codegen.blob import parse_header
 from mcuprune.codegen.tvm_backend import tvm_kernel_sources
 from mcuprune.errors import UserError
+from mcuprune.model.costs import OBJECTIVES
 from mcuprune.model.ir import QuantModel, load_quant_model, save_quant_model
 from mcuprune.quantize import calibration_subset, quantize_image_model, quantize_model
 from mcuprune.target import build
@@ -36,6 +37,7 @@ from mcuprune.train.training import load_run_model
 KERNEL_CHOICES = ("auto", "reference", "dsp", "tvm")
 FIRMWARE_FORMAT_VERSION = 1
 PARAMS_CHOICES = codegen.PARAMS_MODES
+OBJECTIVE_CHOICES = ("auto", *OBJECTIVES)
 MONITOR_DIR = "monitor"  # blob firmware: the monitor QSAE's QuantModel, inside the firmware directory
 BLOB_FILE = "blob.bin"  # blob firmware: the factory blob
 
@@ -62,13 +64,15 @@ def _quantize_run(run_dir: Path, calibration: Path | None = None) -> tuple[Quant
     model, meta = load_run_model(run_dir)
     run_meta = {"run_dir": str(Path(run_dir).resolve()), "run_kind": meta["kind"],
                 **{k: meta[k] for k in ("dataset", "arch", "float_test_accuracy", "source") if k in meta}}
+    if "pruning" in meta and meta["pruning"].get("flash_budget") is not None:
+        run_meta["flash_budget"] = int(meta["pruning"]["flash_budget"])
     if isinstance(model, QuantModel):
         if calibration is not None:
             raise UserError(f"{run_dir} holds an int8 model taken as is from a .tflite: --calibration applies to "
                             "float runs only")
         return replace(model, meta={**model.meta, **run_meta}), None
-    run_meta["fp32_params"] = sum(int(layer.weights.size + layer.bias.size) for layer in model.layers
-                                  if layer.weights is not None)
+    run_meta["fp32_params"] = int(meta.get("fp32_params") or sum(  # the model the user started from
+        int(layer.weights.size + layer.bias.size) for layer in model.layers if layer.weights is not None))
     if calibration is not None:
         x = load_inputs_npz(calibration, model.input_shape)
         if not np.issubdtype(x.dtype, np.floating):
@@ -112,13 +116,17 @@ class CompileResult:
 
 
 def compile_model(model: QuantModel, board: Board, fw_dir: Path, variant: str,
-                  objective: str = "fastest", params: str = "static",
+                  objective: str = "auto", params: str = "static",
                   monitor: QuantModel | None = None) -> CompileResult:
     """Generate, build and describe the firmware for an already-quantized model.
 
+    objective "auto": "fastest", unless that would emit more parameter bytes than the flash budget the
+    model was pruned to (model.meta["flash_budget"]), then "smallest", the count pruning planned with.
     `params` "blob" needs `monitor` (the monitor QSAE's QuantModel, drift_qsae.build_monitor_model) and a board
     with a [slots] region; the firmware directory then also holds monitor/ and blob.bin.
     """
+    if objective not in OBJECTIVE_CHOICES:
+        raise UserError(f"unknown objective '{objective}': choose one of {', '.join(OBJECTIVE_CHOICES)}")
     if params not in PARAMS_CHOICES:
         raise UserError(f"unknown params mode '{params}': choose one of {', '.join(PARAMS_CHOICES)}")
     blob_mode = params == "blob"
@@ -132,9 +140,17 @@ def compile_model(model: QuantModel, board: Board, fw_dir: Path, variant: str,
     src = fw_dir / "src"
     # TVM generates the layer kernels; the model glue is the same as for the reference kernels.
     glue_variant = "reference" if variant == "tvm" else variant
-    generated = codegen.generate_model_sources(model, glue_variant, src, source=model.meta.get("run_dir", model.name),
-                                               objective=objective, core=board.core, params=params,
-                                               monitor=monitor if blob_mode else None)
+
+    def generate(goal: str) -> codegen.GeneratedModel:
+        return codegen.generate_model_sources(model, glue_variant, src, source=model.meta.get("run_dir", model.name),
+                                              objective=goal, core=board.core, params=params,
+                                              monitor=monitor if blob_mode else None)
+
+    budget = model.meta.get("flash_budget")
+    goal = "fastest" if objective == "auto" else objective
+    generated = generate(goal)
+    if objective == "auto" and budget is not None and generated.param_bytes > budget:
+        goal, generated = "smallest", generate("smallest")  # the budget the user gave prune holds
     check_fits(board, generated.param_bytes,
                generated.arena.size + generated.scratch_bytes + generated.monitor_bytes + board.stack_size,
                what=f"model {model.name}")
@@ -155,7 +171,8 @@ def compile_model(model: QuantModel, board: Board, fw_dir: Path, variant: str,
         "kernels": variant,
         "elf": str(result.elf.relative_to(fw_dir)),
         "arch_hash": f"0x{generated.arch_hash:08x}",
-        "objective": objective,
+        "objective": goal,
+        **({} if budget is None else {"flash_budget": budget}),
         "formats": generated.formats,
         "param_bytes": generated.param_bytes,
         "arena_bytes": generated.arena.size,
@@ -188,7 +205,7 @@ def _write_blob_files(fw_dir: Path, generated: codegen.GeneratedModel, monitor: 
 
 
 def compile_run(run_dir: Path, board_name: str, fw_dir: Path, kernels_choice: str = "auto",
-                objective: str = "fastest", renode: bool = False, params: str = "static",
+                objective: str = "auto", renode: bool = False, params: str = "static",
                 monitor_builder: MonitorBuilder | None = None, calibration: Path | None = None) -> CompileResult:
     """Quantize a run and compile it. `params` "blob" needs `monitor_builder`
     (controller.drift_qsae.build_monitor_model), called with the quantized model and the training images."""

@@ -50,12 +50,30 @@ def _hwc_flat(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1) if x.dim() == 4 else x
 
 
-class IRModule(nn.Module):
-    """A trainable module that computes the float IR model `model` (input NCHW, or (N, F))."""
+def fake_quantize(w: torch.Tensor, bits: int) -> torch.Tensor:
+    """`w` rounded to the grid quantize.quantize_weights puts it on (per output channel, symmetric,
+    [-(2^(bits-1) - 1), 2^(bits-1) - 1]), with a straight-through gradient: the forward pass sees the
+    integer weights the device will hold, the backward pass updates the float weights as if
+    rounding were the identity."""
+    top = (1 << (bits - 1)) - 1
+    max_abs = w.detach().abs().reshape(w.shape[0], -1).amax(dim=1)
+    scale = torch.where(max_abs > 0, max_abs / top, torch.ones_like(max_abs)).reshape(-1, *[1] * (w.dim() - 1))
+    q = torch.clamp(torch.round(w / scale), -top, top) * scale
+    return w + (q - w).detach()
 
-    def __init__(self, model: FloatModel) -> None:
+
+class IRModule(nn.Module):
+    """A trainable module that computes the float IR model `model` (input NCHW, or (N, F)).
+
+    quantization_aware: layers whose weights become narrower than int8 (weight_bits 4) see their
+    weights fake-quantized in the forward pass (fake_quantize), so fine-tuning learns weights that
+    survive the rounding; int8 weights lose too little to need it."""
+
+    def __init__(self, model: FloatModel, quantization_aware: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.fake_bits = {layer.name: layer.weight_bits for layer in model.layers
+                          if quantization_aware and layer.op in WEIGHTED_OPS and layer.weight_bits < 8}
         self.weights = nn.ParameterDict()
         self.biases = nn.ParameterDict()
         self.masks: dict[str, torch.Tensor] = {}
@@ -72,6 +90,18 @@ class IRModule(nn.Module):
         w = self.weights[name]
         return w * self.masks[name] if name in self.masks else w
 
+    def forward_weight(self, name: str) -> torch.Tensor:
+        w = self.weight(name)
+        return fake_quantize(w, self.fake_bits[name]) if name in self.fake_bits else w
+
+    def set_masks(self, masks: dict[str, np.ndarray]) -> None:
+        """Replace these layers' masks (IR layout) and zero what they prune."""
+        by_name = {layer.name: layer for layer in self.model.layers}
+        for name, mask in masks.items():
+            torch_mask = _to_torch_layout(by_name[name], np.asarray(mask, dtype=bool))
+            self.masks[name] = torch.from_numpy(np.ascontiguousarray(torch_mask)).float()
+        self.apply_masks()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tensors = {INPUT: x}
         for layer in self.model.layers:
@@ -83,10 +113,10 @@ class IRModule(nn.Module):
         x, op = ins[0], layer.op
         if op in (Op.CONV2D, Op.DEPTHWISE_CONV2D):
             groups = 1 if op is Op.CONV2D else x.shape[1]
-            y = F.conv2d(_pad(x, layer.padding), self.weight(layer.name), self.biases[layer.name], layer.stride,
+            y = F.conv2d(_pad(x, layer.padding), self.forward_weight(layer.name), self.biases[layer.name], layer.stride,
                          0, layer.dilation, groups)
         elif op is Op.DENSE:
-            y = F.linear(_hwc_flat(x), self.weight(layer.name), self.biases[layer.name])
+            y = F.linear(_hwc_flat(x), self.forward_weight(layer.name), self.biases[layer.name])
         elif op is Op.MAXPOOL2D:
             y = F.max_pool2d(_pad(x, layer.padding, -math.inf), layer.window, layer.stride)
         elif op is Op.AVGPOOL2D:  # divides by the taps inside the map, as the int8 kernel does
@@ -116,12 +146,15 @@ class IRModule(nn.Module):
                 self.weights[name].mul_(mask)
 
     def to_float_model(self) -> FloatModel:
-        """The IR model with the trained weights (masked weights exactly 0)."""
+        """The IR model with the trained weights (masked weights exactly 0) and the current masks."""
         layers = []
         for layer in self.model.layers:
             if layer.name in self.weights:
                 w = _to_ir_layout(layer, self.weight(layer.name).detach().cpu().numpy())
-                layer = replace(layer, weights=np.ascontiguousarray(w, dtype=np.float32),
+                mask = layer.mask
+                if layer.name in self.masks:
+                    mask = _to_ir_layout(layer, self.masks[layer.name].cpu().numpy()).astype(bool)
+                layer = replace(layer, weights=np.ascontiguousarray(w, dtype=np.float32), mask=mask,
                                 bias=self.biases[layer.name].detach().cpu().numpy().astype(np.float32))
             layers.append(layer)
         return replace(self.model, layers=tuple(layers))

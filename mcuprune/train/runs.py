@@ -79,8 +79,10 @@ def write_atomically(out: Path, fill: Callable[[Path], None]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_imported_run(out: Path, model: FloatModel | QuantModel, meta: dict) -> dict:
-    """Write a run holding an imported model (kind "float" or "quantized"); returns its run.json."""
+def write_imported_run(out: Path, model: FloatModel | QuantModel, meta: dict,
+                       extra_files: Callable[[Path], None] | None = None) -> dict:
+    """Write a run holding an IR model (kind "float" or "quantized"); returns its run.json.
+    `extra_files(folder)` may add files beside it (a pruned run's qsae.npz)."""
     quantized = isinstance(model, QuantModel)
     doc = {"format_version": RUN_FORMAT_VERSION, "kind": "quantized" if quantized else "float", "name": model.name,
            "input_shape": list(model.input_shape), "num_classes": model.num_classes, **meta}
@@ -90,6 +92,8 @@ def write_imported_run(out: Path, model: FloatModel | QuantModel, meta: dict) ->
             save_quant_model(model, tmp / INT8_DIR)
         else:
             save_float_model(model, tmp / FLOAT_DIR)
+        if extra_files is not None:
+            extra_files(tmp)
         (tmp / "run.json").write_text(json.dumps(doc, indent=2) + "\n")
 
     write_atomically(out, fill)

@@ -31,6 +31,8 @@ from mcuprune.train.archs import build_arch
 from mcuprune.train.datasets import Dataset, to_float
 from mcuprune.train.runs import RUN_FORMAT_VERSION, load_imported_model, read_run_meta
 
+BATCH = 128  # training and fine-tuning mini-batch
+
 SPEC_ARCHS = ("mlp", "cnn")  # described by layer specs below
 ARCHS = SPEC_ARCHS + tuple(MODULE_ARCHS)  # ... and ordinary PyTorch modules (archs.py), imported via torch.export
 
@@ -174,7 +176,7 @@ def torch_predict_logits(net, x_uint8: np.ndarray, batch: int = 1000) -> np.ndar
 
 
 def fit(net, x_uint8: np.ndarray, y: np.ndarray, epochs: int, seed: int, lr: float = 1e-3,
-        batch: int = 128, desc: str = "train", masks: list | None = None,
+        batch: int = BATCH, desc: str = "train", masks: list | None = None,
         after_step: Callable[[], None] | None = None) -> None:
     """Adam + cross-entropy; `masks` (one bool array or None per weight module) stay applied;
     `after_step` runs after every optimizer step (an IRModule's apply_masks)."""
