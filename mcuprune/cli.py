@@ -121,11 +121,14 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_prune(args: argparse.Namespace) -> None:
     from mcuprune.compress.prune import prune_run
+    from mcuprune.target.board import load_board
 
     run = Path(args.run)
     out = Path(args.out) if args.out else run.with_name(f"{run.name}-{args.method}")
+    board = load_board(args.board)
     report = prune_run(run, args.method, args.flash_budget, args.kl_budget, args.finetune_epochs, out, seed=args.seed,
-                       weights=args.weights)
+                       weights=args.weights, instr_budget=args.instr_budget, stages=args.stages,
+                       variant="dsp" if board.dsp else "reference", core=board.core)
     if args.json:
         _print_json(report)
         return
@@ -133,8 +136,8 @@ def cmd_prune(args: argparse.Namespace) -> None:
         print(f"{layer['name']:10} int{layer['weight_bits']} sparsity {layer['sparsity']:.3f}  {layer['format']:7} "
               f"{layer['bytes']:>8} B  "
               f"tau {layer['tau']:.4g}  KL {layer['kl']:.4g}")
-    print(f"model {report['model_bytes']} B, fp32 {report['fp32_bytes']} B, {report['ratio_vs_fp32']:.1f}x smaller "
-          f"-> {out}")
+    print(f"model {report['model_bytes']} B, fp32 {report['fp32_bytes']} B, {report['ratio_vs_fp32']:.1f}x smaller, "
+          f"{report['predicted_instructions']:,} instructions per inference predicted on {args.board} -> {out}")
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
@@ -165,13 +168,16 @@ def cmd_boards(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from mcuprune.device.evaluate import evaluate_firmware
+    from mcuprune.compress.prune import prune_run
+    from mcuprune.device.evaluate import evaluate_firmware, plot_tradeoff
+    from mcuprune.target.board import load_board
     from mcuprune.target.compile import compile_run
     from mcuprune.train.datasets import load_dataset
     from mcuprune.train.training import train_run
 
     work = Path(args.workdir)
-    run_dir = work / "run"
+    run_dir, pruned = work / "run", work / "run-qsae"
+    board = load_board(args.board)
     t0 = time.time()
     dataset = load_dataset("fashion-mnist")
     if (run_dir / "run.json").exists() and not args.retrain:
@@ -179,20 +185,49 @@ def cmd_demo(args: argparse.Namespace) -> None:
     else:
         print(f"[demo] training the CNN on Fashion-MNIST for {args.epochs} epochs")
         train_run(dataset, "fashion-mnist", "cnn", args.epochs, run_dir)
-    evaluations = []
-    for board, limit in ((args.board, None), ("mps2-an385", args.scalar_limit)):
-        print(f"[demo] compiling for {board}")
-        compile_run(run_dir, board, work / f"fw-{board}")
-        print(f"[demo] evaluating on {board} in QEMU ({limit or 'all'} test images)")
-        evaluations.append(evaluate_firmware(work / f"fw-{board}", limit=limit))
+    if (pruned / "run.json").exists() and not args.retrain:
+        print(f"[demo] reusing pruned run {pruned}")
+    else:
+        print(f"[demo] QSAE pruning to {DEMO_FLASH_BUDGET:,} B and {DEMO_INSTR_BUDGET:,} instructions per inference "
+              f"on {board.name}, {DEMO_WEIGHTS} weights, {DEMO_FINETUNE_EPOCHS} fine-tune epochs")
+        prune_run(run_dir, "qsae", DEMO_FLASH_BUDGET, None, DEMO_FINETUNE_EPOCHS, pruned, weights=DEMO_WEIGHTS,
+                  instr_budget=DEMO_INSTR_BUDGET, variant="dsp" if board.dsp else "reference", core=board.core)
+    rows = []
+    for label, run in (("dense int8", run_dir), ("QSAE-pruned", pruned)):
+        fw = work / f"fw-{run.name}-{board.name}"
+        print(f"[demo] compiling {label} for {board.name}")
+        compile_run(run, board.name, fw)
+        print(f"[demo] evaluating {label} on {board.name} in QEMU (all {len(dataset.x_test):,} test images)")
+        rows.append((label, evaluate_firmware(fw, progress=False, transport="semihosting")))
     print()
-    _print_evaluations(evaluations)
-    print(f"\n[demo] total {time.time() - t0:.0f} s; instructions are SysTick ticks under QEMU -icount shift=0 "
-          "(QEMU has no cycle counter)")
-    bad = [e for e in evaluations if e.mismatches]
+    _print_demo_table(rows)
+    plot_path = work / "demo.png"
+    plot_tradeoff(rows, plot_path, title=f"Fashion-MNIST CNN on {board.name} (QEMU, full test set)")
+    print(f"\n[demo] plot {plot_path}; total {time.time() - t0:.0f} s; instructions are SysTick ticks under QEMU "
+          "-icount shift=0 (QEMU has no cycle counter)")
+    bad = [(label, e) for label, e in rows if e.mismatches]
     if bad:
-        raise UserError(f"device output differs from the int8 reference on {bad[0].board}: "
-                        f"{bad[0].mismatches} mismatching samples")
+        raise UserError(f"device output differs from the int8 reference for the {bad[0][0]} model: "
+                        f"{bad[0][1].mismatches} mismatching samples")
+
+
+def _print_demo_table(rows: list) -> None:
+    header = ("model", "float acc", "device acc", "mismatches", "model B", "x fp32", "instr/inference", "RAM B")
+    lines = [(label, f"{100 * e.float_accuracy:.2f} %", f"{100 * e.device_accuracy:.2f} %",
+              f"{e.mismatches}/{e.samples}", f"{e.model_flash_bytes:,}",
+              f"{e.fp32_model_bytes / e.model_flash_bytes:.1f}", f"{e.instructions_per_inference:,.0f}",
+              f"{e.ram_bytes:,}") for label, e in rows]
+    widths = [max(len(h), *(len(r[i]) for r in lines)) for i, h in enumerate(header)]
+    for line in (header, *lines):
+        print("  ".join(cell.rjust(w) for cell, w in zip(line, widths, strict=True)))
+
+
+# The demo's pruning: the balanced point of bench/RESULTS.md (16x smaller than fp32 and under a
+# third of CMSIS-NN's dense instructions).
+DEMO_FLASH_BUDGET = 26_000
+DEMO_INSTR_BUDGET = 1_100_000
+DEMO_WEIGHTS = "mixed"
+DEMO_FINETUNE_EPOCHS = 6
 
 
 DEFAULT_PRUNE_BUDGET = 26_000  # bytes: the QSAE acceptance point of issue 3 (bench/RESULTS.md)
@@ -359,15 +394,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="prune a run (QSAE-guided or magnitude) and fine-tune it into a new run")
     p.add_argument("run")
     p.add_argument("--method", choices=("qsae", "magnitude", "magnitude-oneshot"), default="qsae")
-    budget = p.add_mutually_exclusive_group(required=True)
+    budget = p.add_mutually_exclusive_group()
     budget.add_argument("--flash-budget", type=int, metavar="BYTES",
                         help="packed model size to reach (weights, indices, biases, requantization constants)")
     budget.add_argument("--kl-budget", type=float, metavar="EPS",
                         help="largest KL divergence allowed per layer output (largest threshold within it)")
+    p.add_argument("--instr-budget", type=int, metavar="N",
+                   help="instructions per inference on --board to reach by removing channels (predicted by the "
+                   "measured cost models; verify with `evaluate`), alone or with a flash or KL budget")
+    p.add_argument("--board", default="mps2-an386", help="board the instruction budget is for (its core and kernels)")
     p.add_argument("--weights", choices=("int8", "int4", "mixed"), default="int8",
                    help="weight width of each pruned layer: int8 (default), int4 (two per byte), or mixed: the "
                    "budget's knapsack picks int8 or int4 per layer by KL (method qsae), quantization-aware fine-tune")
     p.add_argument("--finetune-epochs", type=int, default=3)
+    p.add_argument("--stages", type=int, default=1,
+                   help="qsae with a flash budget: plan and fine-tune this many times, the budget tightening "
+                   "geometrically to the one given (default 1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="pruned run directory (default: RUN-METHOD next to RUN)")
     p.add_argument("--json", action="store_true", help="print the pruning report as one JSON object")
@@ -393,7 +435,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="runs/demo")
     p.add_argument("--board", default="mps2-an386")
     p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS["fashion-mnist"])
-    p.add_argument("--scalar-limit", type=int, default=1000, help="test images on the scalar mps2-an385")
     p.add_argument("--retrain", action="store_true")
     p.set_defaults(func=cmd_demo)
 

@@ -26,6 +26,7 @@ import numpy as np
 from hypothesis import assume
 from hypothesis import strategies as st
 
+from mcuprune.model.formats import pack
 from mcuprune.model.int8_params import (
     SOFTMAX_OUTPUT_Q,
     activation_range,
@@ -61,7 +62,10 @@ class Case:
 
     sparsity None: a dense layer, weights drawn from [-w_max, w_max), bias scaled to the
     accumulators, one channel with multiplier 0. Otherwise a pruned one: that fraction of the
-    weights is 0 (random mask, or `pattern`), the others are never 0; bias in [-2000, 2000)."""
+    weights is 0 (random mask, or `pattern`), the others are never 0; bias in [-2000, 2000).
+
+    bits 4: int4 weights (the layer's weight_bits), drawn from [-8, 7] whatever w_max (the full
+    int4 range, -8 included, though mcuprune's own quantization stops at -7)."""
 
     name: str
     op: Op
@@ -86,6 +90,7 @@ class Case:
     misalign: bool = False  # weights, input and output start 1 byte past a word boundary
     sparsity: float | None = None  # fraction of weights pruned; None: not pruned
     pattern: str = "random"  # pruned: random | zero_rows | gaps (non-zeros 15/16/255/256/300 apart)
+    bits: int = 8  # weight width: 8, or 4 (int4 weights in [-8, 7])
 
     @property
     def strides(self) -> Pair:
@@ -106,7 +111,10 @@ class Case:
 
 def _pruned_weights(case: Case, rng: np.random.Generator, w_shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """(weights, mask): non-zero magnitudes where the mask is set, 0 elsewhere."""
-    magnitudes = rng.integers(1, 128, size=w_shape) * rng.choice([-1, 1], size=w_shape)
+    top = 128 if case.bits == 8 else 8
+    magnitudes = np.clip(rng.integers(1, top, size=w_shape) * rng.choice([-1, 1], size=w_shape), -top, top - 1)
+    if case.bits == 4:
+        magnitudes = np.where(rng.random(w_shape) < 0.1, -8, magnitudes)  # -8: the int4 value int8 lacks
     mask = rng.random(w_shape) >= case.sparsity
     rows = w_shape[0]
     flat = mask.reshape(rows, -1)
@@ -158,13 +166,15 @@ def make_layer(case: Case) -> tuple[QuantLayer, np.ndarray]:
         out_shape = (*conv_out_hw(h, w, k_h, k_w, case.strides, case.padding, case.dilation), out_c)
         w_shape = (out_c, k_h, k_w, 1 if case.op is Op.DEPTHWISE_CONV2D else c)
     if case.sparsity is None:
-        weights, mask = rng.integers(-case.w_max, case.w_max, size=w_shape).astype(np.int8), None
+        w_max = case.w_max if case.bits == 8 else 8
+        weights, mask = rng.integers(-w_max, w_max, size=w_shape).astype(np.int8), None
     else:
         weights, mask = _pruned_weights(case, rng, w_shape)
     x = rng.integers(-case.x_max, case.x_max, size=in_shape).astype(np.int8)
     fan_in = int(np.prod(w_shape[1:]))
     # dense: about the accumulator spread; pruned: fixed
-    bias_max = int(case.x_max * case.w_max * np.sqrt(fan_in) / 4) + 1 if case.sparsity is None else 2000
+    w_max = case.w_max if case.bits == 8 else 8
+    bias_max = int(case.x_max * w_max * np.sqrt(fan_in) / 4) + 1 if case.sparsity is None else 2000
     bias = rng.integers(-bias_max, bias_max, size=out_c).astype(np.int32)
     acc = accumulators(case, x, weights) + (0 if case.null_bias else bias)
     spread = np.maximum(np.abs(acc).max(axis=0), 1)  # per output channel
@@ -180,13 +190,15 @@ def make_layer(case: Case) -> tuple[QuantLayer, np.ndarray]:
         weights=weights, bias=np.zeros_like(bias) if case.null_bias else bias, weight_scales=weight_scales,
         multiplier=multiplier, shift=shift, act_min=act_min, act_max=act_max, stride=case.strides,
         padding=case.padding, dilation=case.dilation, depth_multiplier=case.depth_multiplier, mask=mask,
+        weight_bits=case.bits,
     )  # fmt: skip
     return layer, x
 
 
 @st.composite
 def random_cases(
-    draw, op: Op, max_features: int, max_hw: int, max_in_c: int, sparsities: list[float] | None = None
+    draw, op: Op, max_features: int, max_hw: int, max_in_c: int, sparsities: list[float] | None = None,
+    bits: int = 8,
 ) -> Case:
     """Small layers of any shape the kernels accept: dense ones (with a rescale), or pruned at one
     of `sparsities`. Up to max_features inputs (FC), max_hw for H, W and each kernel side, max_in_c
@@ -204,6 +216,7 @@ def random_cases(
         null_bias=draw(st.booleans()),
         rescale=draw(st.sampled_from([0.5, 1.0, 3.0])) if sparsity is None else 1.0,
         seed=draw(st.integers(0, 2**16)),
+        bits=bits,
     )
     if op is Op.DENSE:
         return Case("random", op, (draw(st.integers(1, max_features)),), draw(st.integers(1, 9)), **common)
@@ -479,6 +492,7 @@ SOFTMAX_CASES = [
 _I32P = ctypes.POINTER(ctypes.c_int32)
 _I8P = ctypes.POINTER(ctypes.c_int8)
 _U8P = ctypes.POINTER(ctypes.c_uint8)
+_CSR_FIELDS = [("deltas", _U8P), ("row_ptr", ctypes.c_void_p), ("row_ptr_bytes", ctypes.c_int32)]
 
 
 class QuantParamsC(ctypes.Structure):
@@ -487,28 +501,34 @@ class QuantParamsC(ctypes.Structure):
     ]
 
 
-WEIGHT_FIELDS = {  # format -> the struct's weight pointers, after the compiled-in fields
-    "dense": [("weights", _I8P)],
-    "bitmask": [("mask", _U8P), ("values", _I8P)],
-    "csr8": [("values", _I8P), ("deltas", _U8P), ("row_ptr", ctypes.c_void_p), ("row_ptr_bytes", ctypes.c_int32)],
-    "csr4": [("values", _I8P), ("deltas", _U8P), ("row_ptr", ctypes.c_void_p), ("row_ptr_bytes", ctypes.c_int32)],
+WEIGHT_FIELDS = {  # (format, weight bits) -> the struct's weight pointers, after the compiled-in fields
+    ("dense", 8): [("weights", _I8P)],
+    ("bitmask", 8): [("mask", _U8P), ("values", _I8P)],
+    ("csr8", 8): [("values", _I8P), *_CSR_FIELDS],
+    ("csr4", 8): [("values", _I8P), *_CSR_FIELDS],
+    # int4: the packed nibbles as bytes
+    ("dense", 4): [("weights", _U8P)],
+    ("bitmask", 4): [("mask", _U8P), ("values", _U8P)],
+    ("csr8", 4): [("values", _U8P), *_CSR_FIELDS],
+    ("csr4", 4): [("values", _U8P), *_CSR_FIELDS],
 }
 
 
 @cache
-def struct_class(struct: str, int_fields: tuple[str, ...], fmt: str | None) -> type[ctypes.Structure]:
+def struct_class(struct: str, int_fields: tuple[str, ...], fmt: str | None, bits: int = 8) -> type[ctypes.Structure]:
     """The ctypes mirror of C struct `struct`: int32 fields in order, then the weight fields of
-    `fmt` and mcup_quant_params (a weighted op), or nothing more (fmt None)."""
+    `fmt` at `bits` and mcup_quant_params (a weighted op), or nothing more (fmt None)."""
     fields = [(name, ctypes.c_int32) for name in int_fields]
     if fmt is not None:
-        fields += WEIGHT_FIELDS[fmt] + [("q", QuantParamsC)]
+        fields += WEIGHT_FIELDS[fmt, bits] + [("q", QuantParamsC)]
     return type(struct, (ctypes.Structure,), {"_fields_": fields})
 
 
 def struct_of(layer: QuantLayer, fmt: str | None = None) -> type[ctypes.Structure]:
     spec = spec_of(layer.op)
     fmt = fmt if spec.weighted else None
-    return struct_class(spec.struct(fmt), tuple(spec.fields(layer)), fmt)
+    bits = layer.weight_bits if spec.weighted else 8
+    return struct_class(spec.struct(fmt, bits), tuple(spec.fields(layer)), fmt, bits)
 
 
 def layout_source(structs: list[type[ctypes.Structure]], symbol: str) -> str:
@@ -567,7 +587,7 @@ def params_struct(
     kwargs: dict = dict(spec_of(layer.op).fields(layer))
     keep: list = []
     if fmt is not None and spec_of(layer.op).weighted:
-        for name, ctype in WEIGHT_FIELDS[fmt]:
+        for name, ctype in WEIGHT_FIELDS[fmt, layer.weight_bits]:
             if name == "row_ptr_bytes":
                 kwargs[name] = weight_arrays["row_ptr"].dtype.itemsize
                 continue
@@ -599,6 +619,13 @@ def at_lead(values: np.ndarray, lead: int, fill: int = 0) -> tuple[np.ndarray, n
     return view, buf
 
 
+def dense_weights(layer: QuantLayer) -> dict[str, np.ndarray]:
+    """{"weights": the dense weight array as the kernel reads it}: int8 values, or int4 packed bytes."""
+    if layer.weight_bits == 8:
+        return {"weights": np.ascontiguousarray(layer.weights)}
+    return {"weights": pack(layer.weights, "dense", layer.weight_bits).weights}
+
+
 class KernelLib:
     """A shared library of compiled kernels (one variant), called like the numpy reference ops."""
 
@@ -608,14 +635,16 @@ class KernelLib:
 
     def _function(self, layer: QuantLayer, fmt: str | None):
         spec = spec_of(layer.op)
-        return getattr(self.lib, spec.function(fmt if spec.weighted else None))
+        if not spec.weighted:
+            return getattr(self.lib, spec.function())
+        return getattr(self.lib, spec.function(fmt, layer.weight_bits))
 
     def buffer_size(self, layer: QuantLayer, fmt: str | None = "dense", weight_arrays=None) -> int:
         """The kernel's _get_buffer_size for the layer (0 for a kernel without scratch)."""
         if not spec_of(layer.op).weighted:
             return 0
-        params, _keep = params_struct(layer, fmt, weight_arrays or {"weights": np.ascontiguousarray(layer.weights)})
-        fn = getattr(self.lib, spec_of(layer.op).function(fmt) + "_get_buffer_size")
+        params, _keep = params_struct(layer, fmt, weight_arrays or dense_weights(layer))
+        fn = getattr(self.lib, spec_of(layer.op).function(fmt, layer.weight_bits) + "_get_buffer_size")
         fn.restype = ctypes.c_int32
         return fn(ctypes.byref(params))
 
@@ -634,7 +663,7 @@ class KernelLib:
         weighted = spec_of(layer.op).weighted
         keep: list = []
         if weighted and weight_arrays is None:
-            w, w_buf = at_lead(layer.weights, lead)
+            w, w_buf = at_lead(dense_weights(layer)["weights"].view(np.int8), lead)
             weight_arrays, keep = {"weights": w}, [w_buf]
         params, more = params_struct(layer, fmt if weighted else None, weight_arrays, null_bias)
         keep += more

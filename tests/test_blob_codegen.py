@@ -236,6 +236,86 @@ def test_generated_blob_sources(models, tmp_path: Path) -> None:
     assert "fc_s8_dense.c" in sources  # the monitor's kernel
 
 
+# --- int4 weights in the blob -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def models_s4(models, digits_run, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The factory model's architecture with int4 weights in every weighted layer (85 % pruned), and
+    an update of it (95 %), each quantized from the float model with weight_bits 4."""
+    from dataclasses import replace
+
+    from mcuprune.quantize import quantize_image_model
+    from mcuprune.train.training import load_float_model
+
+    run_dir, dataset = digits_run
+    tmp = tmp_path_factory.mktemp("blob-s4")
+
+    def int4(quantile: float, name: str, images: np.ndarray) -> QuantModel:
+        float_model, _ = load_float_model(_masked_run(run_dir, tmp / name, quantile))
+        layers = tuple(replace(la, weight_bits=4) if la.weights is not None else la for la in float_model.layers)
+        return quantize_image_model(replace(float_model, layers=layers), images)
+
+    return {"model": int4(0.85, "p85", dataset.x_train), "update": int4(0.95, "p95", dataset.x_train[700:1100])}
+
+
+@pytest.fixture(scope="module", params=["a", "b"])
+def host_s4(request, models, models_s4, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    formats = FORMATS_A if request.param == "a" else FORMATS_B
+    out = tmp_path_factory.mktemp(f"host-s4-{request.param}")
+    exe = _host_build(models_s4["model"], models["monitor"], formats, out)
+    return exe, formats
+
+
+def test_int4_blob_arrays_are_half_length(models, models_s4) -> None:
+    model, monitor = models_s4["model"], models["monitor"]
+    assert {la.weight_bits for la in model.layers if la.has_weights} == {4}
+    arrays = codegen.blob_arrays(model, FORMATS_A, monitor)
+    weighted = [la for la in model.layers if la.has_weights]
+    dense5 = next(la for la in weighted if la.name == "dense5")
+    values = arrays[_index(model, FORMATS_A, "dense5", "weights")]
+    assert values.dtype == np.uint8 and values.size == dense5.weights.shape[0] * ((dense5.weights.shape[1] + 1) // 2)
+    bitmask = arrays[_index(model, FORMATS_A, "conv2d0", "values")]
+    assert bitmask.dtype == np.uint8 and bitmask.size == (np.count_nonzero(weighted[0].weights) + 1) // 2
+    # the width is part of the architecture: an int8 blob does not bind to int4 firmware
+    arch8 = codegen.architecture_hash(models["model"], "reference", FORMATS_A, params="blob", monitor=monitor)
+    arch4 = codegen.architecture_hash(model, "reference", FORMATS_A, params="blob", monitor=monitor)
+    assert arch8 != arch4
+    assert codegen.architecture_hash(models_s4["update"], "reference", FORMATS_A, params="blob",
+                                     monitor=monitor) == arch4
+
+
+def test_int4_factory_and_update_blobs_match_the_reference(models, models_s4, host_s4, tmp_path: Path) -> None:
+    exe, formats = host_s4
+    monitor, dataset = models["monitor"], models["dataset"]
+    x = dataset.x_test[:150]
+    model = models_s4["model"]
+    logits, records, _ = _run(exe, "factory", x, tmp_path)
+    np.testing.assert_array_equal(logits, run_s8(model, to_int8(x)))
+    np.testing.assert_array_equal(records, _expected_telemetry(model, monitor, x))
+    update = models_s4["update"]
+    (tmp_path / "update.bin").write_bytes(codegen.build_blob(update, formats, monitor, "reference"))
+    logits, _, _ = _run(exe, tmp_path / "update.bin", x, tmp_path)
+    np.testing.assert_array_equal(logits, run_s8(update, to_int8(x)))
+
+
+def test_int4_bind_checks_the_packed_lengths(models, models_s4, host_s4, tmp_path: Path) -> None:
+    """The packed arrays' lengths are checked at 4 bits: a nibble's byte more or less is refused,
+    as is an int8-length array."""
+    exe, formats = host_s4
+    model, monitor = models_s4["model"], models["monitor"]
+    arch = codegen.architecture_hash(model, "reference", formats, params="blob", monitor=monitor)
+    good = codegen.blob_arrays(model, formats, monitor)
+    assert _check(exe, pack_blob(good, arch), tmp_path)["bind"] == 0
+    for layer, fmt in formats.items():
+        field = "weights" if fmt == "dense" else "values"
+        i = _index(model, formats, layer, field)
+        for name, array in {"short": good[i][:-1], "long": np.append(good[i], np.uint8(0)),
+                            "int8_length": np.zeros(2 * good[i].size, np.uint8)}.items():
+            blob = pack_blob([array if j == i else a for j, a in enumerate(good)], arch)
+            assert _check(exe, blob, tmp_path)["bind"] == BAD_BLOB, (layer, fmt, name)
+
+
 # --- the generated firmware code, on the host ---------------------------------------------------
 
 

@@ -330,18 +330,22 @@ def test_graph_kernels_need_no_scratch():
 
 def _sanitizer_cases() -> list[tuple[str, QuantLayer, str | None, list[np.ndarray]]]:
     """(name, layer, format, inputs) of every kernel: the geometry table on dense and sparse conv,
-    depthwise, FC, pooling, mean, add, pad, softmax."""
+    depthwise, FC (each with int8 and with int4 weights), pooling, mean, add, pad, softmax."""
     out = []
-    for i, case in enumerate(geometry_cases(Op.CONV2D) + DW_CASES[:20]):
-        layer, x = make_layer(case)
-        formats = ("dense",) if layer.op is Op.DEPTHWISE_CONV2D else ("dense", *SPARSE_FORMATS)
-        for fmt in formats:
-            if fmt != "dense":
-                layer, x = make_layer(replace(case, sparsity=0.6, seed=case.seed + 7))
-            out.append((f"c{i}_{fmt}", layer, fmt, [x]))
-    for i, sparsity in enumerate((None, 0.7)):
-        layer, x = make_layer(Case("fc", Op.DENSE, (37,), 7, in_zp=-5, sparsity=sparsity, seed=i))
-        out += [(f"fc{i}_{fmt}", layer, fmt, [x]) for fmt in (("dense",) if sparsity is None else SPARSE_FORMATS)]
+    for bits in (8, 4):
+        tag = "" if bits == 8 else "s4"
+        for i, case in enumerate(geometry_cases(Op.CONV2D) + DW_CASES[:20]):
+            case = replace(case, bits=bits)
+            layer, x = make_layer(case)
+            formats = ("dense",) if layer.op is Op.DEPTHWISE_CONV2D else ("dense", *SPARSE_FORMATS)
+            for fmt in formats:
+                if fmt != "dense":
+                    layer, x = make_layer(replace(case, sparsity=0.6, seed=case.seed + 7))
+                out.append((f"c{tag}{i}_{fmt}", layer, fmt, [x]))
+        for i, sparsity in enumerate((None, 0.7)):
+            layer, x = make_layer(Case("fc", Op.DENSE, (37,), 7, in_zp=-5, sparsity=sparsity, seed=i, bits=bits))
+            out += [(f"fc{tag}{i}_{fmt}", layer, fmt, [x])
+                    for fmt in (("dense",) if sparsity is None else SPARSE_FORMATS)]
     out += [(f"p{i}", *make_pool_layer(c)[:1], None, [make_pool_layer(c)[1]]) for i, c in enumerate(POOL_CASES)]
     out += [(f"m{i}", *make_mean_layer(c)[:1], None, [make_mean_layer(c)[1]]) for i, c in enumerate(MEAN_CASES)]
     out += [(f"a{i}", make_add_layer(c)[0], None, list(make_add_layer(c)[1:])) for i, c in enumerate(ADD_CASES)]
@@ -374,19 +378,20 @@ def _sanitizer_source(cases) -> str:
         spec = spec_of(layer.op)
         fmt = fmt if spec.weighted else None
         if spec.weighted:
-            parts.append(c_definitions(name, pack(layer.weights, fmt)))
+            parts.append(c_definitions(name, pack(layer.weights, fmt, layer.weight_bits)))
             for f in ("bias", "multiplier", "shift"):
                 values = ", ".join(str(int(v)) for v in getattr(layer, f))
                 parts.append(f"const int32_t mcup_param_{name}_{f}[] = {{{values}}};\n")
         parts += [_c_bytes(f"{name}_in{i}", x) for i, x in enumerate(inputs)]
-        parts.append(f"static const {spec.struct(fmt)} {name}_params = {params_initializer(layer, fmt)};\n")
+        bits = layer.weight_bits if spec.weighted else 8
+        parts.append(f"static const {spec.struct(fmt, bits)} {name}_params = {params_initializer(layer, fmt)};\n")
         out_size = int(np.prod(layer.out_shape))
         body = [
             f"static void run_{name}(void)\n{{\n    int8_t *out = malloc({out_size});\n",
             *(f"    int8_t *in{i} = copy({name}_in{i}, {x.size});\n" for i, x in enumerate(inputs)),
         ]
         args = ", ".join([f"&{name}_params", *(f"in{i}" for i in range(len(inputs))), "out"])
-        function = spec.function(fmt)
+        function = spec.function(fmt, bits)
         if spec.weighted:
             body += [f"    const int32_t size = {function}_get_buffer_size(&{name}_params);\n",
                      "    void *scratch = size > 0 ? malloc((size_t)size) : NULL;\n",
@@ -404,7 +409,8 @@ def _sanitizer_source(cases) -> str:
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_kernel_under_sanitizers(tmp_path: Path, variant: str):
     cases = _sanitizer_cases()
-    kernels = {(layer.op, fmt if spec_of(layer.op).weighted else None) for _, layer, fmt, _ in cases}
+    kernels = {(layer.op, fmt, layer.weight_bits) if spec_of(layer.op).weighted else (layer.op, None)
+               for _, layer, fmt, _ in cases}
     exe = host_build(tmp_path / "kernels_sanitized", kernel_sources(variant, kernels), [INCLUDE_DIR],
                      VARIANT_DEFINES[variant], text=_sanitizer_source(cases))  # fmt: skip
     result = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)

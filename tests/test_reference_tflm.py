@@ -69,8 +69,10 @@ def build_conv(rng: np.random.Generator, hw: tuple[int, int], cin: int, cout: in
                stride: tuple[int, int] = (1, 1), padding: str = "SAME", dilation: tuple[int, int] = (1, 1),
                act: str = "NONE", in_q: tuple[float, int] = (0.05, -3), out_q: tuple[float, int] = (0.1, 5),
                eff: tuple[float, float] = (1e-3, 0.5), bias: bool = True, per_channel: bool = True,
-               depthwise: bool = False, pre_pad: tuple[int, int, int, int] | None = None) -> TfliteGraph:
-    """CONV_2D or DEPTHWISE_CONV_2D (cout = cin * multiplier), optionally after a PAD of (t, b, l, r)."""
+               depthwise: bool = False, pre_pad: tuple[int, int, int, int] | None = None,
+               int4: bool = False) -> TfliteGraph:
+    """CONV_2D or DEPTHWISE_CONV_2D (cout = cin * multiplier), optionally after a PAD of (t, b, l, r);
+    `int4`: INT4 weights in [-8, 7] (packed two per byte by the writer)."""
     g = Builder()
     x = g.tensor((1, *hw, cin), tq(*in_q))
     if pre_pad is not None:
@@ -80,7 +82,8 @@ def build_conv(rng: np.random.Generator, hw: tuple[int, int], cin: int, cout: in
         x = g.op("PAD", [x, g.tensor((4, 2), None, "int32", pads)], (1, *hw, cin), tq(*in_q))
     scales = effective_scales(rng, cout if per_channel else 1, in_q[0], out_q[0], *eff)
     shape = (1, *k, cout) if depthwise else (cout, *k, cin)
-    w = g.tensor(shape, tq(scales, 0, 3 if depthwise else 0), data=rng.integers(-127, 128, shape, dtype=np.int8))
+    w = g.tensor(shape, tq(scales, 0, 3 if depthwise else 0), "int4" if int4 else "int8",
+                 rng.integers(-8, 8, shape, dtype=np.int8) if int4 else rng.integers(-127, 128, shape, dtype=np.int8))
     b = -1
     if bias:
         bias_scales = np.broadcast_to(scales, (cout,)) * np.float32(in_q[0])
@@ -96,12 +99,15 @@ def build_conv(rng: np.random.Generator, hw: tuple[int, int], cin: int, cout: in
 
 def build_dense(rng: np.random.Generator, in_shape: tuple[int, ...], out: int, per_channel: bool = True,
                 bias: bool = True, act: str = "NONE", in_q: tuple[float, int] = (0.05, 3),
-                out_q: tuple[float, int] = (0.1, -2), eff: tuple[float, float] = (1e-3, 0.2)) -> TfliteGraph:
+                out_q: tuple[float, int] = (0.1, -2), eff: tuple[float, float] = (1e-3, 0.2),
+                int4: bool = False) -> TfliteGraph:
+    """FULLY_CONNECTED; `int4`: INT4 weights in [-8, 7] (TFLM takes them per tensor only)."""
     g = Builder()
     x = g.tensor((1, *in_shape), tq(*in_q))
     k = int(np.prod(in_shape))
     scales = effective_scales(rng, out if per_channel else 1, in_q[0], out_q[0], *eff)
-    w = g.tensor((out, k), tq(scales), data=rng.integers(-127, 128, (out, k), dtype=np.int8))
+    values = rng.integers(-8, 8, (out, k), dtype=np.int8) if int4 else rng.integers(-127, 128, (out, k), dtype=np.int8)
+    w = g.tensor((out, k), tq(scales), "int4" if int4 else "int8", values)
     b = -1
     if bias:
         bias_scales = (np.broadcast_to(scales, (out,)).astype(np.float64) * np.float32(in_q[0])).astype(np.float32)
@@ -260,6 +266,17 @@ CASES = [
     Case("fc_per_tensor_640", partial(dense, in_shape=(640,), out=128, per_channel=False, act="RELU",
                                       in_q=(0.3, -10), out_q=(0.2, -128), eff=(1e-4, 0.01)), FC),
     Case("fc_per_channel_bias", partial(dense, in_shape=(17,), out=9), FC),
+    # INT4 weights (values in [-8, 7], two per byte; odd element counts end in a padding nibble):
+    # CONV_2D and DEPTHWISE_CONV_2D per channel, FULLY_CONNECTED per tensor (all TFLM runs)
+    Case("conv3x3_int4_same_relu", partial(conv, hw=(7, 6), cin=3, cout=5, k=(3, 3), act="RELU", int4=True,
+                                           in_q=(0.02, -128), out_q=(0.05, -128), eff=(1e-2, 2.0)), C),
+    Case("conv1x1_int4_s2_odd_count", partial(conv, hw=(7, 7), cin=3, cout=3, k=(1, 1), stride=(2, 2),
+                                              padding="VALID", int4=True, eff=(1e-2, 4.0)), C),
+    Case("dw3x3_int4_m2_s2_same", partial(conv, hw=(8, 9), cin=3, cout=6, k=(3, 3), stride=(2, 2), depthwise=True,
+                                          int4=True, act="RELU6", in_q=(0.05, 3), out_q=(0.05, -128),
+                                          eff=(1e-2, 2.0)), DW),
+    Case("fc_int4_per_tensor", partial(dense, in_shape=(37,), out=7, per_channel=False, int4=True,
+                                       eff=(1e-2, 1.0)), FC),
     Case("fc_per_channel_nobias_relu6", partial(dense, in_shape=(40,), out=12, bias=False, act="RELU6",
                                                 in_q=(0.02, -128), out_q=(0.03, -128)), FC),
     Case("fc_per_channel_multiplier_above_one", partial(dense, in_shape=(8,), out=16, in_q=(0.2, 5),

@@ -37,10 +37,17 @@ import mcuprune.codegen.emit
 import mcuprune.model.costs
 import mcuprune.model.formats
 from mcuprune.codegen.emit import c_definitions, params_initializer
-from mcuprune.model.costs import choose_format, choose_formats, kernel_code_bytes, load_costs, predict_instructions
+from mcuprune.model.costs import (
+    choose_format,
+    choose_formats,
+    cost_key,
+    kernel_code_bytes,
+    load_costs,
+    predict_instructions,
+)
 from mcuprune.model.formats import MAX_DELTA, SPARSE_FORMATS, format_bytes, layer_bytes, pack, unpack
 from mcuprune.model.ir import Op, QuantLayer
-from mcuprune.model.ops import FORMATS, OPS, VARIANTS, kernel_sources, scratch_bytes
+from mcuprune.model.ops import FORMATS, OPS, VARIANTS, WEIGHT_BITS, kernel_sources, scratch_bytes
 from mcuprune.model.reference import conv2d_s8, dense_s8
 from mcuprune.resources import INCLUDE_DIR, KERNEL_DIR
 
@@ -352,14 +359,15 @@ def test_dense_bytes_match_the_existing_emission():
 
 def test_kernel_functions_declared_and_sources_exist():
     header = (INCLUDE_DIR / "mcup_sparse.h").read_text()
-    for op, fmt in ALL_PAIRS:
+    for (op, fmt), bits in itertools.product(ALL_PAIRS, WEIGHT_BITS):
         if fmt != "dense":
-            name = OPS[op].function(fmt)
+            name = OPS[op].function(fmt, bits)
             assert f" {name}(" in header
             assert f" {name}_get_buffer_size(" in header
-            assert f"}} {OPS[op].struct(fmt)};" in header
+            assert f"}} {OPS[op].struct(fmt, bits)};" in header
     for variant in VARIANTS:
-        for path in kernel_sources(variant, ALL_PAIRS):
+        for path in kernel_sources(variant, [(op, fmt, bits) for (op, fmt), bits in itertools.product(ALL_PAIRS,
+                                                                                                      WEIGHT_BITS)]):
             assert path.is_file()
     dsp = kernel_sources("dsp", [(Op.CONV2D, "csr4"), ("dense", "dense"), (Op.DENSE, "csr8")])
     assert [p.relative_to(KERNEL_DIR).as_posix() for p in dsp] == [
@@ -372,14 +380,17 @@ def test_kernel_functions_declared_and_sources_exist():
 
 
 def test_cost_model_covers_every_kernel():
+    """Every kernel (op, format, width, variant, core) has a fit whose largest relative error is
+    below 10 %, and its code size."""
     costs = load_costs()
     assert "note" in costs
-    for op in (Op.DENSE, Op.CONV2D):
-        for fmt in FORMATS:
-            for variant, core in (("reference", "cortex-m3"), ("reference", "cortex-m4"), ("dsp", "cortex-m4")):
-                model = costs["models"][f"{op.value}/{fmt}/{variant}/{core}"]
-                assert model["max_relative_error"] < 0.1
-                assert all(np.isfinite(v) for v in model["coefficients"].values())
+    for op, fmt, bits in itertools.product((Op.DENSE, Op.CONV2D), FORMATS, WEIGHT_BITS):
+        for variant, core in (("reference", "cortex-m3"), ("reference", "cortex-m4"), ("dsp", "cortex-m4")):
+            key = cost_key(op, fmt, variant, core, bits)
+            model = costs["models"][key]
+            assert model["max_relative_error"] < 0.1, key
+            assert all(np.isfinite(v) for v in model["coefficients"].values())
+            assert costs["code_bytes"][key] > 0
 
 
 def _fc_layer(sparsity: float, seed: int = 0) -> QuantLayer:

@@ -25,7 +25,6 @@ HARNESS = Path(__file__).resolve().parent
 ROOT = HARNESS.parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mcuprune.model.ir import Op  # noqa: E402
 from mcuprune.model.ops import kernel_sources  # noqa: E402
 from mcuprune.resources import INCLUDE_DIR  # noqa: E402
 
@@ -120,18 +119,21 @@ def bench_data(generator: str, definitions: Iterable[str], entries: Iterable[str
             "static const bench_case bench_cases[] = {\n    " + ",\n    ".join(entries) + ",\n};\n")  # fmt: skip
 
 
-def build(out: Path, target: Target, data: str, kernels: Iterable[tuple[Op, str | None]], max_out: int,
-          scratch_bytes: int) -> Path:
-    """bench.elf in `out` for `target`: the harness, bench_data.h = `data`, the variant's kernels.
-    max_out and scratch_bytes: the largest output and scratch over the cases."""
+def build(out: Path, target: Target, data: str, kernels: Iterable[tuple], max_out: int,
+          scratch_bytes: int, extra_sources: Iterable[Path] = (), includes: Iterable[Path] = ()) -> Path:
+    """bench.elf in `out` for `target`: the harness, bench_data.h = `data`, the variant's kernels
+    ((op, format[, weight bits]) tuples, ops.kernel_sources), and `extra_sources` compiled with the
+    `includes` too (another library's kernels, to compare with). max_out and scratch_bytes: the
+    largest output and scratch over the cases."""
     require_tools()
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_data.h").write_text(data)
-    sources = [HARNESS / "startup.c", HARNESS / "bench.c", *kernel_sources(target.variant, kernels)]
+    sources = [HARNESS / "startup.c", HARNESS / "bench.c", *kernel_sources(target.variant, kernels), *extra_sources]
     elf = out / "bench.elf"
     cmd = [
         "arm-none-eabi-gcc", *target.cpu_flags, *CFLAGS, f"-DBENCH_MAX_OUT={max_out}",
         f"-DBENCH_SCRATCH_BYTES={scratch_bytes}", f"-I{out}", f"-I{HARNESS}", f"-I{INCLUDE_DIR}",
+        *(f"-I{i}" for i in includes),
         *map(str, sources), "-nostartfiles", "-Wl,--gc-sections", f"-T{HARNESS / 'link.ld'}", "-o", str(elf),
     ]  # fmt: skip
     subprocess.run(cmd, check=True)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Kernel micro-benchmark: instructions per call of every int8 kernel in QEMU, reference vs DSP.
+"""Kernel micro-benchmark: instructions per call of every kernel in QEMU, reference vs DSP.
 
 Generates fixed random layers (seeded) of MLPerf Tiny shapes and of the demo CNN, emits them with
 the code generator's helpers (``params_initializer``, ``c_definitions``: the structs the firmware
@@ -13,6 +13,8 @@ gets), builds the harness (bench/harness/) once per target and runs each under
 Every output checksum must equal the numpy reference's (mcuprune.model.reference), so the
 figures come with an on-target bit-exactness check. Exit status 1 on any mismatch. "work" is MACs
 for the weighted ops (every tap counted, padding included) and output elements for the others.
+Cases whose name ends in ``_s4`` run the int4-weight kernels (mcup_<kernel>_s4_dense) on weights
+drawn from [-8, 7]; each has an int8 twin of the same shape in the table.
 
     .venv/bin/python bench/kernels/run.py [--build-dir build/bench_kernels] [--markdown] [--quick]
 """
@@ -73,6 +75,12 @@ class BenchCase:
     seed: int = 0
     quick: bool = False  # in the --quick subset (the tests' on-target check)
     extra: dict = field(default_factory=dict, hash=False)  # op-specific: scales, clamp, beta
+    bits: int = 8  # weighted ops: 8, or 4 (int4 weights, the _s4_ kernels)
+
+
+def s4(case: BenchCase) -> BenchCase:
+    """The int4-weight twin of a weighted case (same shape and seed)."""
+    return replace(case, name=f"{case.name}_s4", bits=4)
 
 
 CASES = [
@@ -213,6 +221,14 @@ CASES = [
         extra={"padding": (1, 2, 0, 3)},
     ),  # fmt: skip
 ]
+# int4 weights: the demo CNN's layers, the MLPerf Tiny shapes that take the im2col path and every
+# depthwise one, and the misaligned on-target checks (the _s4_ kernels' tails, odd rows and channels)
+S4_NAMES = ("fc_1568x64", "conv_14x14x16_32_k3p1", "conv_28x28x1_16_k3p1", "conv_49x10x1_64_k10x4s2_same",
+            "dw_25x5x64_k3_same", "pw_25x5x64_64", "dw_48x48x8_k3s1_same", "pw_24x24x16_32",
+            "conv_32x32x16_16_k3_same", "conv_32x32x16_32_k3s2_same", "fc_1571x62_misaligned",
+            "conv_9x9x3_7_k3s2p1_misaligned", "conv_7x6x12_5_k3s12_dil2_misaligned", "pw_5x3x27_9_misaligned",
+            "dw_7x6x7_k3s2_m2_misaligned", "dw_9x7x13_k5_dil2_misaligned")  # fmt: skip
+CASES += [s4(c) for c in CASES if c.name in S4_NAMES]
 
 
 def _padding(case: BenchCase, k_h: int, k_w: int, dilation: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -237,7 +253,8 @@ def _weighted_layer(case: BenchCase, rng: np.random.Generator) -> tuple[QuantLay
         in_shape = case.in_shape
         out_shape = (*conv_out_hw(h, w, k_h, k_w, case.stride, padding, dilation), out_c)
         w_shape = (out_c, k_h, k_w, 1 if case.op is Op.DEPTHWISE_CONV2D else c)
-    weights = rng.integers(-127, 128, size=w_shape, dtype=np.int8)
+    top = 128 if case.bits == 8 else 8
+    weights = rng.integers(-top + (case.bits == 8), top, size=w_shape, dtype=np.int8)  # int8 [-127, 127], int4 [-8, 7]
     x = rng.integers(-128, 128, size=in_shape).astype(np.int8)
     out_c = w_shape[0]
     bias = rng.integers(-5000, 5000, size=out_c).astype(np.int32)
@@ -245,7 +262,7 @@ def _weighted_layer(case: BenchCase, rng: np.random.Generator) -> tuple[QuantLay
     probe = QuantLayer(name=case.name, op=case.op, in_shape=in_shape, out_shape=out_shape, input_q=input_q,
                        output_q=output_q, weights=weights, bias=bias, multiplier=np.full(out_c, 1 << 30, np.int32),
                        shift=np.full(out_c, 30, np.int32), stride=case.stride, padding=padding, dilation=dilation,
-                       depth_multiplier=case.depth_multiplier)  # fmt: skip
+                       depth_multiplier=case.depth_multiplier, weight_bits=case.bits)  # fmt: skip
     spread = _accumulator_spread(probe, x)
     weight_scales = (200.0 / spread * output_q.scale / input_q.scale).astype(np.float32)
     multiplier, shift = conv_multipliers(input_q.scale, weight_scales, output_q.scale, out_c)
@@ -340,17 +357,20 @@ def layer_c(case: BenchCase, layer: QuantLayer, inputs: list[np.ndarray], varian
     lead = 1 if case.misalign else 0
     spec = spec_of(layer.op)
     fmt = "dense" if spec.weighted else None
+    bits = layer.weight_bits if spec.weighted else 8
     parts = [c_array("int8_t", f"{n}_input{i}", x, lead) for i, x in enumerate(inputs)]
     if spec.weighted:
+        packed = pack(layer.weights, "dense", bits)
         if lead:  # the weights one byte past a word boundary, under the name the initializer uses
-            parts += [c_array("int8_t", f"{n}_wbuf", layer.weights, lead),
+            ctype = "int8_t" if bits == 8 else "uint8_t"
+            parts += [c_array(ctype, f"{n}_wbuf", packed.weights, lead),
                       f"#define mcup_param_{n}_weights ({n}_wbuf + {lead})\n"]  # fmt: skip
         else:
-            parts.append(c_definitions(n, pack(layer.weights, "dense")))
+            parts.append(c_definitions(n, packed))
         parts += [c_array("int32_t", f"mcup_param_{n}_{f}", getattr(layer, f)) for f in ("bias", "multiplier", "shift")]
-    parts.append(f"static const {spec.struct(fmt)} {n}_params = {params_initializer(layer, fmt)};\n")
+    parts.append(f"static const {spec.struct(fmt, bits)} {n}_params = {params_initializer(layer, fmt)};\n")
     input_args = ", ".join(f"{n}_input{i} + {lead}" for i in range(len(inputs)))
-    wrappers, entry = case_c(n, spec.function(fmt), f"{n}_params", input_args, int(np.prod(layer.out_shape)),
+    wrappers, entry = case_c(n, spec.function(fmt, bits), f"{n}_params", input_args, int(np.prod(layer.out_shape)),
                              scratch_bytes(layer, fmt, variant), lead, scratch=spec.weighted)  # fmt: skip
     return "\n".join([*parts, wrappers]), entry
 
@@ -361,7 +381,7 @@ def build_target(name: str, build_dir: Path, layers: list[tuple[BenchCase, Quant
     scratch = max(scratch_bytes(la, "dense" if la.has_weights else None, variant) for _, la, _ in layers)
     max_out = max(int(np.prod(la.out_shape)) for _, la, _ in layers)  # bench.c adds 1 for out_lead
     data = bench_data(f"bench/kernels/run.py for {name}", defs, entries)
-    kernels = {(la.op, "dense" if la.has_weights else None) for _, la, _ in layers}
+    kernels = {(la.op, "dense", la.weight_bits) if la.has_weights else (la.op, None) for _, la, _ in layers}
     return build(build_dir / name, TARGETS[name], data, kernels, max_out, scratch)
 
 

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Fit the cost model of mcuprune.model.costs.choose_format from QEMU instruction counts.
 
-Measures every kernel (dense and sparse formats, reference and DSP) with bench/sparse/run.py's
-harness on a calibration set of FC and conv layers at several sparsities, on each target
-(m4-dsp, m4-reference, m3-reference), then fits per (op, format, variant, core)
+Measures every kernel (dense and sparse formats, int8 and int4 weights, reference and DSP) with
+bench/sparse/run.py's harness on a calibration set of FC and conv layers at several sparsities, each
+layer once with int8 and once with int4 weights, on each target (m4-dsp, m4-reference,
+m3-reference), then fits per (op, format, weight width, variant, core)
 
     instructions ~= sum(coef[name] * feature[name])
 
@@ -18,6 +19,11 @@ mcuprune/model/kernel_costs.json with the coefficients, the largest relative err
 and the code size of every kernel object.
 
     .venv/bin/python bench/sparse/fit_costs.py [--build-dir DIR] [--out mcuprune/model/kernel_costs.json]
+                                               [--measurements FILE]
+
+--measurements FILE keeps the QEMU counts: measured and written there when FILE does not exist,
+read back (no QEMU run) when it does, so that a change of the cost model's terms refits in
+seconds. Delete it after changing a kernel.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +43,12 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run import ROOT, TARGETS, Spec, make_layer, measure  # noqa: E402
+from run import ROOT, TARGETS, Result, Spec, make_layer, measure  # noqa: E402
 
 from mcuprune.model.costs import COSTS_PATH, conv_path, cost_key, layer_cost_features  # noqa: E402
 from mcuprune.model.formats import format_bytes  # noqa: E402
 from mcuprune.model.ir import Op  # noqa: E402
-from mcuprune.model.ops import FORMATS, kernel_sources  # noqa: E402
+from mcuprune.model.ops import FORMATS, WEIGHT_BITS, kernel_sources  # noqa: E402
 from mcuprune.resources import INCLUDE_DIR  # noqa: E402
 
 # Many shapes, each at three sparsities (cycling through SPARSITY_SETS), so that the dense
@@ -93,6 +100,7 @@ CALIBRATION = [
         for s in SPARSITY_SETS[i % len(SPARSITY_SETS)]
     ),
 ]
+CALIBRATION += [replace(spec, bits=4) for spec in CALIBRATION]  # every layer again with int4 weights
 
 
 def fit(points: list[tuple[dict[str, float], int]]) -> tuple[dict[str, float], np.ndarray]:
@@ -116,7 +124,7 @@ def fit(points: list[tuple[dict[str, float], int]]) -> tuple[dict[str, float], n
 
 def shape_of(spec: Spec) -> tuple:
     """A spec without its sparsity and seed: the points one shape contributes to a fit."""
-    return spec.op, spec.in_shape, spec.out_c, spec.k, spec.stride, spec.pad
+    return spec.op, spec.in_shape, spec.out_c, spec.k, spec.stride, spec.pad, spec.bits
 
 
 def leave_one_shape_out(points: list[tuple[dict[str, float], int]], shapes: list[tuple]) -> np.ndarray:
@@ -139,7 +147,7 @@ def batches(specs: list[Spec], limit: int = 3_000_000) -> list[list[Spec]]:
     used = 0
     for spec in specs:
         layer, x = make_layer(spec)
-        size = sum(format_bytes(layer.weights, fmt) for fmt in FORMATS) + x.size
+        size = sum(format_bytes(layer.weights, fmt, spec.bits) for fmt in FORMATS) + x.size
         if groups[-1] and used + size > limit:
             groups.append([])
             used = 0
@@ -152,19 +160,18 @@ def code_bytes(target_name: str) -> dict[str, int]:
     """.text bytes of each kernel object (-O2) for the target: what a format adds to the firmware."""
     target = TARGETS[target_name]
     sizes = {}
-    for op in (Op.DENSE, Op.CONV2D):
-        for fmt in FORMATS:
-            (source,) = kernel_sources(target.variant, [(op, fmt)])
-            with tempfile.TemporaryDirectory() as tmp:
-                obj = Path(tmp) / "kernel.o"
-                cmd = ["arm-none-eabi-gcc", *target.cpu_flags, "-O2", "-std=c11", f"-I{INCLUDE_DIR}", "-c",
-                       str(source), "-o", str(obj)]  # fmt: skip
-                subprocess.run(cmd, check=True)
-                size = subprocess.run(["arm-none-eabi-size", "-A", str(obj)], capture_output=True, text=True,
-                                      check=True)  # fmt: skip
-            sizes[cost_key(op, fmt, target.variant, target.core)] = sum(
-                int(line.split()[1]) for line in size.stdout.splitlines() if line.startswith(".text")
-            )
+    for op, fmt, bits in ((op, fmt, bits) for op in (Op.DENSE, Op.CONV2D) for fmt in FORMATS for bits in WEIGHT_BITS):
+        (source,) = kernel_sources(target.variant, [(op, fmt, bits)])
+        with tempfile.TemporaryDirectory() as tmp:
+            obj = Path(tmp) / "kernel.o"
+            cmd = ["arm-none-eabi-gcc", *target.cpu_flags, "-O2", "-std=c11", f"-I{INCLUDE_DIR}", "-c",
+                   str(source), "-o", str(obj)]  # fmt: skip
+            subprocess.run(cmd, check=True)
+            size = subprocess.run(["arm-none-eabi-size", "-A", str(obj)], capture_output=True, text=True,
+                                  check=True)  # fmt: skip
+        sizes[cost_key(op, fmt, target.variant, target.core, bits)] = sum(
+            int(line.split()[1]) for line in size.stdout.splitlines() if line.startswith(".text")
+        )
     return sizes
 
 
@@ -172,27 +179,34 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--build-dir", type=Path, default=ROOT / "build" / "bench_sparse_fit")
     parser.add_argument("--out", type=Path, default=COSTS_PATH)
+    parser.add_argument("--measurements", type=Path, help="JSON cache of the QEMU counts (see the docstring)")
     args = parser.parse_args()
 
     names = [spec.name for spec in CALIBRATION]
     assert len(set(names)) == len(names), "calibration specs must have distinct names"
     specs = {spec.name: spec for spec in CALIBRATION}
     layers = {spec.name: make_layer(spec)[0] for spec in CALIBRATION}
-    conv_shapes = {shape_of(spec): spec.name for spec in CALIBRATION if spec.op is Op.CONV2D}
+    conv_shapes = {shape_of(spec): spec.name for spec in CALIBRATION if spec.op is Op.CONV2D and spec.bits == 8}
     paths = Counter(conv_path(layers[name]) for name in conv_shapes.values())
     print(f"{len(FC_SHAPES)} FC and {len(CONV_SHAPES)} conv shapes; dense DSP conv paths: "
           + ", ".join(f"{path} {n}" for path, n in sorted(paths.items())))  # fmt: skip
     results, ok = [], True
-    for i, batch in enumerate(batches(CALIBRATION)):
-        batch_results, batch_ok = measure(batch, list(TARGETS), args.build_dir / f"batch{i}")
-        results += batch_results
-        ok &= batch_ok
-    if not ok:
-        print("FAILED: a kernel disagrees with numpy; not fitting")
-        return 1
+    if args.measurements is not None and args.measurements.is_file():
+        results = [Result(**r) for r in json.loads(args.measurements.read_text())]
+        print(f"{len(results)} measurements from {args.measurements}")
+    else:
+        for i, batch in enumerate(batches(CALIBRATION)):
+            batch_results, batch_ok = measure(batch, list(TARGETS), args.build_dir / f"batch{i}")
+            results += batch_results
+            ok &= batch_ok
+        if not ok:
+            print("FAILED: a kernel disagrees with numpy; not fitting")
+            return 1
+        if args.measurements is not None:
+            args.measurements.write_text(json.dumps([asdict(r) for r in results]) + "\n")
     groups: dict[str, list] = {}
     for r in results:
-        groups.setdefault(cost_key(r.op, r.fmt, r.variant, r.core), []).append(r)
+        groups.setdefault(cost_key(r.op, r.fmt, r.variant, r.core, r.bits), []).append(r)
     models = {}
     for key, runs in sorted(groups.items()):
         # the terms of the kernel that ran (run.py's Result.features are the DSP variant's)
@@ -207,11 +221,13 @@ def main() -> int:
     qemu = subprocess.run(["qemu-system-arm", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
     doc = {
         "note": (
-            "Instruction-count model of the int8 kernels, per '<op>/<format>/<variant>/<core>': "
+            "Instruction-count model of the kernels, per '<op>/<format>/<variant>/<core>' (int8 weights) and "
+            "'<op>/s4_<format>/<variant>/<core>' (int4 weights): "
             "instructions ~= sum(coefficients[name] * mcuprune.model.costs.layer_cost_features(layer, format, "
             "variant)[name]). Fitted by "
             "bench/sparse/fit_costs.py (non-negative least squares on relative error) to QEMU -icount counts of "
-            f"{len(CALIBRATION)} random pruned layers x {len(FORMATS)} formats per target (sparsity "
+            f"{len(CALIBRATION)} random pruned layers (half of them int4) x {len(FORMATS)} formats per target "
+            "(sparsity "
             f"{', '.join(f'{s:g}' for s in SPARSITIES)}); -O2, the cores' flags as in bench/sparse/run.py. "
             "Regenerate after changing a kernel. code_bytes: .text of each kernel object."
         ),

@@ -14,10 +14,11 @@ Two parameter modes:
   (``mcup_monitor()``, which also fills the telemetry record). The blob's arrays, in order:
 
   1. for each weighted layer of the model, in layer order: its weight arrays as ``pack``
-     emits them for the layer's format (dense: weights int8; bitmask: mask uint8, values int8;
-     csr8/csr4: values int8, deltas uint8, row_ptr uint8/16/32; an empty array is kept, length 0,
-     so the count is fixed), then bias int32[out], multiplier int32[out], shift int32[out] and
-     quant int32[4] = (input_offset, output_offset, act_min, act_max);
+     emits them for the layer's format and width (dense: weights int8; bitmask: mask uint8, values
+     int8; csr8/csr4: values int8, deltas uint8, row_ptr uint8/16/32; with int4 weights the weights
+     and values arrays are uint8 bytes of nibbles, half as long, see formats.py; an empty array is
+     kept, length 0, so the count is fixed), then bias int32[out], multiplier int32[out], shift
+     int32[out] and quant int32[4] = (input_offset, output_offset, act_min, act_max);
   2. the monitor QSAE's encoder and decoder, the same way (dense weights);
   3. the confidence table uint16[256], ``telemetry.exp_table(model.output_q.scale)``.
 
@@ -41,9 +42,9 @@ from mcuprune.codegen.blob import pack_blob
 from mcuprune.errors import UserError
 from mcuprune.model.arena import ArenaPlan, align_up, plan_arena
 from mcuprune.model.costs import OBJECTIVES, choose_formats
-from mcuprune.model.formats import PackedWeights, pack
+from mcuprune.model.formats import WEIGHT_RANGE, PackedWeights, pack_layer
 from mcuprune.model.ir import Op, QuantLayer, QuantModel, shape_product, verify
-from mcuprune.model.ops import OPS, kernel_sources, scratch_bytes, spec_of
+from mcuprune.model.ops import OPS, WEIGHT_BITS, kernel_sources, scratch_bytes, spec_of
 from mcuprune.model.telemetry import exp_table
 from mcuprune.resources import CODEGEN_TEMPLATES_DIR
 
@@ -91,6 +92,7 @@ def c_array(name: str, values: np.ndarray, comment: str) -> CArray:
 def c_arrays(layer_name: str, packed: PackedWeights) -> list[tuple[str, str, np.ndarray]]:
     """(C name, C type, values) of each array the format emits, names ``mcup_param_<layer>_<field>``.
 
+    >>> from mcuprune.model.formats import pack
     >>> [(n, t) for n, t, _ in c_arrays("fc1", pack(np.eye(3, dtype=np.int8), "csr4"))]
     [('mcup_param_fc1_values', 'int8_t'), ('mcup_param_fc1_deltas', 'uint8_t'), ('mcup_param_fc1_row_ptr', 'uint8_t')]
     """
@@ -104,6 +106,7 @@ def c_arrays(layer_name: str, packed: PackedWeights) -> list[tuple[str, str, np.
 def c_definitions(layer_name: str, packed: PackedWeights, per_line: int = 16) -> str:
     """C definitions of the packed arrays (const, natural alignment: no padding is needed).
 
+    >>> from mcuprune.model.formats import pack
     >>> print(c_definitions("fc1", pack(np.array([[0, 7], [-1, 0]], dtype=np.int8), "csr8")))
     const int8_t mcup_param_fc1_values[2] = {
         7, -1
@@ -128,6 +131,7 @@ def c_definitions(layer_name: str, packed: PackedWeights, per_line: int = 16) ->
 def weights_initializer(layer_name: str, packed: PackedWeights) -> str:
     """The designated initializers of the weight fields of the layer's params struct.
 
+    >>> from mcuprune.model.formats import pack
     >>> for field in weights_initializer("fc1", pack(np.eye(3, dtype=np.int8), "csr8")).split(", "):
     ...     print(field)
     .values = mcup_param_fc1_values
@@ -147,19 +151,26 @@ def weights_initializer(layer_name: str, packed: PackedWeights) -> str:
 
 
 def layer_arrays(layer: QuantLayer, fmt: str | None = "dense") -> list[CArray]:
-    """The const parameter arrays one layer needs in flash, weights packed in `fmt`."""
+    """The const parameter arrays one layer needs in flash, weights packed in `fmt` at the layer's
+    width (int4: the weights/values arrays are bytes of nibbles, formats.py)."""
     if not layer.has_weights:
         return []
     prefix = f"{PARAM_PREFIX}{layer.name}"
     shape = "x".join(str(d) for d in layer.weights.shape)
-    layout = "[out_c][k_h][k_w][in_c]" if layer.op is Op.CONV2D else "[out][in]"
-    if fmt == "dense":
+    layout = {Op.CONV2D: "[out_c][k_h][k_w][in_c]", Op.DEPTHWISE_CONV2D: "[out_c][k_h][k_w]"}.get(layer.op,
+                                                                                                "[out][in]")
+    if fmt == "dense" and layer.weight_bits == 8:
         weights = [c_array(f"{prefix}_weights", layer.weights.astype(np.int8),
                            f"int8 {layout} {shape}, per-channel symmetric")]
+    elif fmt == "dense":
+        packed = pack_layer(layer, fmt)
+        weights = [c_array(f"{prefix}_weights", packed.weights, f"int4 {layout} {shape}, per-channel symmetric, "
+                                                                "two per byte, rows byte-aligned (see mcup_nn.h)")]
     else:
-        packed = pack(layer.weights, fmt)
+        packed = pack_layer(layer, fmt)
         nnz = int(np.count_nonzero(layer.weights))
-        weights = [c_array(name, values, f"{fmt} {field_name(name, prefix)} of {layout} {shape} "
+        width = "" if layer.weight_bits == 8 else "int4 "
+        weights = [c_array(name, values, f"{width}{fmt} {field_name(name, prefix)} of {layout} {shape} "
                                          f"({nnz} non-zeros, see mcup_sparse.h)")
                    for name, _, values in c_arrays(layer.name, packed)]
     return weights + [
@@ -185,9 +196,9 @@ def architecture_hash(model: QuantModel, variant: str, formats: dict[str, str] |
     desc = [
         [layer.op.value, list(layer.inputs), list(layer.in_shape), list(layer.out_shape), list(layer.stride),
          list(layer.padding), list(layer.dilation), list(layer.window), layer.depth_multiplier,
-         formats.get(layer.name, "dense")]
+         formats.get(layer.name, "dense") + ("" if layer.weight_bits == 8 else f"/s{layer.weight_bits}")]
         for layer in model.layers
-    ]
+    ]  # the width joins the format only when it is not 8, so int8 hashes stay what they were
     doc: list = [variant, desc]
     if params == "blob":
         if monitor is None:
@@ -214,8 +225,9 @@ BLOB_QUANT_ARRAYS = 4  # bias, multiplier, shift, quant
 
 
 def layer_blob_arrays(layer: QuantLayer, fmt: str) -> list[np.ndarray]:
-    """One weighted layer's arrays in blob order: weights in `fmt`, bias, multiplier, shift, quant."""
-    packed = pack(layer.weights, fmt)
+    """One weighted layer's arrays in blob order: weights in `fmt` at the layer's width, bias,
+    multiplier, shift, quant."""
+    packed = pack_layer(layer, fmt)
     rows = int(layer.weights.shape[0])
     bias = np.zeros(rows, dtype=np.int32) if layer.bias is None else layer.bias.astype(np.int32)
     quant = np.array([-layer.input_q.zero_point, layer.output_q.zero_point, layer.act_min, layer.act_max],
@@ -307,7 +319,7 @@ def params_initializer(layer: QuantLayer, fmt: str | None = "dense", blob: bool 
     spec = spec_of(layer.op)
     fields = [f".{name} = {int(value)}" for name, value in spec.fields(layer).items()]
     if spec.weighted and not blob:
-        fields += [weights_initializer(layer.name, pack(layer.weights, fmt)), f".q = {_quant_initializer(layer)}"]
+        fields += [weights_initializer(layer.name, pack_layer(layer, fmt)), f".q = {_quant_initializer(layer)}"]
     return "{ " + ", ".join(fields) + " }"
 
 
@@ -317,7 +329,7 @@ class GeneratedModel:
     arena: ArenaPlan
     scratch_bytes: int
     arch_hash: int
-    formats: dict[str, str]  # weighted layer name -> dense | bitmask | csr8 | csr4
+    formats: dict[str, str]  # weighted layer name -> dense | bitmask | csr8 | csr4 (its width: layer.weight_bits)
     params: str = "static"
     blob: bytes | None = None  # blob mode: the factory blob
     monitor_bytes: int = 0  # blob mode: RAM of the monitor's hidden and reconstruction buffers
@@ -328,9 +340,10 @@ class GeneratedModel:
 
     def kernel_sources(self, model: QuantModel, variant: str) -> list[Path]:
         """The kernel .c files this model calls (one per op and weight format)."""
-        weighted = {(layer.op, self.formats[layer.name]) for layer in model.layers if layer.has_weights}
+        weighted = {(layer.op, self.formats[layer.name], layer.weight_bits) for layer in model.layers
+                    if layer.has_weights}
         if self.params == "blob":
-            weighted.add((Op.DENSE, "dense"))  # the monitor QSAE
+            weighted.add((Op.DENSE, "dense", 8))  # the monitor QSAE
         others = {(layer.op, None) for layer in model.layers
                   if not layer.has_weights and spec_of(layer.op).kernel is not None}
         return kernel_sources(variant, weighted | others)
@@ -341,10 +354,11 @@ def _describe(layer: QuantLayer, fmt: str | None, blob: bool) -> str:
     text = f"{layer.name} = {layer.op.value}({', '.join(layer.inputs)}) {layer.in_shape} -> {layer.out_shape}"
     if (layer.act_min, layer.act_max) != (-128, 127):
         text += f", clamp [{layer.act_min}, {layer.act_max}]"
+    width = "" if not layer.has_weights or layer.weight_bits == 8 else f" int{layer.weight_bits}"
     if layer.has_weights and blob:
-        text += f", {fmt} weights from the blob"
+        text += f", {fmt}{width} weights from the blob"
     elif layer.has_weights:
-        text += f", {fmt} weights ({int(np.count_nonzero(layer.weights))}/{layer.weights.size} non-zero)"
+        text += f", {fmt}{width} weights ({int(np.count_nonzero(layer.weights))}/{layer.weights.size} non-zero)"
     return text
 
 
@@ -363,8 +377,10 @@ def _layer_call(layer: QuantLayer, index: int, arena: ArenaPlan, fmt: str | None
         entry["call"] = f"memcpy({dst}, {srcs[0]}, {size});" if dst != srcs[0] else None
         return entry
     args = [f"&{entry['var']}", *srcs, dst] + (["mcup_scratch"] if entry["uses_scratch"] else [])
-    entry.update(struct_type=spec.struct(fmt), init=params_initializer(layer, fmt, blob), function=spec.function(fmt),
-                 call=f"{spec.function(fmt)}({', '.join(args)});", src=srcs[0], dst=dst)
+    bits = layer.weight_bits if spec.weighted else 8
+    function = spec.function(fmt, bits)
+    entry.update(struct_type=spec.struct(fmt, bits), init=params_initializer(layer, fmt, blob), function=function,
+                 call=f"{function}({', '.join(args)});", src=srcs[0], dst=dst)
     return entry
 
 
@@ -377,7 +393,15 @@ _BIND_FIELDS = {
 }
 
 
+# mcup_bound_layer's fields for int4 weights (bytes of nibbles, bind_check.h): the struct field they set.
+_BIND_S4_SOURCE = {"weights": "weights4", "values": "values4"}
+
+
 def _bind_entry(layer: QuantLayer, fmt: str, var: str) -> dict:
+    """One row of mcup_bind's table and the assignments that point the layer's struct at the blob:
+    (struct field, mcup_bound_layer field)."""
+    bits = layer.weight_bits
+    fields = _BIND_FIELDS[fmt] + ("q",)
     return {
         "name": layer.name,
         "var": var,
@@ -385,7 +409,8 @@ def _bind_entry(layer: QuantLayer, fmt: str, var: str) -> dict:
         "format_const": _FMT_CONST[fmt],
         "rows": int(layer.weights.shape[0]),
         "cols": int(np.prod(layer.weights.shape[1:])),
-        "fields": _BIND_FIELDS[fmt] + ("q",),
+        "bits": bits,
+        "fields": [(f, _BIND_S4_SOURCE.get(f, f) if bits == 4 else f) for f in fields],
     }
 
 
@@ -395,6 +420,16 @@ def check_supported(model: QuantModel) -> None:
             names = ", ".join(op.value for op in OPS)
             raise UserError(f"layer '{layer.name}' of type {layer.op.value} is not supported by the code "
                             f"generator (supported: {names})")
+        if not layer.has_weights:
+            continue
+        if layer.weight_bits not in WEIGHT_BITS:
+            raise UserError(f"layer '{layer.name}' has {layer.weight_bits}-bit weights; the kernels take "
+                            f"{' or '.join(map(str, WEIGHT_BITS))}-bit weights")
+        lo, hi = WEIGHT_RANGE[layer.weight_bits]
+        w = np.asarray(layer.weights)
+        if w.size and (int(w.min()) < lo or int(w.max()) > hi):
+            raise UserError(f"layer '{layer.name}' has {layer.weight_bits}-bit weights in [{int(w.min())}, "
+                            f"{int(w.max())}], outside [{lo}, {hi}]: quantize it again")
 
 
 def _blob_context(model: QuantModel, monitor: QuantModel, formats: dict[str, str], arena: ArenaPlan,

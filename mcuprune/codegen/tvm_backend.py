@@ -102,7 +102,11 @@ def _square(layer: QuantLayer) -> tuple[int, int]:
 
 
 def kernel_for(layer: QuantLayer) -> TvmKernel:
-    """The TVM function a layer runs on; layers with the same shape share one."""
+    """The TVM function a layer runs on; layers with the same shape share one. The TVM kernels read
+    int8 weights: a layer with int4 weights (``weight_bits`` 4) is refused."""
+    if layer.has_weights and layer.weight_bits != 8:
+        raise UserError(f"layer '{layer.name}' has {layer.weight_bits}-bit weights; the tvm kernel backend runs "
+                        "int8 weights only: use --kernels auto, or quantize the layer to 8 bits")
     if layer.op is Op.DENSE:
         key = (int(layer.in_shape[0]), int(layer.out_shape[0]))
         return TvmKernel(layer.op, key, "mcup_tvm_fc_{}x{}".format(*key))

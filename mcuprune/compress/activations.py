@@ -173,3 +173,10 @@ def tensor_rows(model: FloatModel, x_float: np.ndarray, names: list[str], positi
             rows[name].append(r.astype(np.float32))
             kept[name] += len(r)
     return {name: np.concatenate(parts) for name, parts in rows.items()}
+
+
+def dense_input_means(model: FloatModel, caps: dict[str, LayerCapture]) -> dict[str, np.ndarray]:
+    """Mean input of every dense layer (flattened H, W, C), for folding removed columns into biases
+    (structured.remove_channels)."""
+    return {layer.name: caps[layer.name].input_means for layer in model.layers
+            if layer.op is Op.DENSE and layer.name in caps}

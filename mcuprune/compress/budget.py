@@ -70,15 +70,15 @@ class Emitted:
     layer_bytes: dict[str, int]  # layer name -> its bytes in that format
 
 
-def emitted(model: FloatModel, masks: dict[str, np.ndarray] | None = None, variant: str = "dsp",
-            objective: str = "smallest", bits: dict[str, int] | None = None) -> Emitted:
-    """Parameter bytes and formats the code generator picks (costs.choose_formats) for the model.
+def plan_layers(model: FloatModel, masks: dict[str, np.ndarray] | None = None,
+                bits: dict[str, int] | None = None) -> list[QuantLayer]:
+    """The weighted layers as the code generator will see them, for counting bytes and predicting
+    instructions: integer weights with the plan's sparsity pattern (quantization parameters are
+    placeholders, which neither count depends on).
 
-    The generator also weighs each sparse kernel's code (linked once per firmware), so it may keep a
-    layer in a format a few bytes larger than the layer's smallest. With `masks` (IR layout, by
-    layer name) every kept weight counts as non-zero: the planning count. Without (and for layers
-    the masks leave out), the model's own masked weights are quantized as quantize.py does: the
-    final count. `bits` overrides layers' weight widths (a plan's choice)."""
+    With `masks` (IR layout, by layer name) every kept weight counts as non-zero: the planning count.
+    Without (and for layers the masks leave out), the model's own masked weights are quantized as
+    quantize.py does: the final count. `bits` overrides layers' weight widths (a plan's choice)."""
     qlayers = []
     for layer in model.layers:
         if layer.weights is None:
@@ -94,7 +94,20 @@ def emitted(model: FloatModel, masks: dict[str, np.ndarray] | None = None, varia
         zeros = np.zeros(q.shape[0], np.int32)
         qlayers.append(QuantLayer(layer.name, layer.op, tuple(layer.in_shape), tuple(layer.out_shape),
                                   QParams(1.0, 0), QParams(1.0, 0), weights=q, bias=zeros, multiplier=zeros,
-                                  shift=zeros, mask=mask, weight_bits=layer.weight_bits))
+                                  shift=zeros, mask=mask, weight_bits=layer.weight_bits, stride=layer.stride,
+                                  padding=layer.padding, dilation=layer.dilation,
+                                  depth_multiplier=layer.depth_multiplier))
+    return qlayers
+
+
+def emitted(model: FloatModel, masks: dict[str, np.ndarray] | None = None, variant: str = "dsp",
+            objective: str = "smallest", bits: dict[str, int] | None = None) -> Emitted:
+    """Parameter bytes and formats the code generator picks (costs.choose_formats) for the model's
+    plan_layers.
+
+    The generator also weighs each sparse kernel's code (linked once per firmware), so it may keep a
+    layer in a format a few bytes larger than the layer's smallest."""
+    qlayers = plan_layers(model, masks, bits)
     formats = choose_formats(qlayers, variant, objective)
     sizes = {q.name: layer_bytes(q, formats[q.name]) for q in qlayers}
     return Emitted(sum(sizes.values()), formats, sizes)

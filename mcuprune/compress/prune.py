@@ -36,7 +36,14 @@ from pathlib import Path
 
 import numpy as np
 
-from mcuprune.compress.activations import CAPTURED_OPS, LayerCapture, apply_rows, capture_activations, tensor_rows
+from mcuprune.compress.activations import (
+    CAPTURED_OPS,
+    LayerCapture,
+    apply_rows,
+    capture_activations,
+    dense_input_means,
+    tensor_rows,
+)
 from mcuprune.compress.budget import (
     Candidate,
     best_format,
@@ -49,8 +56,10 @@ from mcuprune.compress.budget import (
     plan_bytes,
 )
 from mcuprune.compress.importance import layer_front, mask_for
+from mcuprune.compress.instructions import compile_formats, remove_for_instructions, total_instructions
 from mcuprune.compress.kl import output_kl
 from mcuprune.compress.magnitude import (
+    DEFAULT_END_FRACTION,
     global_magnitude_masks,
     global_threshold,
     gradual_schedule,
@@ -70,7 +79,7 @@ from mcuprune.compress.qsae import (
 from mcuprune.compress.structured import channel_groups, remove_channels
 from mcuprune.errors import UserError
 from mcuprune.model.interpreter import run_f32, run_s8
-from mcuprune.model.ir import FloatModel, Op
+from mcuprune.model.ir import FloatModel
 from mcuprune.quantize import calibration_subset, quantize_image_model, quantize_weights
 from mcuprune.train.datasets import Dataset, load_dataset, to_float, to_int8
 from mcuprune.train.ir_module import IRModule, with_masks
@@ -101,24 +110,38 @@ class PruneOptions:
     qsae_steps: int = DEFAULT_STEPS
     weights: str = "int8"  # WEIGHT_CHOICES
     layer_bits: dict[str, int] | None = None  # explicit widths by layer (a baseline matching another plan's)
+    instr_budget: int | None = None  # instructions per inference on `core` with `variant` kernels
+    variant: str = "dsp"
+    core: str | None = None  # None: the core the variant is tuned for (costs.DEFAULT_CORE)
+    distill: bool = True  # fine-tune towards the unpruned model's outputs (train.fit's teacher)
+    stages: int = 1  # QSAE under a flash budget: plan and fine-tune this many times, tightening (_stage_budgets)
 
     @property
     def widths(self) -> tuple[int, ...]:
         return WEIGHT_CHOICES[self.weights]
 
 
-def check_arguments(method: str, flash_budget, kl_budget, finetune_epochs: int, weights: str = "int8") -> None:
+def check_arguments(method: str, flash_budget, kl_budget, finetune_epochs: int, weights: str = "int8",
+                    instr_budget=None, stages: int = 1) -> None:
     """One clear UserError for every bad combination (before any work is done)."""
     if weights not in WEIGHT_CHOICES:
         raise UserError(f"unknown weights '{weights}': choose one of {', '.join(WEIGHT_CHOICES)}")
     if method not in METHODS:
         raise UserError(f"unknown pruning method '{method}': choose one of {', '.join(METHODS)}")
-    if (flash_budget is None) == (kl_budget is None):
-        raise UserError("give exactly one budget: a flash budget in bytes or a KL budget in nats")
+    if flash_budget is not None and kl_budget is not None:
+        raise UserError("give a flash budget in bytes or a KL budget in nats, not both")
+    if instr_budget is not None:
+        if isinstance(instr_budget, bool) or not isinstance(instr_budget, (int, np.integer)) or instr_budget <= 0:
+            raise UserError(f"the instruction budget must be a whole number of instructions > 0, got {instr_budget}")
+        if method != "qsae":
+            raise UserError(f"method '{method}' prunes weights, not channels: an instruction budget needs method "
+                            "'qsae'")
+    elif flash_budget is None and kl_budget is None:
+        raise UserError("give a budget: a flash budget in bytes, a KL budget in nats or an instruction budget")
     if flash_budget is not None:
         if isinstance(flash_budget, bool) or not isinstance(flash_budget, (int, np.integer)) or flash_budget <= 0:
             raise UserError(f"the flash budget must be a whole number of bytes > 0, got {flash_budget}")
-    else:
+    elif kl_budget is not None:
         check_kl_budget(kl_budget)
         if method != "qsae":
             raise UserError(f"method '{method}' prunes to a flash budget; a KL budget needs method 'qsae'")
@@ -127,6 +150,8 @@ def check_arguments(method: str, flash_budget, kl_budget, finetune_epochs: int, 
                         "(mixed widths need method 'qsae')")
     if isinstance(finetune_epochs, bool) or not isinstance(finetune_epochs, int) or finetune_epochs < 0:
         raise UserError(f"fine-tune epochs must be a whole number >= 0, got {finetune_epochs}")
+    if isinstance(stages, bool) or not isinstance(stages, int) or stages < 1:
+        raise UserError(f"stages must be a whole number >= 1, got {stages}")
 
 
 def fp32_params(model: FloatModel) -> int:
@@ -144,12 +169,6 @@ def original_fp32_bytes(run_dir: Path) -> int:
 
 
 # --- structured step: channels the QSAE finds unused ------------------------------------------------
-
-
-def dense_input_means(model: FloatModel, caps: dict[str, LayerCapture]) -> dict[str, np.ndarray]:
-    """Mean input of every dense layer (flattened H, W, C), for folding removed columns into biases."""
-    return {layer.name: caps[layer.name].input_means for layer in model.layers
-            if layer.op is Op.DENSE and layer.name in caps}
 
 
 def structured_qsae(model: FloatModel, calib: np.ndarray, tolerance: float, steps: int,
@@ -175,22 +194,32 @@ def structured_qsae(model: FloatModel, calib: np.ndarray, tolerance: float, step
     return remove_channels(model, removal, means), report
 
 
-def replay_removals(model: FloatModel, removals: list[dict], x_float: np.ndarray, seed: int = 0) -> FloatModel:
-    """Remove from `model` the channels a pruning report's ``structured`` entries removed (each names
-    its group by its tensors), folding dense readers' lost columns at their means on `x_float`."""
-    groups = {g.tensors: i for i, g in enumerate(channel_groups(model))}
-    removal = {}
-    for entry in removals:
-        if "group" not in entry:
-            raise UserError("the pruning report predates channel groups (mcuprune < 0.4): prune the run again")
-        key = tuple(entry["group"])
-        if key not in groups:
-            raise UserError(f"the model has no channel group {', '.join(key)}: it is not the model that was pruned")
-        if entry["removed"]:
-            removal[groups[key]] = np.asarray(entry["removed"], dtype=np.int64)
-    if not removal:
-        return model
-    return remove_channels(model, removal, dense_input_means(model, capture_activations(model, x_float, seed=seed)))
+def replay_removals(model: FloatModel, stages: list[list[dict]], x_float: np.ndarray, seed: int = 0) -> FloatModel:
+    """Remove from `model` the channels a pruning report removed: each stage (the ``structured`` and
+    ``instruction_removals`` entries, in that order) numbers channels in the model the stage before
+    left, and each entry names its group by its tensors; dense readers' lost columns are folded at
+    their means on `x_float`."""
+    for entries in stages:
+        groups = {g.tensors: i for i, g in enumerate(channel_groups(model))}
+        removal = {}
+        for entry in entries:
+            if "group" not in entry:
+                raise UserError("the pruning report predates channel groups (mcuprune < 0.4): prune the run again")
+            key = tuple(entry["group"])
+            if key not in groups:
+                raise UserError(f"the model has no channel group {', '.join(key)}: it is not the model that was "
+                                "pruned")
+            if entry["removed"]:
+                removal[groups[key]] = np.asarray(entry["removed"], dtype=np.int64)
+        if removal:
+            means = dense_input_means(model, capture_activations(model, x_float, seed=seed))
+            model = remove_channels(model, removal, means)
+    return model
+
+
+def removal_stages(report: dict) -> list[list[dict]]:
+    """The channel removals of a pruning report, stage by stage (replay_removals)."""
+    return [report.get("structured", []), report.get("instruction_removals", [])]
 
 
 # --- unstructured step: one τ per layer --------------------------------------------------------------
@@ -253,14 +282,16 @@ def _plan_flash(model: FloatModel, caps: dict[str, LayerCapture], fronts: dict[s
 # --- fine-tuning -------------------------------------------------------------------------------------
 
 
-def finetune(model: FloatModel, dataset: Dataset, epochs: int, seed: int, lr: float,
-             masks_at=None) -> FloatModel:
-    """Fine-tune `model` as an IRModule (masks fixed, narrower-than-int8 weights fake-quantized);
-    `masks_at(step, total_steps, current_model)` (magnitude.gradual_schedule) may replace the masks
-    after any step."""
+def finetune(model: FloatModel, dataset: Dataset, epochs: int, seed: int, lr: float, masks_at=None,
+             teacher: FloatModel | None = None, settle_from: float = 0.0) -> FloatModel:
+    """Fine-tune `model` as an IRModule (masks fixed, narrower-than-int8 weights fake-quantized),
+    distilling from `teacher` (the model before pruning), the learning rate decaying to 0 along a
+    half cosine from `settle_from` of the steps on (train.fit); `masks_at(step, total_steps,
+    current_model)` (magnitude.gradual_schedule) may replace the masks after any step."""
     if epochs == 0:
         return model
     module = IRModule(model, quantization_aware=True)
+    teacher_module = None if teacher is None else IRModule(teacher)
     total = epochs * math.ceil(len(dataset.x_train) / BATCH)
     step = 0
 
@@ -273,11 +304,29 @@ def finetune(model: FloatModel, dataset: Dataset, epochs: int, seed: int, lr: fl
         else:
             module.apply_masks()
 
-    fit(module, dataset.x_train, dataset.y_train, epochs, seed, lr=lr, desc="fine-tune", after_step=after_step)
+    fit(module, dataset.x_train, dataset.y_train, epochs, seed, lr=lr, desc="fine-tune", after_step=after_step,
+        teacher=teacher_module, cosine_from=settle_from)
     return module.to_float_model()
 
 
 # --- the three methods -------------------------------------------------------------------------------
+
+
+def _stage_budgets(model: FloatModel, opts: PruneOptions) -> list[tuple[int | None, int]]:
+    """(flash budget, fine-tune epochs) per stage. With `stages` > 1 and a flash budget the QSAE plan
+    tightens geometrically from the model's dense size to the budget, fine-tuning between plans (as
+    gradual magnitude pruning does, the network adapts to each cut before the next); the
+    intermediate stages get epochs // (stages + 1) each (at least 1), the last stage the rest."""
+    if opts.flash_budget is None or opts.stages <= 1:
+        return [(opts.flash_budget, opts.finetune_epochs)]
+    start = emitted(model).bytes
+    per_stage = max(1, opts.finetune_epochs // (opts.stages + 1))
+    out = []
+    for k in range(1, opts.stages):
+        out.append((int(round(opts.flash_budget * (start / opts.flash_budget) ** ((opts.stages - k) / opts.stages))),
+                    per_stage))
+    out.append((opts.flash_budget, max(0, opts.finetune_epochs - per_stage * (opts.stages - 1))))
+    return out
 
 
 def prune_graph(model: FloatModel, dataset: Dataset, calib: np.ndarray,
@@ -285,16 +334,32 @@ def prune_graph(model: FloatModel, dataset: Dataset, calib: np.ndarray,
     """(pruned and fine-tuned model, chosen candidate per pruned layer, report extras)."""
     extra: dict = {}
     epochs, seed, lr = opts.finetune_epochs, opts.seed, opts.finetune_lr
+    teacher = model if opts.distill else None
     if opts.method == "qsae" and opts.structured:
         model, extra["structured"] = structured_qsae(model, calib, opts.qsae_tolerance, opts.qsae_steps, seed)
     caps = capture_activations(model, to_float(calib), seed=seed)
+    if opts.instr_budget is not None:
+        model, extra["instruction_removals"], extra["planned_instructions"] = remove_for_instructions(
+            model, caps, opts.instr_budget, opts.variant, opts.core)
+        caps = capture_activations(model, to_float(calib), seed=seed)
     if opts.method == "qsae":
-        fronts = {layer.name: layer_front(layer, caps[layer.name], widths=opts.widths) for layer in model.layers
-                  if layer.op in CAPTURED_OPS}
-        chosen = _plan_flash(model, caps, fronts, opts.flash_budget) if opts.flash_budget is not None \
-            else choose_by_kl(fronts, opts.kl_budget)
-        planned = with_widths(with_masks(model, _masks(model, caps, chosen)), _widths(chosen))
-        model = finetune(planned, dataset, epochs, seed, lr)
+        stages = _stage_budgets(model, opts)
+        extra["stages"] = []
+        for k, (budget, stage_epochs) in enumerate(stages):
+            if k:
+                caps = capture_activations(model, to_float(calib), seed=seed)
+            fronts = {layer.name: layer_front(layer, caps[layer.name], widths=opts.widths) for layer in model.layers
+                      if layer.op in CAPTURED_OPS}
+            if budget is not None:
+                chosen = _plan_flash(model, caps, fronts, budget)
+            elif opts.kl_budget is not None:
+                chosen = choose_by_kl(fronts, opts.kl_budget)
+            else:  # an instruction budget alone: channels only, every weight kept
+                chosen = {name: next(c for c in front if c.tau == 0.0 and c.bits == max(opts.widths))
+                          for name, front in fronts.items()}
+            planned = with_widths(with_masks(model, _masks(model, caps, chosen)), _widths(chosen))
+            model = finetune(planned, dataset, stage_epochs, seed + k, lr, teacher=teacher)
+            extra["stages"].append({"flash_budget": budget, "finetune_epochs": stage_epochs})
         extra.update(candidates={n: [c.to_dict() for c in f] for n, f in fronts.items()}, importance="|w|*||x||")
         return model, dict(chosen), extra
     width = opts.widths[0]
@@ -304,7 +369,9 @@ def prune_graph(model: FloatModel, dataset: Dataset, calib: np.ndarray,
     extra.update(importance="|w|", global_sparsity_at_start=round(sparsity, 6))
     if opts.method == "magnitude" and epochs > 0:
         start = model
-        model = finetune(model, dataset, epochs, seed, lr, masks_at=gradual_schedule(opts.flash_budget, sparsity))
+        # the learning rate settles only once the last mask is set (the schedule's end step)
+        model = finetune(model, dataset, epochs, seed, lr, masks_at=gradual_schedule(opts.flash_budget, sparsity),
+                         teacher=teacher, settle_from=DEFAULT_END_FRACTION)
         masks = {layer.name: layer.mask for layer in model.layers if layer.weights is not None}
         kept = [m[m > 0] for m in magnitudes(model).values()]
         tau = float(min(k.min() for k in kept if k.size))  # the smallest kept |w|
@@ -313,7 +380,7 @@ def prune_graph(model: FloatModel, dataset: Dataset, calib: np.ndarray,
         masks = global_magnitude_masks(model, sparsity)
         tau = global_threshold(list(magnitudes(model).values()), sparsity)
         model_for_kl = model
-        model = finetune(with_masks(model, masks), dataset, epochs, seed, lr)
+        model = finetune(with_masks(model, masks), dataset, epochs, seed, lr, teacher=teacher)
     chosen = {layer.name: Candidate(tau=tau, sparsity=float(1 - masks[layer.name].mean()), bytes=0,
                                     kl=_mask_kl(layer, caps[layer.name], masks[layer.name]) if layer.name in caps
                                     else 0.0, bits=layer.weight_bits)
@@ -377,14 +444,17 @@ def prune_run(run_dir: Path, method: str, flash_budget: int | None, kl_budget: f
               out: Path, seed: int = 0, *, finetune_lr: float = DEFAULT_FINETUNE_LR,
               calibration: int = CALIBRATION_SAMPLES, qsae_tolerance: float = DEFAULT_TOLERANCE,
               structured: bool = True, qsae_steps: int = DEFAULT_STEPS, evaluate_int8: bool = True,
-              weights: str = "int8", layer_bits: dict[str, int] | None = None) -> dict:
+              weights: str = "int8", layer_bits: dict[str, int] | None = None, instr_budget: int | None = None,
+              variant: str = "dsp", core: str | None = None, stages: int = 1) -> dict:
     """Prune a run and write the pruned run to `out`; returns the pruning report (also in run.json).
 
     weights: the widths each pruned layer may get ("int8", "int4", or "mixed": the knapsack picks
-    per layer); layer_bits: explicit widths by layer name (magnitude baselines at another plan's widths)."""
-    check_arguments(method, flash_budget, kl_budget, finetune_epochs, weights)
+    per layer); layer_bits: explicit widths by layer name (magnitude baselines at another plan's widths);
+    instr_budget: instructions per inference with `variant` kernels on `core` (predicted by the cost
+    models, compress/instructions.py), met by removing channels before the flash or KL plan."""
+    check_arguments(method, flash_budget, kl_budget, finetune_epochs, weights, instr_budget, stages)
     opts = PruneOptions(method, flash_budget, kl_budget, finetune_epochs, seed, finetune_lr, qsae_tolerance,
-                        structured, qsae_steps, weights, layer_bits)
+                        structured, qsae_steps, weights, layer_bits, instr_budget, variant, core, stages=stages)
     run_dir, out = Path(run_dir), Path(out)
     if out.resolve() == run_dir.resolve():
         raise UserError(f"the pruned run must go to a new directory, not over {run_dir}")
@@ -397,7 +467,10 @@ def prune_run(run_dir: Path, method: str, flash_budget: int | None, kl_budget: f
     layers = layer_report(model, chosen)
     model_bytes = sum(row["bytes"] for row in layers)
     float_acc = float((run_f32(model, to_float(dataset.x_test)).argmax(1) == dataset.y_test).mean())
+    predicted = total_instructions(model, variant, core, formats=compile_formats(model, variant, core, flash_budget))
     report = {"method": method, "flash_budget": flash_budget, "kl_budget": kl_budget, "weights": weights,
+              "instr_budget": instr_budget, "predicted_instructions": round(predicted),
+              **({} if instr_budget is None else {"within_instr_budget": predicted <= instr_budget}),
               "finetune_epochs": finetune_epochs, "finetune_lr": finetune_lr, "seed": seed,
               "calibration_samples": int(len(calib)),
               **({} if flash_budget is None else {"within_flash_budget": model_bytes <= flash_budget}),

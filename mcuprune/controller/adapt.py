@@ -60,7 +60,7 @@ from mcuprune.codegen.emit import architecture_hash
 from mcuprune.compress.activations import capture_activations, layer_rows, weight_matrix
 from mcuprune.compress.budget import QUANT_BYTES_PER_CHANNEL, choose_by_bytes, pareto
 from mcuprune.compress.importance import SPARSITY_LEVELS, layer_candidates, mask_for
-from mcuprune.compress.prune import replay_removals
+from mcuprune.compress.prune import removal_stages, replay_removals
 from mcuprune.controller import ADAPT_STEPS
 from mcuprune.controller.detectors import DriftDetector
 from mcuprune.controller.drift_offline import DetectorSpec, build_detector
@@ -257,7 +257,7 @@ def parent_source(run_dir: Path, captured_uint8: np.ndarray, input_q: QParams, s
     parent = Path(parent)
     if not (parent / "run.json").exists():
         raise UserError(f"{run_dir} was pruned from {parent}, which is gone: re-pruning needs the dense parent run")
-    full = replay_removals(_float_model(parent), meta.get("pruning", {}).get("structured", []),
+    full = replay_removals(_float_model(parent), removal_stages(meta.get("pruning", {})),
                            input_floats(captured_uint8, input_q), seed=seed)
     pruned = _float_model(run_dir)
     if [tuple(layer.out_shape) for layer in full.layers] != [tuple(layer.out_shape) for layer in pruned.layers]:

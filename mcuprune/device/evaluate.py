@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
 
 from mcuprune.device.qemu import QemuDevice
 from mcuprune.errors import UserError
@@ -177,3 +178,29 @@ class CompileAndEvaluate:
                 "mismatches": ev.mismatches, "samples": ev.samples,
                 "instructions_per_inference": round(ev.instructions_per_inference),
                 "formats": json.loads((fw_dir / "firmware.json").read_text()).get("formats", {})}
+
+
+def plot_tradeoff(rows: list[tuple[str, Evaluation]], path: Path, title: str = "") -> None:
+    """Device accuracy (%) against model flash bytes and against instructions per inference, one
+    point per labelled evaluation (the demo's dense and pruned models), with the fp32 model's
+    accuracy and the 0.5 pp below it as guides."""
+    fig = Figure(figsize=(10, 4.2))
+    axes = fig.subplots(1, 2)
+    for label, ev in rows:
+        for ax, x in zip(axes, (ev.model_flash_bytes, ev.instructions_per_inference), strict=True):
+            ax.scatter([x], [100 * ev.device_accuracy], s=60, zorder=3)
+            ax.annotate(label, (x, 100 * ev.device_accuracy), textcoords="offset points", xytext=(6, 6), fontsize=8)
+    reference = next((ev.float_accuracy for _, ev in rows if ev.float_accuracy is not None), None)
+    for ax, xlabel in zip(axes, ("model flash bytes (parameters in the ELF)", "instructions per inference (QEMU)"),
+                          strict=True):
+        if reference is not None:
+            ax.axhline(100 * reference, color="grey", lw=1, label="fp32 accuracy of the dense model")
+            ax.axhline(100 * reference - 0.5, color="grey", ls="--", lw=1, label="fp32 − 0.5 pp")
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("device accuracy (%)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)

@@ -27,6 +27,9 @@ What the importer normalises, and why:
   symmetric weights cannot express. (Conv and per-channel FC kernels ignore weight zero points,
   so the IR ignores them too.)
 * Depthwise weights [1, k_h, k_w, C*M] become the IR's [C*M, k_h, k_w, 1].
+* INT4 weights (two per byte, the first in the low nibble, over the whole flattened tensor) become
+  their integers in the IR's int8 array, the layer's ``weight_bits`` 4 (CONV_2D, DEPTHWISE_CONV_2D,
+  and FULLY_CONNECTED with per-tensor weights, all that TFLM runs).
 * A missing bias becomes zeros (same arithmetic).
 * SAME padding becomes explicit (top, bottom, left, right), the odd extra at the bottom/right.
 * A PAD (H and W only, same input and output quantization) whose only reader is a convolution
@@ -66,6 +69,7 @@ import numpy as np
 from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as _fb
 
 from mcuprune.errors import UserError
+from mcuprune.model.formats import pack_nibbles, unpack_nibbles
 from mcuprune.model.int8_params import (
     FUSED_ACTIVATIONS,
     INT8_MAX,
@@ -94,6 +98,7 @@ from mcuprune.model.ir import (
 FILE_IDENTIFIER = b"TFL3"
 _SCHEMA_VERSION = 3
 _BUFFER_ALIGNMENT = 16  # bytes: TFLM reads int32 biases and float data through typed pointers
+INT4 = "int4"  # the tensor type whose data Tensor holds as int8 integers in [-8, 7], packed in the file
 
 
 def _enum_names(enum_cls: type) -> dict[int, str]:
@@ -165,7 +170,9 @@ class TensorQuant:
 
 @dataclass
 class Tensor:
-    """One tensor; ``data`` is set for constants (weights, bias, shapes, paddings)."""
+    """One tensor; ``data`` is set for constants (weights, bias, shapes, paddings). An int4 tensor's
+    data is its integers in an int8 array of the tensor's shape; the file packs them two per byte
+    (TFLite's order: over the flattened tensor, the first of two in the low nibble)."""
 
     name: str
     shape: tuple[int, ...]
@@ -285,10 +292,16 @@ def read_tflite(data: bytes, what: str = "model") -> TfliteGraph:
                             "the file is corrupt, export it again")
         raw = _buffer_bytes(buffers[t.buffer], data, what) if buffers else None
         array = None
-        if raw is not None:
+        if raw is not None and dtype == INT4:
+            count = shape_product(shape) if shape else 1
+            if len(raw) != (count + 1) // 2:
+                raise UserError(f"{what}: tensor {i} ({name!r}) holds {len(raw)} bytes, its shape {shape} int4 "
+                                f"needs {(count + 1) // 2}; the file is corrupt, export it again")
+            array = unpack_nibbles(np.frombuffer(raw, np.uint8), count).reshape(shape)
+        elif raw is not None:
             np_dtype = _NUMPY_DTYPES.get(dtype)
             if np_dtype is None:
-                array = np.frombuffer(raw, np.uint8).copy()  # int4, strings: kept as raw bytes
+                array = np.frombuffer(raw, np.uint8).copy()  # strings, other packed types: kept as raw bytes
             else:
                 count = shape_product(shape) if shape else 1
                 if len(raw) != count * np_dtype.itemsize:
@@ -384,7 +397,13 @@ def write_tflite(graph: TfliteGraph) -> bytes:
             if array.size != (shape_product(t.shape) if t.shape else 1):
                 raise ValueError(f"tensor {i} ({t.name!r}) has {array.size} values for shape {t.shape}")
             ft.buffer = len(buffers)
-            buffers.append(_AlignedBufferT(np.ascontiguousarray(array.astype(_NUMPY_DTYPES[t.dtype])).tobytes()))
+            if t.dtype == INT4:
+                if array.size and (array.min() < -8 or array.max() > 7):
+                    raise ValueError(f"tensor {i} ({t.name!r}) is int4 but holds values outside [-8, 7]")
+                raw = pack_nibbles(array).tobytes()
+            else:
+                raw = np.ascontiguousarray(array.astype(_NUMPY_DTYPES[t.dtype])).tobytes()
+            buffers.append(_AlignedBufferT(raw))
         fb_tensors.append(ft)
     codes: list[Any] = []
     code_index: dict[str, int] = {}
@@ -502,13 +521,19 @@ class _Importer:
                             "convert the model with batch size 1")
         return tuple(int(d) for d in t.shape[1:])
 
-    def constant(self, i: int, what: str, dtype: str | None = None) -> np.ndarray:
+    def constant(self, i: int, what: str, dtype: str | tuple[str, ...] | None = None) -> np.ndarray:
         t = self.tensor(i) if i >= 0 else None
         if t is None or t.data is None:
             raise self.fail(f"its {what} is not a constant tensor", "freeze the model so it is stored in the file")
-        if dtype is not None and t.dtype != dtype:
-            raise self.fail(f"its {what} {t.name!r} is {t.dtype}, not {dtype}", _CONVERT_INT8)
+        dtypes = (dtype,) if isinstance(dtype, str) else dtype
+        if dtypes is not None and t.dtype not in dtypes:
+            raise self.fail(f"its {what} {t.name!r} is {t.dtype}, not {' or '.join(dtypes)}", _CONVERT_INT8)
         return t.data
+
+    def weights(self, op: Operator) -> tuple[np.ndarray, int]:
+        """The op's int8 or int4 weights (int4 ones as their integers in an int8 array) and their width."""
+        w = self.constant(op.inputs[1], "weights", ("int8", INT4))
+        return w, 4 if self.tensor(op.inputs[1]).dtype == INT4 else 8
 
     def activation_input(self, op: Operator, n: int) -> int:
         i = op.inputs[n]
@@ -573,7 +598,7 @@ class _Importer:
         return q.scale.astype(np.float32)
 
     def conv(self, op: Operator, depthwise: bool) -> QuantLayer:
-        w = self.constant(op.inputs[1], "weights", "int8")
+        w, bits = self.weights(op)
         x_shape = self.shape(self.activation_input(op, 0))
         if len(x_shape) != 3 or w.ndim != 4:
             raise self.fail(f"input shape {x_shape} or weights {w.shape} are not 2-D convolution shapes",
@@ -604,11 +629,11 @@ class _Importer:
         activation = self.fused_clamp(op, out_q)
         return self.layer(op, Op.DEPTHWISE_CONV2D if depthwise else Op.CONV2D, weights=weights,
                           bias=self.bias(op, c_out), weight_scales=scales, multiplier=multiplier, shift=shift,
-                          **activation, stride=stride, padding=padding, dilation=dilation,
+                          **activation, stride=stride, padding=padding, dilation=dilation, weight_bits=bits,
                           **extra)
 
     def dense(self, op: Operator) -> QuantLayer:
-        w = self.constant(op.inputs[1], "weights", "int8")
+        w, bits = self.weights(op)
         x = self.activation_input(op, 0)
         if w.ndim != 2 or shape_product(self.shape(x)) != w.shape[1]:
             raise self.fail(f"weights {w.shape} do not take the input {self.tensor(x).shape} (batch 1)",
@@ -630,7 +655,7 @@ class _Importer:
         multiplier, shift = conv_multipliers(in_q.scale, scales, out_q.scale, c_out)
         activation = self.fused_clamp(op, out_q)
         return self.layer(op, Op.DENSE, weights=w, bias=self.bias(op, c_out), weight_scales=scales,
-                          multiplier=multiplier, shift=shift, **activation)
+                          multiplier=multiplier, shift=shift, weight_bits=bits, **activation)
 
     def pool(self, op: Operator, kind: Op) -> QuantLayer:
         x = self.activation_input(op, 0)
@@ -959,8 +984,12 @@ class _Exporter:
         bias = layer.bias if layer.bias is not None else np.zeros(c, np.int32)
         b = self.const(f"{layer.name}/bias", np.asarray(bias, np.int32), "int32", TensorQuant(bias_scales, 0))
         act = _fused_activation(layer)
+        int4 = layer.weight_bits == 4
         if layer.op is Op.DENSE:
-            w = self.const(f"{layer.name}/weights", layer.weights, "int8", TensorQuant(scales, 0, 0))
+            # TFLM's FULLY_CONNECTED takes INT4 weights per tensor only: equal scales go as one, else int8
+            per_tensor = int4 and bool(np.all(scales == scales[0]))
+            quant = TensorQuant(scales[:1], 0, 0) if per_tensor else TensorQuant(scales, 0, 0)
+            w = self.const(f"{layer.name}/weights", layer.weights, INT4 if per_tensor else "int8", quant)
             return "FULLY_CONNECTED", [x, w, b], {"fused_activation_function": act, "keep_num_dims": False}
         k = (int(layer.weights.shape[1]), int(layer.weights.shape[2]))
         mode = self.padding_mode(layer, k)
@@ -974,11 +1003,12 @@ class _Exporter:
         options = {"padding": mode, "stride_h": layer.stride[0], "stride_w": layer.stride[1],
                    "dilation_h_factor": layer.dilation[0], "dilation_w_factor": layer.dilation[1],
                    "fused_activation_function": act}
+        dtype = INT4 if int4 else "int8"
         if layer.op is Op.DEPTHWISE_CONV2D:
             weights = np.ascontiguousarray(layer.weights[..., 0].transpose(1, 2, 0)[None])  # [1, k_h, k_w, C*M]
-            w = self.const(f"{layer.name}/weights", weights, "int8", TensorQuant(scales, 0, 3))
+            w = self.const(f"{layer.name}/weights", weights, dtype, TensorQuant(scales, 0, 3))
             return "DEPTHWISE_CONV_2D", [x, w, b], options | {"depth_multiplier": layer.depth_multiplier}
-        w = self.const(f"{layer.name}/weights", layer.weights, "int8", TensorQuant(scales, 0, 0))
+        w = self.const(f"{layer.name}/weights", layer.weights, dtype, TensorQuant(scales, 0, 0))
         return "CONV_2D", [x, w, b], options
 
     def full_range(self, layer: QuantLayer) -> None:
@@ -1060,6 +1090,13 @@ def export_tflite(model: QuantModel) -> bytes:
     Every integer TFLM derives in Prepare is compared with the layer's first; a layer whose
     multipliers were not derived from float32 scales, or whose clamp no TFLite activation gives,
     is a UserError naming the layer. Pruned weights are written as they are (zeros, dense).
+
+    int4 weights (``weight_bits`` 4) are written as INT4 tensors (two per byte, TFLite's order) for
+    CONV_2D and DEPTHWISE_CONV_2D, which TFLM runs per channel. TFLM's FULLY_CONNECTED takes INT4
+    weights per tensor only (it refuses per-channel INT4 in Prepare), so a dense layer with int4
+    weights is written as INT4 when all its channel scales are equal (one scale) and otherwise as
+    int8 weights holding the same integers, per channel: TFLM computes the same outputs, the file
+    just stores those weights in 8 bits (and imports back with ``weight_bits`` 8).
     """
     try:
         return _Exporter(model).run()

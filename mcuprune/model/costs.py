@@ -7,6 +7,10 @@ kernels (cost_features), the loop counts of the dense reference conv, and for th
 set of terms per path it takes (im2col, strip, pointwise; conv_path), zero on the other paths. The
 planner (compress/budget.py) and the code generator call the same ``choose_formats``, so a byte
 budget the planner meets is what the code generator emits.
+
+Every function reads a layer's weight width (``QuantLayer.weight_bits``): a layer with int4 weights
+is costed with the int4 kernels' fits (keys ``<op>/s4_<format>/<variant>/<core>``, cost_key), its
+bytes counted at 4 bits (formats.format_bytes), and its format chosen among the int4 kernels.
 """
 
 from __future__ import annotations
@@ -24,7 +28,10 @@ from mcuprune.model.ops import (
     FORMATS,
     OPS,
     PW_PIXELS,
+    S4_GROUP,
     STRIP_PIXELS,
+    WEIGHT_BITS,
+    check_bits,
     check_format,
     check_variant,
     conv_is_pointwise,
@@ -228,6 +235,78 @@ def dsp_dense_conv_features(layer: QuantLayer) -> dict[str, float]:
     return {name: float(value) for name, value in features.items()}
 
 
+S4_DSP_DENSE_CONV_TERMS = (  # the terms of dsp_s4_dense_conv_features, in order
+    "s4_passes", "s4_odd_groups", "s4_chunks", "s4_tails", "s4_channel_pairs", "s4_outputs",
+    "s4_single_groups", "s4_single_channels", "s4_single_tails",
+    "s4_values", "s4_pixels", "s4_taps", "s4_valid_taps", "s4_stage_taps", "call",
+)  # fmt: skip
+
+
+def dsp_s4_dense_conv_features(layer: QuantLayer) -> dict[str, float]:
+    """Terms of the dense DSP conv with int4 weights (firmware/kernels/dsp/conv2d_s4_dense.c, one
+    path). Pixels go two at a time, an odd last pixel paired with itself: PP = ceil(P / 2) pairs,
+    P2 = 2 * PP pixels computed. R = out_c; K = k_h * k_w * in_c values per patch, G = K // 8 whole
+    groups of 8, a partial last group when K % 8 != 0. For each pixel pair, the R // 2 channel pairs:
+
+    - ``s4_passes``: (R // 2) * (G // 2) * PP, passes of the inner loop (two groups, 64 MACs);
+    - ``s4_odd_groups``: (R // 2) * (G % 2) * PP, a last whole group alone;
+    - ``s4_chunks``: (R // 2) * PP when G > 0 (the loop's setup and the flush of its sums);
+    - ``s4_tails``: (R // 2) * PP when K % 8 != 0 (the last group, its weights read byte by byte);
+    - ``s4_channel_pairs``: (R // 2) * PP (biases, the pair's setup);
+    - ``s4_outputs``: R * P2 (requantization);
+
+    an odd R's last channel alone: ``s4_single_groups`` (G * PP), ``s4_single_channels`` (PP),
+    ``s4_single_tails`` (PP when K % 8 != 0); the patches: ``s4_values`` (ceil(K / 8) * 8 * P2
+    values converted to the s4-pair layout), ``s4_pixels`` (P2); when in_c is a multiple of 8 each
+    tap converts on its own, ``s4_taps`` (k_h * k_w * P2) and ``s4_valid_taps`` (taps inside the
+    image, summed over the computed pixels; padding taps store zeros), otherwise each tap is staged
+    as int8 first, a memcpy or memset (``s4_stage_taps``, k_h * k_w * P2); ``call``.
+    """
+    out_c, k_h, k_w, in_c, pixels, valid = _conv_geometry(layer)
+    k = k_h * k_w * in_c
+    pairs_px = -(-pixels // 2)
+    computed = 2 * pairs_px
+    if pixels % 2:  # the odd last pixel is computed twice
+        (in_h, in_w, _), (out_h, out_w, _) = layer.in_shape, layer.out_shape
+        top, _, left, _ = layer.padding
+        valid += (_inside(out_h, k_h, in_h, layer.stride[0], top, layer.dilation[0], first=out_h - 1)
+                  * _inside(out_w, k_w, in_w, layer.stride[1], left, layer.dilation[1], first=out_w - 1))  # fmt: skip
+    groups, tail = k // S4_GROUP, k % S4_GROUP != 0
+    ch_pairs, single = out_c // 2, out_c % 2
+    direct = in_c % S4_GROUP == 0
+    features = {
+        "s4_passes": ch_pairs * (groups // 2) * pairs_px,
+        "s4_odd_groups": ch_pairs * (groups % 2) * pairs_px,
+        "s4_chunks": ch_pairs * (groups > 0) * pairs_px,
+        "s4_tails": ch_pairs * tail * pairs_px,
+        "s4_channel_pairs": ch_pairs * pairs_px,
+        "s4_outputs": out_c * computed,
+        "s4_single_groups": single * groups * pairs_px,
+        "s4_single_channels": single * pairs_px,
+        "s4_single_tails": single * tail * pairs_px,
+        "s4_values": -(-k // S4_GROUP) * S4_GROUP * computed,
+        "s4_pixels": computed,
+        "s4_taps": k_h * k_w * computed if direct else 0,
+        "s4_valid_taps": valid if direct else 0,
+        "s4_stage_taps": 0 if direct else k_h * k_w * computed,
+        "call": 1,
+    }
+    return {name: float(features[name]) for name in S4_DSP_DENSE_CONV_TERMS}
+
+
+def _s4_csr_rows(per_row: np.ndarray) -> dict[str, int]:
+    """How the int4 DSP csr walk takes each row's entries (mcup_csr_row_s4): a row starting at an
+    odd entry (its value and csr4 delta in a high nibble) takes that entry alone first
+    (``lead_entries``), then blocks of 8 (``block_rows``: rows with at least one, each flushing its
+    sums), then one block of 4 if left (``quad_rows``), then its last 0..3 entries one by one
+    (``tail_entries``)."""
+    starts = np.concatenate([[0], np.cumsum(per_row)[:-1]])
+    lead = ((starts % 2) == 1) & (per_row > 0)
+    rest = per_row - lead
+    return {"tail_entries": int((rest % 4).sum()), "lead_entries": int(lead.sum()),
+            "block_rows": int((rest >= S4_GROUP).sum()), "quad_rows": int((rest % S4_GROUP >= 4).sum())}
+
+
 def layer_cost_features(layer: QuantLayer, fmt: str, variant: str = "dsp") -> dict[str, float]:
     """The cost model's terms for a layer packed in `fmt`, run by the `variant` kernels.
 
@@ -247,26 +326,60 @@ def layer_cost_features(layer: QuantLayer, fmt: str, variant: str = "dsp") -> di
     {'entries': 210.0, 'rows': 7.0, 'cols': 30.0, 'rest_entries': 30.0, 'tail_rows': 7.0, 'call': 1.0}
     >>> layer_cost_features(fc, "dense", "reference")
     {'entries': 210.0, 'rows': 7.0, 'cols': 30.0, 'call': 1.0}
+
+    int4 weights (``weight_bits`` 4) take the same terms, except: the dense DSP conv
+    (dsp_s4_dense_conv_features); the dense reference conv, whose taps read their weights two per
+    byte (``valid_macs`` split into ``valid_pairs``, in_c // 2 per tap, and ``valid_singles``, in_c
+    % 2 per tap; ``pair_taps``: the taps whose loop over pairs runs, in_c >= 2); the dense
+    DSP FC, whose rows go two at a time and whose groups of 8 end in a partial one (``rest_entries``
+    = rows % 2 * cols, ``tail_rows`` = rows when cols % 8 != 0); the csr DSP kernels, whose blocks
+    are 8 entries, then 4 (``tail_entries``, ``lead_entries``, ``block_rows``, ``quad_rows``:
+    _s4_csr_rows).
+
+    >>> layer_cost_features(QuantLayer(**{**fc.__dict__, "weight_bits": 4}), "dense", "dsp")
+    {'entries': 210.0, 'rows': 7.0, 'cols': 30.0, 'rest_entries': 30.0, 'tail_rows': 7.0, 'call': 1.0}
     """
     check_variant(variant)
-    w = weight_matrix(layer.weights)
+    bits = layer.weight_bits
+    check_bits(bits)
+    w = weight_matrix(layer.weights, bits)
     rows, cols = w.shape
-    optimized = has_optimized_kernel(OPS[layer.op], fmt, variant)
+    optimized = has_optimized_kernel(OPS[layer.op], fmt, variant, bits)
     tail = 0
+    s4_rows: dict[str, int] = {}  # the int4 DSP csr walk's extra terms (per output pixel for conv)
     if fmt == "dense":
         if layer.op is Op.CONV2D:
-            return dsp_dense_conv_features(layer) if optimized else reference_dense_conv_features(layer)
+            if optimized:
+                return dsp_dense_conv_features(layer) if bits == 8 else dsp_s4_dense_conv_features(layer)
+            features = reference_dense_conv_features(layer)
+            if bits == 4:  # a tap's in_c values: in_c // 2 bytes of two, in_c % 2 alone (mcup_s4_dot)
+                call = features.pop("call")
+                valid_macs = features.pop("valid_macs")
+                in_c = int(layer.weights.shape[3])
+                valid_taps = features["tap_steps"]
+                features.update(pair_taps=valid_taps * (in_c >= 2), valid_pairs=valid_macs // in_c * (in_c // 2),
+                                valid_singles=valid_taps * (in_c % 2), call=call)  # fmt: skip
+            return features
         entries = rows * cols
     elif fmt == "bitmask":
         entries = int(np.count_nonzero(w))
     else:
         per_row = csr_layout(w, MAX_DELTA[fmt])[4]
-        entries, tail = int(per_row.sum()), int((per_row % 4).sum())
+        entries = int(per_row.sum())
+        if bits == 4 and optimized:
+            s4_rows = _s4_csr_rows(per_row)
+            tail = s4_rows.pop("tail_entries")
+        else:
+            tail = int((per_row % 4).sum())
     if layer.op is not Op.CONV2D:
         features = cost_features(layer.op, fmt, rows, cols, entries, tail_entries=tail)
-        if fmt == "dense" and optimized:  # rows in blocks of FC_DSP_ROWS, then one by one; each a k % 4 tail
+        if s4_rows:
             call = features.pop("call")
-            features.update(rest_entries=float(rows % FC_DSP_ROWS * cols), tail_rows=float(rows * (cols % 4 != 0)),
+            features.update({name: float(v) for name, v in s4_rows.items()}, call=call)
+        if fmt == "dense" and optimized:  # rows in blocks, then one by one; each row a tail of its last values
+            call = features.pop("call")
+            block, group = (FC_DSP_ROWS, 4) if bits == 8 else (2, S4_GROUP)
+            features.update(rest_entries=float(rows % block * cols), tail_rows=float(rows * (cols % group != 0)),
                             call=call)  # fmt: skip
         return features
     _, k_h, k_w, _, pixels, valid = _conv_geometry(layer)
@@ -276,11 +389,22 @@ def layer_cost_features(layer: QuantLayer, fmt: str, variant: str = "dsp") -> di
         pixels += 1
         valid += (_inside(out_h, k_h, in_h, layer.stride[0], top, layer.dilation[0], first=out_h - 1)
                   * _inside(out_w, k_w, in_w, layer.stride[1], left, layer.dilation[1], first=out_w - 1))  # fmt: skip
-    return cost_features(layer.op, fmt, rows, cols, entries, pixels, k_h * k_w, valid, tail, k_h)
+    features = cost_features(layer.op, fmt, rows, cols, entries, pixels, k_h * k_w, valid, tail, k_h)
+    if s4_rows:
+        call = features.pop("call")
+        features.update({name: float(v * pixels) for name, v in s4_rows.items()}, call=call)
+    return features
 
 
-def cost_key(op: Op | str, fmt: str, variant: str, core: str) -> str:
-    return f"{Op(op).value}/{fmt}/{variant}/{core}"
+def cost_key(op: Op | str, fmt: str, variant: str, core: str, bits: int = 8) -> str:
+    """The kernel_costs.json key of a kernel: ``<op>/<format>/<variant>/<core>``, the format written
+    ``s4_<format>`` for int4 weights (as in the kernel's name, mcup_<kernel>_s4_<format>).
+
+    >>> cost_key("dense", "csr4", "dsp", "cortex-m4"), cost_key("conv2d", "dense", "dsp", "cortex-m4", 4)
+    ('dense/csr4/dsp/cortex-m4', 'conv2d/s4_dense/dsp/cortex-m4')
+    """
+    check_bits(bits)
+    return f"{Op(op).value}/{fmt if bits == 8 else f's{bits}_{fmt}'}/{variant}/{core}"
 
 
 @cache
@@ -288,40 +412,42 @@ def load_costs(path: Path = COSTS_PATH) -> dict:
     return json.loads(path.read_text())
 
 
-def _cost_entry(table: str, op: Op | str, fmt: str, variant: str, core: str | None):
+def _cost_entry(table: str, op: Op | str, fmt: str, variant: str, core: str | None, bits: int = 8):
     """An entry of kernel_costs.json; a core we have not measured (e.g. M7, M33, M55) uses the
     figures of the core the variant is tuned for (M4 for dsp, M3 for reference)."""
     entries = load_costs()[table]
-    key = cost_key(op, fmt, variant, core or DEFAULT_CORE[variant])
+    key = cost_key(op, fmt, variant, core or DEFAULT_CORE[variant], bits)
     if key not in entries:
-        key = cost_key(op, fmt, variant, DEFAULT_CORE[variant])
+        key = cost_key(op, fmt, variant, DEFAULT_CORE[variant], bits)
     if key not in entries:
         raise ValueError(f"no {table} entry for {key} in {COSTS_PATH.name}")
     return entries[key]
 
 
-def _model(op: Op, fmt: str, variant: str, core: str | None) -> dict:
-    return _cost_entry("models", op, fmt, variant, core)
+def _model(op: Op, fmt: str, variant: str, core: str | None, bits: int = 8) -> dict:
+    return _cost_entry("models", op, fmt, variant, core, bits)
 
 
 def predict_instructions(layer: QuantLayer, fmt: str, variant: str = "dsp", core: str | None = None) -> float:
-    """Instructions the layer's kernel in `fmt` executes, from the fitted cost model."""
+    """Instructions the layer's kernel in `fmt` (at the layer's ``weight_bits``) executes, from the
+    fitted cost model."""
     check_format(fmt)
     check_variant(variant)
     require_weights(layer)
-    coef = _model(layer.op, fmt, variant, core)["coefficients"]
+    bits = layer.weight_bits
+    coef = _model(layer.op, fmt, variant, core, bits)["coefficients"]
     features = layer_cost_features(layer, fmt, variant)
     missing = sorted(set(features) - set(coef))
     if missing:
         raise ValueError(f"{COSTS_PATH.name} has no coefficient for {', '.join(missing)} "
-                         f"({cost_key(layer.op, fmt, variant, core or DEFAULT_CORE[variant])}); "
+                         f"({cost_key(layer.op, fmt, variant, core or DEFAULT_CORE[variant], bits)}); "
                          "regenerate it with bench/sparse/fit_costs.py")  # fmt: skip
     return float(sum(coef[name] * value for name, value in features.items()))
 
 
-def kernel_code_bytes(op: Op | str, fmt: str, variant: str = "dsp", core: str | None = None) -> int:
-    """.text bytes of the (op, fmt) kernel object at -O2 (kernel_costs.json, measured)."""
-    return int(_cost_entry("code_bytes", op, fmt, variant, core))
+def kernel_code_bytes(op: Op | str, fmt: str, variant: str = "dsp", core: str | None = None, bits: int = 8) -> int:
+    """.text bytes of the (op, fmt, bits) kernel object at -O2 (kernel_costs.json, measured)."""
+    return int(_cost_entry("code_bytes", op, fmt, variant, core, bits))
 
 
 def _candidates(layer: QuantLayer, variant: str, objective: str, core: str | None) -> list[str]:
@@ -331,16 +457,17 @@ def _candidates(layer: QuantLayer, variant: str, objective: str, core: str | Non
         raise ValueError(f"unknown objective {objective!r}; expected one of {', '.join(OBJECTIVES)}")
     check_variant(variant)
     require_weights(layer)
-    kernel_formats = OPS[layer.op].formats
+    kernel_formats = OPS[layer.op].formats  # the same formats at either width
     if layer.mask is None or kernel_formats == ("dense",):
         return ["dense"]
     if objective == "smallest":
         return list(kernel_formats)
-    dense = _model(layer.op, "dense", variant, core)
+    bits = layer.weight_bits
+    dense = _model(layer.op, "dense", variant, core, bits)
     dense_floor = predict_instructions(layer, "dense", variant, core) * (1 - dense["max_relative_error"])
     allowed = ["dense"]
     for fmt in (f for f in kernel_formats if f != "dense"):
-        margin = _model(layer.op, fmt, variant, core)["max_relative_error"]
+        margin = _model(layer.op, fmt, variant, core, bits)["max_relative_error"]
         if predict_instructions(layer, fmt, variant, core) * (1 + margin) <= dense_floor:
             allowed.append(fmt)
     return allowed
@@ -352,9 +479,10 @@ def choose_format(layer: QuantLayer, variant: str = "dsp", objective: str = "fas
     ``"fastest"`` (default): the fewest bytes among dense and the sparse formats predicted not to
     be slower than dense (with the cost model's error margin, see _candidates); dense wins ties.
     ``"smallest"``: the fewest bytes, whatever the speed. Layers without a mask stay dense.
-    `core` defaults to the core the variant is tuned for (DEFAULT_CORE).
+    `core` defaults to the core the variant is tuned for (DEFAULT_CORE). The formats are those of
+    the layer's own width (``weight_bits``): bytes and speed of the int4 kernels for an int4 layer.
     """
-    sizes = {fmt: format_bytes(layer.weights, fmt) for fmt in FORMATS}
+    sizes = {fmt: format_bytes(layer.weights, fmt, layer.weight_bits) for fmt in FORMATS}
     return min(_candidates(layer, variant, objective, core), key=lambda fmt: (sizes[fmt], FORMATS.index(fmt)))
 
 
@@ -364,22 +492,28 @@ def choose_formats(
     """Formats for every weighted layer of a model, minimising parameter bytes + kernel code bytes.
 
     A sparse kernel costs its code once per firmware, so a format only pays if the layers using it
-    save more than its code; a kernel no layer uses is not linked. Every subset of kernels per op
-    is tried (at most 2^4 per op), each layer taking its smallest allowed format in the subset.
-    Returns {layer name: format}; layers without weights are left out.
+    save more than its code; a kernel no layer uses is not linked. A kernel is an (op, format,
+    width): layers with int8 and with int4 weights (``weight_bits``) use different kernels, so each
+    (op, width) group is weighed on its own, every layer choosing among the formats of its own
+    width. Every subset of kernels per group is tried (at most 2^4), each layer taking its smallest
+    allowed format in the subset. Returns {layer name: format}; layers without weights are left out.
     """
     weighted = [layer for layer in layers if layer.weights is not None]
     options = {layer.name: _candidates(layer, variant, objective, core) for layer in weighted}
-    sizes = {layer.name: {fmt: format_bytes(layer.weights, fmt) for fmt in FORMATS} for layer in weighted}
+    sizes = {layer.name: {fmt: format_bytes(layer.weights, fmt, layer.weight_bits) for fmt in FORMATS}
+             for layer in weighted}  # fmt: skip
     choice: dict[str, str] = {}
-    for op in (spec.op for spec in OPS.values() if spec.weighted):
-        group = [layer.name for layer in weighted if layer.op is op]
+    groups = [(spec.op, bits) for spec in OPS.values() if spec.weighted for bits in WEIGHT_BITS]
+    for op, width in groups:
+        group = [layer.name for layer in weighted if layer.op is op and layer.weight_bits == width]
+        if not group:
+            continue
         if all(options[name] == ["dense"] for name in group):  # nothing to weigh (or no sparse kernels)
             choice.update(dict.fromkeys(group, "dense"))
             continue
         best: tuple[int, dict[str, str]] | None = None
-        for bits in range(1, 2 ** len(FORMATS)):
-            kernels = [fmt for i, fmt in enumerate(FORMATS) if bits >> i & 1]
+        for subset in range(1, 2 ** len(FORMATS)):
+            kernels = [fmt for i, fmt in enumerate(FORMATS) if subset >> i & 1]
             if any(not set(kernels) & set(options[name]) for name in group):
                 continue
             picks = {
@@ -388,7 +522,7 @@ def choose_formats(
             }
             used = set(picks.values())
             total = sum(sizes[name][picks[name]] for name in group)
-            total += sum(kernel_code_bytes(op, fmt, variant, core) for fmt in used)
+            total += sum(kernel_code_bytes(op, fmt, variant, core, width) for fmt in used)
             if best is None or total < best[0]:
                 best = (total, picks)
         choice.update(best[1])

@@ -7,14 +7,18 @@ source file from ``kernel`` and the weight format, fills the struct's compiled-i
 
 Kernels follow one naming scheme (CMSIS-NN style, flat and predictable):
 
-* function ``mcup_<kernel>_s8`` (no weights) or ``mcup_<kernel>_s8_<format>`` (weights packed in
-  ``format``, see formats.py), declared in ``firmware/include/mcup_nn.h`` (dense) or
-  ``mcup_sparse.h`` (sparse formats), with a ``_get_buffer_size`` companion when it takes scratch;
+* function ``mcup_<kernel>_s8`` (no weights) or ``mcup_<kernel>_s<bits>_<format>`` (weights of
+  ``bits`` = 8 or 4 packed in ``format``, see formats.py: ``mcup_fc_s8_dense``, ``mcup_fc_s4_csr4``),
+  declared in ``firmware/include/mcup_nn.h`` (dense) or ``mcup_sparse.h`` (sparse formats), with a
+  ``_get_buffer_size`` companion when it takes scratch; a layer's (format, ``weight_bits``) pair
+  selects its kernel;
 * source ``firmware/kernels/reference/<function minus mcup_>.c``, and an optimized twin with the
   same file and function name in ``firmware/kernels/<variant>/`` where one pays (tflite-micro's
   habit: the build picks one file per kernel);
-* parameter struct ``mcup_<kernel>_params`` (dense weights or none), ``mcup_<kernel>_bitmask_params``
-  or ``mcup_<kernel>_csr_params`` (csr8 and csr4 share it).
+* parameter struct ``mcup_<kernel>_params`` (dense int8 weights or none), ``mcup_<kernel>_bitmask_params``
+  or ``mcup_<kernel>_csr_params`` (csr8 and csr4 share it); the int4 kernels' structs insert ``_s4``
+  (``mcup_fc_s4_params``, ``mcup_conv2d_s4_csr_params``): the same fields, the weight or value
+  pointer ``const uint8_t *`` to packed nibbles.
 
 An op without a kernel (RESHAPE) moves no bytes: its output is its input's buffer (arena.py).
 
@@ -36,6 +40,7 @@ from mcuprune.resources import KERNEL_DIR
 
 VARIANTS = ("reference", "dsp")  # kernel folders under firmware/kernels/
 FORMATS = ("dense", "bitmask", "csr8", "csr4")  # weight formats (formats.py), in preference order for ties
+WEIGHT_BITS = (8, 4)  # weight widths (QuantLayer.weight_bits): int8, or int4 stored two per byte
 
 
 def check_variant(variant: str) -> None:
@@ -48,6 +53,17 @@ def check_format(fmt: str) -> None:
         raise ValueError(f"unknown weight format {fmt!r}; expected one of {', '.join(FORMATS)}")
 
 
+def check_bits(bits: int) -> None:
+    if bits not in WEIGHT_BITS:
+        raise ValueError(f"weights are {', '.join(map(str, WEIGHT_BITS))} bits wide, not {bits!r}")
+
+
+def width_tag(bits: int) -> str:
+    """The C name stem's width: ``s8`` or ``s4``."""
+    check_bits(bits)
+    return f"s{bits}"
+
+
 # --- scratch: Python twins of the kernels' C *_get_buffer_size ---------------------------------
 
 
@@ -56,9 +72,9 @@ def _words_for_int16(n: int) -> int:
     return (n + 1) // 2
 
 
-def has_optimized_kernel(spec: OpSpec, fmt: str | None, variant: str) -> bool:
+def has_optimized_kernel(spec: OpSpec, fmt: str | None, variant: str, bits: int = 8) -> bool:
     """True when `variant` has its own twin of the kernel (else the build takes the reference file)."""
-    return variant != "reference" and (KERNEL_DIR / variant / spec.source(fmt)).is_file()
+    return variant != "reference" and (KERNEL_DIR / variant / spec.source(fmt, bits)).is_file()
 
 
 # The DSP conv's strip path (firmware/kernels/dsp/conv2d_s8_dense.c): same constants as the C.
@@ -109,19 +125,33 @@ def conv_strip_bytes(layer: QuantLayer) -> int | None:
     return 4 * (out_c * words + rows * cols + rows * positions * slots) + k_h * line_bytes
 
 
+S4_GROUP = 8  # values per group of the int4 DSP kernels' s4-pair layout (mcup_dsp.h): four words
+
+
+def _s4_pair_bytes(n: int) -> int:
+    """Bytes of a run of n values in the s4-pair layout: 16 per group of 8, the last group padded."""
+    return 16 * -(-n // S4_GROUP)
+
+
 def _conv2d_scratch(layer: QuantLayer, fmt: str, variant: str) -> int:
     """conv2d. Dense DSP: for a pointwise layer (conv_is_pointwise) PW_PIXELS input pixels as int16
     pairs, the last group of 4 values padded; else the strip path's buffers (conv_strip_bytes); else
     two int16 im2col patches (k_h * k_w * in_c values each) plus an int8 staging copy of one patch
     when in_c is not a multiple of 4; dense reference: none. Sparse: the reference kernels hold one
     im2col patch as int16 (rounded up to a word), the DSP ones two patches interleaved, one word per
-    position."""
+    position. int4 weights: the sparse kernels take the same; the dense DSP kernel (one path) two
+    patches in the s4-pair layout, interleaved (2 * _s4_pair_bytes(k)), plus an int8 staging copy of
+    one patch rounded up to a group of 8 when in_c is not a multiple of 8."""
     cols = math.prod(int(d) for d in layer.weights.shape[1:])  # k_h * k_w * in_c
-    optimized = has_optimized_kernel(OPS[Op.CONV2D], fmt, variant)
+    bits = layer.weight_bits
+    optimized = has_optimized_kernel(OPS[Op.CONV2D], fmt, variant, bits)
     if fmt != "dense":
         return 4 * cols if optimized else 4 * _words_for_int16(cols)
     if not optimized:
         return 0
+    if bits == 4:
+        stage = -(-cols // S4_GROUP) * S4_GROUP if int(layer.weights.shape[3]) % S4_GROUP else 0
+        return 2 * _s4_pair_bytes(cols) + stage
     in_c = int(layer.weights.shape[3])
     if conv_is_pointwise(layer):
         return 4 * PW_PIXELS * 2 * ((in_c + 3) // 4)  # 2 words per group of 4 values, tail padded
@@ -137,16 +167,21 @@ def _depthwise_conv2d_scratch(layer: QuantLayer, fmt: str, variant: str) -> int:
     rearranged as int16, two words per tap, and one folded bias word per such channel; otherwise
     (reference, or a multiplier > 1) none."""
     out_c, k_h, k_w, _ = (int(d) for d in layer.weights.shape)  # [out_c, k_h, k_w, 1]
-    if not has_optimized_kernel(OPS[Op.DEPTHWISE_CONV2D], fmt, variant) or layer.depth_multiplier != 1:
+    spec = OPS[Op.DEPTHWISE_CONV2D]
+    if not has_optimized_kernel(spec, fmt, variant, layer.weight_bits) or layer.depth_multiplier != 1:
         return 0
     return 4 * 2 * (out_c // 4) * k_h * k_w + 4 * (out_c // 4 * 4)  # + a folded bias per channel of the groups
 
 
 def _dense_scratch(layer: QuantLayer, fmt: str, variant: str) -> int:
-    """dense: the DSP kernels (every format) hold the input as int16, input offset added; the
-    reference kernels need none."""
+    """dense: the DSP kernels (every format) hold the input as int16, input offset added (the dense
+    int4 kernel in the s4-pair layout, groups of 8 padded); the reference kernels need none."""
     in_features = int(layer.weights.shape[1])  # weights [out, in]
-    return 4 * _words_for_int16(in_features) if has_optimized_kernel(OPS[Op.DENSE], fmt, variant) else 0
+    if not has_optimized_kernel(OPS[Op.DENSE], fmt, variant, layer.weight_bits):
+        return 0
+    if layer.weight_bits == 4 and fmt == "dense":
+        return _s4_pair_bytes(in_features)
+    return 4 * _words_for_int16(in_features)
 
 
 def _no_scratch(layer: QuantLayer, fmt: None, variant: str) -> int:
@@ -225,7 +260,7 @@ def _no_fields(layer: QuantLayer) -> dict[str, int]:
 @dataclass(frozen=True)
 class OpSpec:
     op: Op
-    kernel: str | None  # C name stem: mcup_<kernel>_s8[_<format>]; None: no kernel, no bytes moved
+    kernel: str | None  # C name stem: mcup_<kernel>_s<bits>[_<format>]; None: no kernel, no bytes moved
     reference_s8: Callable  # (int8 x batch, QuantLayer) -> int8 y batch, exactly what the kernel computes
     reference_f32: Callable  # (float x batch, FloatLayer) -> float y batch
     fields: Callable[[QuantLayer], dict[str, int]]  # the struct's compiled-in fields, in C order
@@ -236,30 +271,47 @@ class OpSpec:
     def weighted(self) -> bool:
         return bool(self.formats)
 
-    def _suffix(self, fmt: str | None) -> str:
+    def _suffix(self, fmt: str | None, bits: int = 8) -> str:
+        """``_<format>`` of a weighted op's kernel (or "" for an op without weights), validated."""
         if self.kernel is None:
             raise ValueError(f"op {self.op.value} has no kernel: it moves no bytes")
+        check_bits(bits)
         if not self.weighted:
             if fmt is not None:
                 raise ValueError(f"op {self.op.value} has no weight formats (got {fmt!r})")
+            if bits != 8:
+                raise ValueError(f"op {self.op.value} has no weights to be {bits} bits wide")
             return ""
         check_format(fmt or "")
+        if fmt not in self.formats:
+            raise ValueError(f"op {self.op.value} has no {fmt} kernel (formats: {', '.join(self.formats)})")
         return f"_{fmt}"
 
-    def function(self, fmt: str | None = None) -> str:
-        """The kernel's C function (`fmt` is the weight format of a weighted op)."""
-        return f"mcup_{self.kernel}_s8{self._suffix(fmt)}"
+    def function(self, fmt: str | None = None, bits: int = 8) -> str:
+        """The kernel's C function (`fmt` the weight format and `bits` the weight width of a weighted op).
 
-    def source(self, fmt: str | None = None) -> str:
+        >>> OPS[Op.DENSE].function("csr4", 4), OPS[Op.MAXPOOL2D].function()
+        ('mcup_fc_s4_csr4', 'mcup_maxpool2d_s8')
+        """
+        suffix = self._suffix(fmt, bits)
+        return f"mcup_{self.kernel}_{width_tag(bits)}{suffix}"
+
+    def source(self, fmt: str | None = None, bits: int = 8) -> str:
         """The kernel's file name, the same in every variant folder."""
-        return f"{self.kernel}_s8{self._suffix(fmt)}.c"
+        suffix = self._suffix(fmt, bits)
+        return f"{self.kernel}_{width_tag(bits)}{suffix}.c"
 
-    def struct(self, fmt: str | None = None) -> str:
-        """The kernel's parameter struct (mcup_nn.h for dense weights or none, mcup_sparse.h otherwise)."""
-        self._suffix(fmt)
+    def struct(self, fmt: str | None = None, bits: int = 8) -> str:
+        """The kernel's parameter struct (mcup_nn.h for dense weights or none, mcup_sparse.h otherwise).
+
+        >>> OPS[Op.CONV2D].struct("dense", 4), OPS[Op.CONV2D].struct("csr8", 4), OPS[Op.DENSE].struct("bitmask")
+        ('mcup_conv2d_s4_params', 'mcup_conv2d_s4_csr_params', 'mcup_fc_bitmask_params')
+        """
+        self._suffix(fmt, bits)
+        width = "" if bits == 8 else f"_{width_tag(bits)}"
         if not self.weighted or fmt == "dense":
-            return f"mcup_{self.kernel}_params"
-        return f"mcup_{self.kernel}_{'bitmask' if fmt == 'bitmask' else 'csr'}_params"
+            return f"mcup_{self.kernel}{width}_params"
+        return f"mcup_{self.kernel}{width}_{'bitmask' if fmt == 'bitmask' else 'csr'}_params"
 
 
 OPS: dict[Op, OpSpec] = {
@@ -290,33 +342,41 @@ def spec_of(op: Op | str) -> OpSpec:
 
 def scratch_bytes(layer: QuantLayer, fmt: str | None, variant: str) -> int:
     """Bytes of scratch the layer's kernel needs in `fmt` on `variant`: exactly its C ``*_get_buffer_size``
-    (4-aligned). `fmt` is None for ops without weights."""
+    (4-aligned). `fmt` is None for ops without weights; the kernel's width is the layer's ``weight_bits``."""
     check_variant(variant)
     spec = spec_of(layer.op)
     if spec.kernel is None:
         return 0
-    spec.source(fmt)  # validates fmt against the op
+    spec.source(fmt, layer.weight_bits if spec.weighted else 8)  # validates fmt and width against the op
     return spec.scratch(layer, fmt, variant)
 
 
-def kernel_sources(variant: str, kernels: Iterable[tuple[Op | str, str | None]]) -> list[Path]:
-    """The .c files for (op, weight format) pairs (format None for ops without weights): the
-    variant's file where it exists, else the reference. One per distinct kernel, in table then
-    format order whatever the order of `kernels`, so builds are reproducible.
+KernelKey = tuple[Op | str, str | None] | tuple[Op | str, str | None, int]
+
+
+def kernel_sources(variant: str, kernels: Iterable[KernelKey]) -> list[Path]:
+    """The .c files for (op, weight format[, weight bits]) tuples (format None for ops without
+    weights; bits 8 when left out): the variant's file where it exists, else the reference. One per
+    distinct kernel, in table, width (8 then 4) then format order whatever the order of `kernels`,
+    so builds are reproducible.
 
     >>> [p.relative_to(KERNEL_DIR).as_posix() for p in kernel_sources("dsp", {("maxpool2d", None), ("dense", "csr4")})]
     ['dsp/fc_s8_csr4.c', 'dsp/maxpool2d_s8.c']
+    >>> [p.name for p in kernel_sources("reference", [("dense", "dense", 4), ("dense", "dense")])]
+    ['fc_s8_dense.c', 'fc_s4_dense.c']
     """
     check_variant(variant)
     wanted = set()
-    for op, fmt in kernels:
+    for key in kernels:
+        op, fmt, bits = (*key, 8) if len(key) == 2 else key
         spec = spec_of(op)
-        spec.source(fmt)  # validates fmt against the op
-        wanted.add((spec.op, fmt if spec.weighted else None))
+        spec.source(fmt, bits)  # validates fmt and width against the op
+        wanted.add((spec.op, fmt if spec.weighted else None, bits))
     sources: list[Path] = []
     for spec in (s for s in OPS.values() if s.kernel is not None):
-        for fmt in spec.formats or (None,):
-            if (spec.op, fmt) in wanted:
-                path = KERNEL_DIR / variant / spec.source(fmt)
-                sources.append(path if path.is_file() else KERNEL_DIR / "reference" / spec.source(fmt))
+        for bits in WEIGHT_BITS if spec.weighted else (8,):
+            for fmt in spec.formats or (None,):
+                if (spec.op, fmt, bits) in wanted:
+                    path = KERNEL_DIR / variant / spec.source(fmt, bits)
+                    sources.append(path if path.is_file() else KERNEL_DIR / "reference" / spec.source(fmt, bits))
     return sources

@@ -80,8 +80,10 @@ class IRModule(nn.Module):
         for layer in model.layers:
             if layer.op in WEIGHTED_OPS:
                 w = _to_torch_layout(layer, np.asarray(layer.weights, dtype=np.float32))
-                self.weights[layer.name] = nn.Parameter(torch.from_numpy(np.ascontiguousarray(w)))
-                self.biases[layer.name] = nn.Parameter(torch.from_numpy(np.asarray(layer.bias, dtype=np.float32)))
+                # copies: training must not write into the FloatModel's arrays (torch.from_numpy would
+                # share their memory, and a teacher built from the same model would learn along)
+                self.weights[layer.name] = nn.Parameter(torch.tensor(w, dtype=torch.float32))
+                self.biases[layer.name] = nn.Parameter(torch.tensor(layer.bias, dtype=torch.float32))
                 if layer.mask is not None:
                     mask = _to_torch_layout(layer, np.asarray(layer.mask, dtype=bool))
                     self.masks[layer.name] = torch.from_numpy(np.ascontiguousarray(mask)).float()

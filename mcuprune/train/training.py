@@ -12,6 +12,7 @@ Run directory layout:
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -175,15 +176,32 @@ def torch_predict_logits(net, x_uint8: np.ndarray, batch: int = 1000) -> np.ndar
     return np.concatenate(outs)
 
 
+DISTILL_TEMPERATURE = 4.0  # softens the teacher's logits so the student also learns its near-misses
+DISTILL_WEIGHT = 0.7  # share of the distillation term in the loss (the rest: cross-entropy on the labels)
+
+
 def fit(net, x_uint8: np.ndarray, y: np.ndarray, epochs: int, seed: int, lr: float = 1e-3,
         batch: int = BATCH, desc: str = "train", masks: list | None = None,
-        after_step: Callable[[], None] | None = None) -> None:
+        after_step: Callable[[], None] | None = None, teacher=None, cosine_from: float | None = None) -> None:
     """Adam + cross-entropy; `masks` (one bool array or None per weight module) stay applied;
-    `after_step` runs after every optimizer step (an IRModule's apply_masks)."""
+    `after_step` runs after every optimizer step (an IRModule's apply_masks).
+
+    teacher: a network whose logits the loss also follows (knowledge distillation, Hinton et al.:
+    KL between the temperature-softened outputs, weighted DISTILL_WEIGHT): a pruned network
+    fine-tuned towards the network it was cut from keeps more of its accuracy than one trained on
+    the labels alone. cosine_from: the learning rate stays `lr` for that fraction of the steps, then
+    decays to 0 along a half cosine, so the last steps settle instead of jumping around the minimum
+    (None: constant)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
+    steps = epochs * ((len(x_uint8) + batch - 1) // batch)
+    flat = 0 if cosine_from is None else int(round(cosine_from * steps))
+    schedule = None if cosine_from is None else torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: 1.0 if step < flat else 0.5 * (1 + math.cos(math.pi * (step - flat) / max(steps - flat, 1))))
     loss_fn = torch.nn.CrossEntropyLoss()
+    if teacher is not None:
+        teacher.eval()
     x_all = _to_nchw(x_uint8)
     y_all = torch.from_numpy(y.astype(np.int64))
     mask_tensors = [None if m is None else torch.from_numpy(m) for m in (masks or [])]
@@ -196,9 +214,18 @@ def fit(net, x_uint8: np.ndarray, y: np.ndarray, epochs: int, seed: int, lr: flo
         for start in bar:
             idx = order[start : start + batch]
             opt.zero_grad()
-            loss = loss_fn(net(x_all[idx]), y_all[idx])
+            logits = net(x_all[idx])
+            loss = loss_fn(logits, y_all[idx])
+            if teacher is not None:
+                with torch.no_grad():
+                    target = torch.softmax(teacher(x_all[idx]) / DISTILL_TEMPERATURE, dim=1)
+                distill = torch.nn.functional.kl_div(torch.log_softmax(logits / DISTILL_TEMPERATURE, dim=1), target,
+                                                     reduction="batchmean") * DISTILL_TEMPERATURE ** 2
+                loss = (1 - DISTILL_WEIGHT) * loss + DISTILL_WEIGHT * distill
             loss.backward()
             opt.step()
+            if schedule is not None:
+                schedule.step()
             with torch.no_grad():
                 for module, mask in zip(modules, mask_tensors, strict=False):
                     if mask is not None:

@@ -252,4 +252,157 @@ static inline int32_t mcup_dot_q15_s8(const int32_t *x, const int8_t *w, int32_t
     return mcup_dot_tail(x, w, n & 3, acc);
 }
 
+/* --- int4 weights (the _s4_ kernels; storage in mcup_nn.h) ------------------------------------
+ *
+ * s4-pair layout. The int4 kernels convert activations (input_offset added) into groups of 8:
+ * values x0..x7 become the four words [x0|x4], [x2|x6], [x1|x5], [x3|x7] (int16 halves, low half
+ * first); a last group of 1..7 values is padded with zeros. A run of n values takes
+ * 4 * ((n + 7) / 8) words. Why that order: a weight word w (4 bytes of packed int4, value i of
+ * the group in bits 4i..4i+3) splits into
+ *     even = (w << 4) & 0xF0F0F0F0   (values 0, 2, 4, 6 in the high nibble of each byte),
+ *     odd  =  w       & 0xF0F0F0F0   (values 1, 3, 5, 7),
+ * and __sxtb16 / mcup_sxtb16_ror8 of those give [16w0|16w4], [16w2|16w6], [16w1|16w5],
+ * [16w3|16w7]: four __smlad against the group's four words, with one AND, one shifted AND and
+ * four sign extensions for 8 weights (the int8 kernels spend 2 loads, 4 sign extensions).
+ *
+ * The weights come out times 16, exactly, so the dot products do too: the kernels sum them in an
+ * accumulator of their own and add (sum >> 4), exact since the sum is a multiple of 16, to the
+ * int32 accumulator (which wraps like TFLM's). |16 * x * w| <= 16 * 255 * 8 = 32640, so up to
+ * MCUP_S4_CHUNK_GROUPS groups (65528 values) fit one such sum without overflow; kernels with
+ * longer dot products flush the sum every MCUP_S4_CHUNK_GROUPS groups.
+ */
+#define MCUP_S4_CHUNK_GROUPS 8191
+
+/*
+ * [a.lo | b.lo] and [a.hi | b.hi]: one PKHBT / PKHTB each on the target (GCC 12 has no intrinsic
+ * and builds them from two instructions, UXTH + ORR), plain C elsewhere.
+ */
+static inline int32_t mcup_pack_lo16(int32_t a, int32_t b)
+{
+#if defined(__ARM_FEATURE_DSP)
+    int32_t r;
+    __asm__("pkhbt %0, %1, %2, lsl #16" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+#else
+    return (int32_t)(((uint32_t)a & 0xFFFFu) | ((uint32_t)b << 16));
+#endif
+}
+
+static inline int32_t mcup_pack_hi16(int32_t a, int32_t b)
+{
+#if defined(__ARM_FEATURE_DSP)
+    int32_t r;
+    __asm__("pkhtb %0, %1, %2, asr #16" : "=r"(r) : "r"(b), "r"(a));
+    return r;
+#else
+    return (int32_t)(((uint32_t)a >> 16) | ((uint32_t)b & 0xFFFF0000u));
+#endif
+}
+
+/*
+ * lo = x[i], hi = x[i + 1] (i a constant, x int32_t *) with one LDRD. Left to itself GCC 12 loads
+ * the two words one by one; the "m" operand tells it which words the asm reads. (The same as
+ * LOAD_PAIR in kernels/dsp/conv2d_s8_dense.c.)
+ */
+#if defined(__ARM_FEATURE_DSP)
+#define MCUP_LOAD_PAIR(x, i, lo, hi)                                                         \
+    __asm__("ldrd %0, %1, [%2, #" #i " * 4]"                                                 \
+            : "=r"(lo), "=r"(hi)                                                             \
+            : "r"(x), "m"(*(const int32_t(*)[2])((x) + (i))))
+#else
+#define MCUP_LOAD_PAIR(x, i, lo, hi) ((lo) = (x)[i], (hi) = (x)[(i) + 1])
+#endif
+
+/*
+ * 0xF0F0F0F0, the nibble mask of mcup_s4_even / mcup_s4_odd, in a register: an empty asm hides the
+ * constant from GCC, which then uses it as a register operand, so the even values cost one
+ * AND with a shifted operand (and, rd, mask, w, lsl #4) instead of a shift and an AND.
+ */
+static inline uint32_t mcup_s4_mask(void)
+{
+    uint32_t mask = 0xF0F0F0F0u;
+    __asm__("" : "+r"(mask));
+    return mask;
+}
+
+/* Four bytes of packed weights as one word, any alignment (single LDR). */
+static inline uint32_t mcup_read_u8x4(const uint8_t *p)
+{
+    uint32_t w;
+    memcpy(&w, p, sizeof w);
+    return w;
+}
+
+/* The last n = 1..4 bytes of a packed row as a weight word (missing bytes 0): never reads past. */
+static inline uint32_t mcup_s4_tail_word(const uint8_t *p, int32_t n)
+{
+    uint32_t w = 0;
+    for (int32_t i = 0; i < n; i++) {
+        w |= (uint32_t)p[i] << (8 * i);
+    }
+    return w;
+}
+
+/* Values 0, 2, 4, 6 (even) and 1, 3, 5, 7 (odd) of a weight word, each in its byte's high nibble. */
+static inline int32_t mcup_s4_even(uint32_t w)
+{
+    return (int32_t)((w << 4) & 0xF0F0F0F0u);
+}
+
+static inline int32_t mcup_s4_odd(uint32_t w)
+{
+    return (int32_t)(w & 0xF0F0F0F0u);
+}
+
+/* acc + 16 * the 8 products of one s4-pair group (x[0], x[stride], ...) with weight word w. */
+static inline int32_t mcup_s4_mac_group(const int32_t *x, int32_t stride, uint32_t w, int32_t acc)
+{
+    const int32_t even = mcup_s4_even(w);
+    const int32_t odd = mcup_s4_odd(w);
+    acc = __smlad(x[0], __sxtb16(even), acc);
+    acc = __smlad(x[stride], mcup_sxtb16_ror8(even), acc);
+    acc = __smlad(x[2 * stride], __sxtb16(odd), acc);
+    return __smlad(x[3 * stride], mcup_sxtb16_ror8(odd), acc);
+}
+
+/*
+ * Converts n int8 values plus offset into the s4-pair layout: the four words of a group go to
+ * dst[0], dst[stride], dst[2 * stride], dst[3 * stride], the next group starts at
+ * dst[4 * stride] (stride 2 interleaves two runs word by word, as mcup_s8_to_q15_pairs). Per
+ * group: 2 loads, 4 __sxtab16 (sign extension and offset), 4 half-word packs, 4 stores. Returns
+ * where the next run's words start.
+ */
+static inline int32_t *mcup_s8_to_s4_pairs(const int8_t *src, int32_t n, int32_t offset,
+                                           int32_t *dst, int32_t stride)
+{
+    const int32_t offset2 = mcup_pack16(offset, offset);
+    for (int32_t i = n >> 3; i > 0; i--) {
+        const int32_t a = mcup_read_s8x4(src);
+        const int32_t b = mcup_read_s8x4(src + 4);
+        src += 8;
+        const int32_t a02 = __sxtab16(offset2, a);         /* [x0 | x2] */
+        const int32_t a13 = mcup_sxtab16_ror8(offset2, a); /* [x1 | x3] */
+        const int32_t b46 = __sxtab16(offset2, b);         /* [x4 | x6] */
+        const int32_t b57 = mcup_sxtab16_ror8(offset2, b); /* [x5 | x7] */
+        dst[0] = mcup_pack_lo16(a02, b46);                 /* [x0 | x4] */
+        dst[stride] = mcup_pack_hi16(a02, b46);            /* [x2 | x6] */
+        dst[2 * stride] = mcup_pack_lo16(a13, b57);        /* [x1 | x5] */
+        dst[3 * stride] = mcup_pack_hi16(a13, b57);        /* [x3 | x7] */
+        dst += 4 * stride;
+    }
+    const int32_t tail = n & 7;
+    if (tail > 0) {
+        int32_t t[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        for (int32_t i = 0; i < tail; i++) {
+            t[i] = src[i] + offset;
+        }
+        dst[0] = mcup_pack16(t[0], t[4]);
+        dst[stride] = mcup_pack16(t[2], t[6]);
+        dst[2 * stride] = mcup_pack16(t[1], t[5]);
+        dst[3 * stride] = mcup_pack16(t[3], t[7]);
+        dst += 4 * stride;
+    }
+    return dst;
+}
+
 #endif /* MCUP_DSP_H */

@@ -8,14 +8,15 @@
  * in mcuprune/model/reference.py (itself element-for-element TFLite Micro's int8 kernels).
  *
  * Names follow the operator table (mcuprune/model/ops.py): function mcup_<kernel>_s8 for an op
- * without weights, mcup_<kernel>_s8_<format> for a weighted one (dense weights here, packed
- * sparse formats in mcup_sparse.h), parameter struct mcup_<kernel>_params, source file
- * <function minus mcup_>.c. Weighted kernels take a scratch buffer and have a _get_buffer_size
- * companion; the others take (params, input[, input2], output).
+ * without weights, mcup_<kernel>_s<bits>_<format> for a weighted one with int8 (s8) or int4 (s4)
+ * weights (dense weights here, packed sparse formats in mcup_sparse.h), parameter struct
+ * mcup_<kernel>_params (int4: mcup_<kernel>_s4_params), source file <function minus mcup_>.c.
+ * Weighted kernels take a scratch buffer and have a _get_buffer_size companion; the others take
+ * (params, input[, input2], output).
  *
  * Conventions (TFLite int8 spec):
  *  - activations are int8, per-tensor asymmetric: real = scale * (q - zero_point);
- *  - weights are int8, per-output-channel symmetric (zero point 0);
+ *  - weights are int8, per-output-channel symmetric (zero point 0), or int4 (below);
  *  - bias is int32 with scale input_scale * weight_scale[c] and zero point 0;
  *  - the int32 accumulator (wrapping, as TFLM's) is requantized per output channel by
  *    mcup_requantize() (mcup_requant.h), then output_offset is added and the result clamped
@@ -33,6 +34,18 @@
  * padding puts the odd extra row/column there); the kernels never read outside the image, so
  * any out_h, out_w >= 1 is safe. Ranges: sizes >= 1; strides and dilations >= 1;
  * 0 <= pad_top, pad_left; every dimension and every product of dimensions below 2^24.
+ *
+ * int4 weights (the _s4_ kernels, mcuprune.model.formats). Values in [-8, 7] (mcuprune quantizes
+ * to [-7, 7]), per-output-channel symmetric like int8, with the same int8 activations, bias and
+ * requantization: every _s4_ kernel gives exactly what its _s8_ twin gives on the same integers.
+ * Storage is TFLite's int4 order: two values per byte in two's complement, the first of the two
+ * in the low nibble (bits 0-3), the second in the high nibble (bits 4-7). Dense weights are one
+ * row per output channel (the int8 row, [k_h][k_w][in_c] for conv, [k_h][k_w] for depthwise,
+ * [in_features] for FC), and EVERY ROW STARTS ON A BYTE: a row of n values takes (n + 1) / 2
+ * bytes, an odd row ending in a padding nibble (0 as packed; the kernels never use it). For an
+ * even row length the bytes are exactly TFLite's packing of the whole tensor; byte-aligned rows
+ * let a kernel read any row with whole-byte (and word) loads. The weights pointer is
+ * const uint8_t * (packed bytes), any alignment.
  */
 #ifndef MCUP_NN_H
 #define MCUP_NN_H
@@ -58,6 +71,14 @@ typedef struct {
     mcup_quant_params q;
 } mcup_fc_params;
 
+/* Fully connected with int4 weights: as mcup_fc_params, the weights packed two per byte. */
+typedef struct {
+    int32_t in_features;
+    int32_t out_features;
+    const uint8_t *weights; /* [out_features][(in_features + 1) / 2]: nibbles, rows byte-aligned */
+    mcup_quant_params q;
+} mcup_fc_s4_params;
+
 /*
  * 2-D convolution (TFLite CONV_2D):
  *   output[oy][ox][o] = requant(bias[o] + sum over in-image taps (ky, kx) and channels i of
@@ -75,6 +96,18 @@ typedef struct {
     const int8_t *weights;      /* [out_c][k_h][k_w][in_c] */
     mcup_quant_params q;        /* per output channel: bias, multiplier, shift [out_c] */
 } mcup_conv2d_params;
+
+/* 2-D convolution with int4 weights: as mcup_conv2d_params, the weights packed two per byte. */
+typedef struct {
+    int32_t in_h, in_w, in_c;
+    int32_t out_h, out_w, out_c;
+    int32_t k_h, k_w;
+    int32_t stride_h, stride_w;
+    int32_t pad_top, pad_left;
+    int32_t dil_h, dil_w;
+    const uint8_t *weights; /* [out_c][(k_h * k_w * in_c + 1) / 2]: nibbles, rows byte-aligned */
+    mcup_quant_params q;
+} mcup_conv2d_s4_params;
 
 /*
  * Depthwise 2-D convolution (TFLite DEPTHWISE_CONV_2D): output channel o (out_c = in_c *
@@ -94,6 +127,20 @@ typedef struct {
     const int8_t *weights;       /* [out_c][k_h][k_w]: one row per output channel */
     mcup_quant_params q;         /* per output channel [out_c] */
 } mcup_depthwise_conv2d_params;
+
+/* Depthwise 2-D convolution with int4 weights: as mcup_depthwise_conv2d_params, the weights
+ * packed two per byte. */
+typedef struct {
+    int32_t in_h, in_w, in_c;
+    int32_t out_h, out_w, out_c;
+    int32_t k_h, k_w;
+    int32_t stride_h, stride_w;
+    int32_t pad_top, pad_left;
+    int32_t dil_h, dil_w;
+    int32_t depth_multiplier;
+    const uint8_t *weights; /* [out_c][(k_h * k_w + 1) / 2]: nibbles, rows byte-aligned */
+    mcup_quant_params q;
+} mcup_depthwise_conv2d_s4_params;
 
 /*
  * Pooling over windows of an HWC map, channel by channel: c channels in and out, the same
@@ -191,6 +238,10 @@ typedef struct {
  * (1x1, stride 1, no padding) or two int16 patches (see conv2d_s8_dense.c); depthwise with depth
  * multiplier 1: the weights of the whole groups of 4 channels as int16 plus one word per such
  * channel (8 * (out_c / 4) * k_h * k_w + 16 * (out_c / 4) bytes), else none.
+ * The int4 kernels: reference none; DSP FC the input in the s4-pair layout of mcup_dsp.h
+ * (16 * ((in_features + 7) / 8) bytes); DSP conv two patches in that layout, interleaved
+ * (32 * ((k_h * k_w * in_c + 7) / 8) bytes), plus an int8 copy of one patch rounded up to a group
+ * of 8 when in_c is not a multiple of 8; DSP depthwise the same as the int8 one.
  */
 int32_t mcup_fc_s8_dense_get_buffer_size(const mcup_fc_params *p);
 void mcup_fc_s8_dense(const mcup_fc_params *p, const int8_t *input, int8_t *output,
@@ -203,6 +254,18 @@ void mcup_conv2d_s8_dense(const mcup_conv2d_params *p, const int8_t *input, int8
 int32_t mcup_depthwise_conv2d_s8_dense_get_buffer_size(const mcup_depthwise_conv2d_params *p);
 void mcup_depthwise_conv2d_s8_dense(const mcup_depthwise_conv2d_params *p, const int8_t *input,
                                     int8_t *output, void *scratch);
+
+int32_t mcup_fc_s4_dense_get_buffer_size(const mcup_fc_s4_params *p);
+void mcup_fc_s4_dense(const mcup_fc_s4_params *p, const int8_t *input, int8_t *output,
+                      void *scratch);
+
+int32_t mcup_conv2d_s4_dense_get_buffer_size(const mcup_conv2d_s4_params *p);
+void mcup_conv2d_s4_dense(const mcup_conv2d_s4_params *p, const int8_t *input, int8_t *output,
+                          void *scratch);
+
+int32_t mcup_depthwise_conv2d_s4_dense_get_buffer_size(const mcup_depthwise_conv2d_s4_params *p);
+void mcup_depthwise_conv2d_s4_dense(const mcup_depthwise_conv2d_s4_params *p,
+                                    const int8_t *input, int8_t *output, void *scratch);
 
 void mcup_maxpool2d_s8(const mcup_maxpool2d_params *p, const int8_t *input, int8_t *output);
 

@@ -29,6 +29,14 @@
  * narrowest type that holds `entries`. None of the arrays needs any alignment beyond its
  * element type.
  *
+ * int4 weights (the mcup_<kernel>_s4_<format> kernels; values in [-8, 7], see mcup_nn.h): mask,
+ * deltas and row_ptr as above; `values` is a stream of nibbles, two per byte, value k (counted
+ * over the whole array, not per row) in the low nibble of values[k / 2] when k is even, the high
+ * nibble when k is odd, and a 0 high nibble after an odd count: bitmask (nnz + 1) / 2 bytes, csr8
+ * and csr4 (entries + 1) / 2 bytes (fillers hold 0). A csr entry's value sits at the index its
+ * csr4 delta does, so a row may start in a high nibble of both. The structs are the int8 ones
+ * with values as const uint8_t *.
+ *
  * Scratch: as in mcup_nn.h, each kernel has a _get_buffer_size companion returning the bytes of
  * 4-byte aligned working memory the caller passes as `scratch` (0: scratch may be NULL).
  */
@@ -89,6 +97,51 @@ typedef struct {
     mcup_quant_params q;
 } mcup_conv2d_csr_params;
 
+/* The int4 twins of the four structs above: the same fields, `values` packed two per byte. */
+typedef struct {
+    int32_t in_features;
+    int32_t out_features;
+    const uint8_t *mask;   /* [out_features][(in_features + 7) / 8], MSB first */
+    const uint8_t *values; /* [(nnz + 1) / 2]: nibbles, row-major */
+    mcup_quant_params q;
+} mcup_fc_s4_bitmask_params;
+
+typedef struct {
+    int32_t in_features;
+    int32_t out_features;
+    const uint8_t *values; /* [(entries + 1) / 2]: nibbles, fillers included */
+    const uint8_t *deltas; /* csr8: [entries]; csr4: [(entries + 1) / 2], two per byte */
+    const void *row_ptr;   /* [out_features + 1], element type given by row_ptr_bytes */
+    int32_t row_ptr_bytes; /* 1, 2 or 4 */
+    mcup_quant_params q;
+} mcup_fc_s4_csr_params;
+
+typedef struct {
+    int32_t in_h, in_w, in_c;
+    int32_t out_h, out_w, out_c;
+    int32_t k_h, k_w;
+    int32_t stride_h, stride_w;
+    int32_t pad_top, pad_left;
+    int32_t dil_h, dil_w;
+    const uint8_t *mask;   /* [out_c][(k_h * k_w * in_c + 7) / 8], MSB first */
+    const uint8_t *values; /* [(nnz + 1) / 2]: nibbles, row-major */
+    mcup_quant_params q;
+} mcup_conv2d_s4_bitmask_params;
+
+typedef struct {
+    int32_t in_h, in_w, in_c;
+    int32_t out_h, out_w, out_c;
+    int32_t k_h, k_w;
+    int32_t stride_h, stride_w;
+    int32_t pad_top, pad_left;
+    int32_t dil_h, dil_w;
+    const uint8_t *values; /* [(entries + 1) / 2]: nibbles, fillers included */
+    const uint8_t *deltas; /* csr8: [entries]; csr4: [(entries + 1) / 2], two per byte */
+    const void *row_ptr;   /* [out_c + 1], element type given by row_ptr_bytes */
+    int32_t row_ptr_bytes; /* 1, 2 or 4 */
+    mcup_quant_params q;
+} mcup_conv2d_s4_csr_params;
+
 /*
  * Scratch bytes (4-byte aligned):
  *  - FC, reference kernels: 0;
@@ -96,6 +149,7 @@ typedef struct {
  *  - conv, reference kernels: one im2col patch as int16, 4 * ((k_h * k_w * in_c + 1) / 2);
  *  - conv, DSP kernels: two patches interleaved (one word per patch position),
  *    4 * k_h * k_w * in_c.
+ * The int4 kernels take the same as their int8 twins.
  */
 int32_t mcup_fc_s8_bitmask_get_buffer_size(const mcup_fc_bitmask_params *p);
 void mcup_fc_s8_bitmask(const mcup_fc_bitmask_params *p, const int8_t *input, int8_t *output,
@@ -120,6 +174,30 @@ void mcup_conv2d_s8_csr8(const mcup_conv2d_csr_params *p, const int8_t *input, i
 int32_t mcup_conv2d_s8_csr4_get_buffer_size(const mcup_conv2d_csr_params *p);
 void mcup_conv2d_s8_csr4(const mcup_conv2d_csr_params *p, const int8_t *input, int8_t *output,
                          void *scratch);
+
+int32_t mcup_fc_s4_bitmask_get_buffer_size(const mcup_fc_s4_bitmask_params *p);
+void mcup_fc_s4_bitmask(const mcup_fc_s4_bitmask_params *p, const int8_t *input, int8_t *output,
+                        void *scratch);
+
+int32_t mcup_fc_s4_csr8_get_buffer_size(const mcup_fc_s4_csr_params *p);
+void mcup_fc_s4_csr8(const mcup_fc_s4_csr_params *p, const int8_t *input, int8_t *output,
+                     void *scratch);
+
+int32_t mcup_fc_s4_csr4_get_buffer_size(const mcup_fc_s4_csr_params *p);
+void mcup_fc_s4_csr4(const mcup_fc_s4_csr_params *p, const int8_t *input, int8_t *output,
+                     void *scratch);
+
+int32_t mcup_conv2d_s4_bitmask_get_buffer_size(const mcup_conv2d_s4_bitmask_params *p);
+void mcup_conv2d_s4_bitmask(const mcup_conv2d_s4_bitmask_params *p, const int8_t *input,
+                            int8_t *output, void *scratch);
+
+int32_t mcup_conv2d_s4_csr8_get_buffer_size(const mcup_conv2d_s4_csr_params *p);
+void mcup_conv2d_s4_csr8(const mcup_conv2d_s4_csr_params *p, const int8_t *input,
+                         int8_t *output, void *scratch);
+
+int32_t mcup_conv2d_s4_csr4_get_buffer_size(const mcup_conv2d_s4_csr_params *p);
+void mcup_conv2d_s4_csr4(const mcup_conv2d_s4_csr_params *p, const int8_t *input,
+                         int8_t *output, void *scratch);
 
 /* --- helpers shared by the sparse kernels (not part of the calling interface) ------------- */
 
@@ -149,6 +227,33 @@ static inline uint32_t mcup_sparse_mask_tail(const uint8_t *m, int32_t n)
         w |= (uint32_t)m[i] << (24 - 8 * i);
     }
     return w;
+}
+
+/*
+ * A nibble stream of int4 values read in order (the bitmask kernels' values): a buffer holding the
+ * current byte's unread nibbles above a sentinel bit, so that "empty" is buf <= 1 and a byte is
+ * loaded only when a value is wanted (never past the last one).
+ */
+typedef struct {
+    const uint8_t *next; /* the next byte to load */
+    uint32_t buf;        /* unread nibbles, lowest first, then a 1 bit; 1: empty */
+} mcup_s4_stream;
+
+static inline mcup_s4_stream mcup_s4_stream_start(const uint8_t *values)
+{
+    const mcup_s4_stream s = {values, 1u};
+    return s;
+}
+
+/* The next value of the stream, in [-8, 7] (one SBFX, one shift, a byte load every second call). */
+static inline int32_t mcup_s4_next(mcup_s4_stream *s)
+{
+    if (s->buf <= 1u) {
+        s->buf = (uint32_t)*s->next++ | 0x100u;
+    }
+    const int32_t v = (int32_t)((s->buf & 15u) ^ 8u) - 8;
+    s->buf >>= 4;
+    return v;
 }
 
 /*

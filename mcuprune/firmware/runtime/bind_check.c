@@ -98,8 +98,14 @@ static int check_quant(const mcup_blob_array *a, int32_t rows, mcup_quant_params
     return 0;
 }
 
+/* Bytes of n stored weights: one each (int8), two per byte (int4). */
+static uint32_t value_bytes(uint32_t n, int32_t bits)
+{
+    return bits == 4 ? n / 2u + (n & 1u) : n;
+}
+
 static int check_bitmask(const mcup_blob_array *mask, const mcup_blob_array *values, int32_t rows,
-                         int32_t cols)
+                         int32_t cols, int32_t bits)
 {
     const uint32_t row_bytes = ((uint32_t)cols + 7u) / 8u;
     if (mask->length != row_bytes * (uint32_t)rows) {
@@ -120,7 +126,7 @@ static int check_bitmask(const mcup_blob_array *mask, const mcup_blob_array *val
             }
         }
     }
-    return values->length == set ? 0 : BAD;
+    return values->length == value_bytes(set, bits) ? 0 : BAD;
 }
 
 /* i in 0..rows: inside the array, whose length was checked against bytes * (rows + 1) */
@@ -131,7 +137,7 @@ static uint32_t row_ptr_at(const mcup_blob_array *row_ptr, int32_t bytes, int32_
 
 static int check_csr(const mcup_blob_array *values, const mcup_blob_array *deltas,
                      const mcup_blob_array *row_ptr, int32_t rows, int32_t cols, int nibbles,
-                     int32_t *row_ptr_bytes)
+                     int32_t bits, int32_t *row_ptr_bytes)
 {
     const uint32_t n_ptr = (uint32_t)rows + 1u;
     int32_t bytes;
@@ -144,11 +150,14 @@ static int check_csr(const mcup_blob_array *values, const mcup_blob_array *delta
     } else {
         return BAD;
     }
-    const uint32_t entries = values->length;
-    if (deltas->length != (nibbles ? (entries + 1u) / 2u : entries)) {
+    const uint32_t entries = row_ptr_at(row_ptr, bytes, rows); /* the row_ptr array is in bounds */
+    if (values->length != value_bytes(entries, bits)) {
         return BAD;
     }
-    if (row_ptr_at(row_ptr, bytes, 0) != 0 || row_ptr_at(row_ptr, bytes, rows) != entries) {
+    if (deltas->length != (nibbles ? entries / 2u + (entries & 1u) : entries)) {
+        return BAD;
+    }
+    if (row_ptr_at(row_ptr, bytes, 0) != 0) {
         return BAD;
     }
     for (int32_t r = 0; r < rows; r++) {
@@ -174,36 +183,49 @@ int mcup_bind_check_layer(const mcup_bind_layer *d, const mcup_blob_array *a, mc
 {
     const mcup_bound_layer empty = {0};
     *out = empty;
-    if (d->rows <= 0 || d->cols <= 0) {
+    if (d->rows <= 0 || d->cols <= 0 || (d->weight_bits != 8 && d->weight_bits != 4)) {
         return BAD;
     }
+    const int32_t bits = d->weight_bits;
     const mcup_blob_array *quant = a + mcup_bind_arrays_of(d->format) - MCUP_BIND_QUANT_ARRAYS;
+    const mcup_blob_array *values = NULL; /* the array of weight values, int8 or int4 */
     switch (d->format) {
     case MCUP_FMT_DENSE:
-        if (a[0].length != (uint32_t)d->rows * (uint32_t)d->cols) {
+        /* int4: each row starts on a byte, (cols + 1) / 2 bytes */
+        if (a[0].length != (uint32_t)d->rows * value_bytes((uint32_t)d->cols, bits)) {
             return BAD;
         }
-        out->weights = (const int8_t *)a[0].data;
+        values = &a[0];
         break;
     case MCUP_FMT_BITMASK:
-        if (check_bitmask(&a[0], &a[1], d->rows, d->cols) != 0) {
+        if (check_bitmask(&a[0], &a[1], d->rows, d->cols, bits) != 0) {
             return BAD;
         }
         out->mask = a[0].data;
-        out->values = a[1].length > 0 ? (const int8_t *)a[1].data : NULL;
+        values = &a[1];
         break;
     case MCUP_FMT_CSR8:
     case MCUP_FMT_CSR4:
-        if (check_csr(&a[0], &a[1], &a[2], d->rows, d->cols, d->format == MCUP_FMT_CSR4,
+        if (check_csr(&a[0], &a[1], &a[2], d->rows, d->cols, d->format == MCUP_FMT_CSR4, bits,
                       &out->row_ptr_bytes) != 0) {
             return BAD;
         }
-        out->values = a[0].length > 0 ? (const int8_t *)a[0].data : NULL;
+        values = &a[0];
         out->deltas = a[1].length > 0 ? a[1].data : NULL;
         out->row_ptr = a[2].data;
         break;
     default:
         return BAD;
+    }
+    const uint8_t *data = values->length > 0 ? values->data : NULL;
+    if (d->format == MCUP_FMT_DENSE && bits == 8) {
+        out->weights = (const int8_t *)data;
+    } else if (d->format == MCUP_FMT_DENSE) {
+        out->weights4 = data;
+    } else if (bits == 8) {
+        out->values = (const int8_t *)data;
+    } else {
+        out->values4 = data;
     }
     return check_quant(quant, d->rows, &out->q);
 }

@@ -9,7 +9,10 @@
  * Per weighted layer the blob holds, in this order: the weight arrays of its format (dense:
  * weights; bitmask: mask, values; csr8/csr4: values, deltas, row_ptr, empty ones included),
  * then bias int32[rows], multiplier int32[rows], shift int32[rows] and
- * quant int32[4] = {input_offset, output_offset, act_min, act_max}.
+ * quant int32[4] = {input_offset, output_offset, act_min, act_max}. A layer with int4 weights
+ * (weight_bits 4) has the same arrays, its weights/values packed two per byte (mcup_nn.h,
+ * mcup_sparse.h): dense rows * ((cols + 1) / 2) bytes, bitmask (nnz + 1) / 2, csr
+ * (entries + 1) / 2 with entries = row_ptr[rows].
  */
 #ifndef MCUP_BIND_CHECK_H
 #define MCUP_BIND_CHECK_H
@@ -33,18 +36,22 @@ typedef struct {
     uint32_t length;
 } mcup_blob_array;
 
-/* What the architecture fixes about one weighted layer: W is rows x cols in `format`. */
+/* What the architecture fixes about one weighted layer: W is rows x cols in `format`, weight_bits
+ * wide. */
 typedef struct {
-    int32_t format; /* MCUP_FMT_* */
-    int32_t rows;   /* output channels */
-    int32_t cols;   /* in_features, or k_h * k_w * in_c */
+    int32_t format;      /* MCUP_FMT_* */
+    int32_t rows;        /* output channels */
+    int32_t cols;        /* in_features, or k_h * k_w * in_c */
+    int32_t weight_bits; /* 8, or 4 (int4: weights/values two per byte) */
 } mcup_bind_layer;
 
 /* One layer's parameters found valid in a blob, ready to be pointed at by its params struct. */
 typedef struct {
-    const int8_t *weights;  /* dense */
-    const uint8_t *mask;    /* bitmask */
-    const int8_t *values;   /* bitmask, csr (NULL when empty) */
+    const int8_t *weights;   /* dense, int8 */
+    const uint8_t *weights4; /* dense, int4 (packed bytes) */
+    const uint8_t *mask;     /* bitmask */
+    const int8_t *values;    /* bitmask, csr, int8 (NULL when empty) */
+    const uint8_t *values4;  /* bitmask, csr, int4 (packed bytes; NULL when empty) */
     const uint8_t *deltas;  /* csr (NULL when empty) */
     const void *row_ptr;    /* csr */
     int32_t row_ptr_bytes;  /* csr: 1, 2 or 4 */
