@@ -23,7 +23,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from mcuprune.model import int8_params
+from mcuprune.model import fixedpoint, int8_params
 from mcuprune.model.interpreter import BATCH, trace_f32
 from mcuprune.model.ir import (
     INPUT,
@@ -105,7 +105,11 @@ def quantize_layer(layer: FloatLayer, input_q: QParams, output_q: QParams,
         w = layer.weights if layer.mask is None else layer.weights * layer.mask
         q_w, w_scales = quantize_weights(w, layer.weight_bits)
         bias_scales = np.float64(input_q.scale) * w_scales.astype(np.float64)
-        bias = np.clip(np.round(layer.bias / bias_scales), -(2**31), 2**31 - 1).astype(np.int32)
+        # Within the bound that keeps the int32 accumulator from overflowing (a bias beyond it only
+        # arises from a channel whose weights are all but zero; blob firmware refuses it otherwise).
+        limit = fixedpoint.bias_limit(int(np.prod(q_w.shape[1:])), layer.weight_bits)
+        limit = limit if limit >= 0 else 2**31 - 1
+        bias = np.clip(np.round(layer.bias / bias_scales), -limit, limit).astype(np.int32)
         multiplier, shift = int8_params.conv_multipliers(input_q.scale, w_scales, output_q.scale)
         mask = None if layer.mask is None else layer.mask.astype(bool)
         return QuantLayer(weights=q_w, bias=bias, weight_scales=w_scales, multiplier=multiplier, shift=shift,

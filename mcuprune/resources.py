@@ -8,6 +8,8 @@ The build copies them by path into a firmware project, so the package must be in
 
 from __future__ import annotations
 
+import os
+import sys
 from importlib.resources import files
 from pathlib import Path
 
@@ -28,3 +30,12 @@ TARGET_TEMPLATES_DIR = package_path("target", "templates")
 BOARDS_DIR = package_path("target", "boards")  # MCUPRUNE_BOARDS_DIR overrides it (target/board.py)
 KERNEL_COSTS_PATH = package_path("model", "kernel_costs.json")
 OP_COSTS_PATH = package_path("model", "op_costs.json")  # non-weighted ops and depthwise (model/op_costs.py)
+
+
+# Third-party C of signed-update firmware (Monocypher, SUPERCOP SHA-512): fetched, not shipped, by
+# scripts/fetch_crypto.sh (scripts/setup.sh runs it) into the virtualenv unless MCUPRUNE_CRYPTO_DIR says where.
+CRYPTO_SOURCES = ("monocypher.c", "monocypher.h", "sha512-blocks.c", "sha512-hash.c", "sha512.h")
+
+
+def crypto_dir() -> Path:
+    return Path(os.environ.get("MCUPRUNE_CRYPTO_DIR") or Path(sys.prefix) / "share" / "mcuprune-crypto")

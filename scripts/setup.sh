@@ -5,7 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm dataset-fashion-mnist make gcc)
+# cmake, g++ and clang: the exported C library is built with CMake, its header with g++, and the
+# library on the host with gcc and clang (tests/test_c_library.py).
+APT_PACKAGES=(gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm dataset-fashion-mnist make gcc cmake g++ clang)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -30,4 +32,7 @@ if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+
 fi
 echo "[setup] pip install -e .[test,tvm]"
 .venv/bin/pip install -q --disable-pip-version-check -e ".[test,tvm]"
+# The Ed25519 verifier of signed-update firmware (Monocypher, SUPERCOP SHA-512), from PyPI sdists
+# pinned by hash, into .venv/share/mcuprune-crypto: fetched, never committed (docs/protocol.md).
+bash scripts/fetch_crypto.sh
 echo "[setup] ready: $(.venv/bin/mcuprune --version), $(arm-none-eabi-gcc --version | head -1), $(qemu-system-arm --version | head -1)"

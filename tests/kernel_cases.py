@@ -89,7 +89,7 @@ class Case:
     seed: int = 0
     misalign: bool = False  # weights, input and output start 1 byte past a word boundary
     sparsity: float | None = None  # fraction of weights pruned; None: not pruned
-    pattern: str = "random"  # pruned: random | zero_rows | gaps (non-zeros 15/16/255/256/300 apart)
+    pattern: str = "random"  # pruned: random | zero_rows | gaps (non-zeros 15/16/255/256/300 apart) | blocks (1 x 4)
     bits: int = 8  # weight width: 8, or 4 (int4 weights in [-8, 7])
 
     @property
@@ -118,6 +118,9 @@ def _pruned_weights(case: Case, rng: np.random.Generator, w_shape: tuple[int, ..
     mask = rng.random(w_shape) >= case.sparsity
     rows = w_shape[0]
     flat = mask.reshape(rows, -1)
+    if case.pattern == "blocks":  # whole blocks of 4 consecutive columns (block4's speed path), that fraction pruned
+        blocks = rng.random((rows, -(-flat.shape[1] // 4))) >= case.sparsity
+        flat[:] = np.repeat(blocks, 4, axis=1)[:, : flat.shape[1]]
     if case.pattern == "zero_rows":
         flat[::2] = False
     elif case.pattern == "gaps":
@@ -493,6 +496,7 @@ _I32P = ctypes.POINTER(ctypes.c_int32)
 _I8P = ctypes.POINTER(ctypes.c_int8)
 _U8P = ctypes.POINTER(ctypes.c_uint8)
 _CSR_FIELDS = [("deltas", _U8P), ("row_ptr", ctypes.c_void_p), ("row_ptr_bytes", ctypes.c_int32)]
+_BLOCK4_FIELDS = [("block_cols", ctypes.c_void_p), ("row_ptr", ctypes.c_void_p), ("row_ptr_bytes", ctypes.c_int32)]
 
 
 class QuantParamsC(ctypes.Structure):
@@ -506,11 +510,13 @@ WEIGHT_FIELDS = {  # (format, weight bits) -> the struct's weight pointers, afte
     ("bitmask", 8): [("mask", _U8P), ("values", _I8P)],
     ("csr8", 8): [("values", _I8P), *_CSR_FIELDS],
     ("csr4", 8): [("values", _I8P), *_CSR_FIELDS],
+    ("block4", 8): [("values", _I8P), *_BLOCK4_FIELDS],
     # int4: the packed nibbles as bytes
     ("dense", 4): [("weights", _U8P)],
     ("bitmask", 4): [("mask", _U8P), ("values", _U8P)],
     ("csr8", 4): [("values", _U8P), *_CSR_FIELDS],
     ("csr4", 4): [("values", _U8P), *_CSR_FIELDS],
+    ("block4", 4): [("values", _U8P), *_BLOCK4_FIELDS],
 }
 
 

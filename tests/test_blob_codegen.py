@@ -35,10 +35,11 @@ HARNESS = Path(__file__).resolve().parent / "blob_harness" / "blob_host.c"
 RUNTIME_SOURCES = ("bind_check.c", "blob.c", "crc32.c", "telemetry.c")
 BAD_BLOB = 9  # MCUP_ERR_BAD_BLOB
 
-# Every (op, format) kernel appears in one of the two builds; conv2d0 (cols = 9) has bitmask
-# padding bits, conv2d2 (cols = 144) and dense4 (128) long sparse rows.
+# Every (op, format) kernel appears in one of the three builds; conv2d0 (cols = 9) has bitmask
+# padding bits and a padded last block (block4), conv2d2 (cols = 144) and dense4 (128) long sparse rows.
 FORMATS_A = {"conv2d0": "bitmask", "conv2d2": "csr8", "dense4": "csr4", "dense5": "dense"}
 FORMATS_B = {"conv2d0": "csr4", "conv2d2": "dense", "dense4": "bitmask", "dense5": "csr8"}
+FORMATS_C = {"conv2d0": "block4", "conv2d2": "block4", "dense4": "block4", "dense5": "dense"}
 TELEMETRY_RECORD = struct.Struct("<IBHI16H")
 
 
@@ -106,6 +107,11 @@ def host_a(models, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def host_b(models, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _host_build(models["model"], models["monitor"], FORMATS_B, tmp_path_factory.mktemp("host-b"))
+
+
+@pytest.fixture(scope="module")
+def host_c(models, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _host_build(models["model"], models["monitor"], FORMATS_C, tmp_path_factory.mktemp("host-c"))
 
 
 def _run(exe: Path, blob: str | Path, x_uint8: np.ndarray, tmp: Path,
@@ -259,9 +265,9 @@ def models_s4(models, digits_run, tmp_path_factory: pytest.TempPathFactory) -> d
     return {"model": int4(0.85, "p85", dataset.x_train), "update": int4(0.95, "p95", dataset.x_train[700:1100])}
 
 
-@pytest.fixture(scope="module", params=["a", "b"])
+@pytest.fixture(scope="module", params=["a", "b", "c"])
 def host_s4(request, models, models_s4, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
-    formats = FORMATS_A if request.param == "a" else FORMATS_B
+    formats = {"a": FORMATS_A, "b": FORMATS_B, "c": FORMATS_C}[request.param]
     out = tmp_path_factory.mktemp(f"host-s4-{request.param}")
     exe = _host_build(models_s4["model"], models["monitor"], formats, out)
     return exe, formats
@@ -319,7 +325,7 @@ def test_int4_bind_checks_the_packed_lengths(models, models_s4, host_s4, tmp_pat
 # --- the generated firmware code, on the host ---------------------------------------------------
 
 
-@pytest.mark.parametrize("which", ["host_a", "host_b"])
+@pytest.mark.parametrize("which", ["host_a", "host_b", "host_c"])
 def test_factory_blob_logits_and_telemetry_match_the_reference(models, which: str, request, tmp_path: Path) -> None:
     exe = request.getfixturevalue(which)
     model, monitor, dataset = models["model"], models["monitor"], models["dataset"]
@@ -484,6 +490,91 @@ def test_bind_rejects_corrupted_blobs(models, host_a: Path, tmp_path: Path) -> N
         assert _check(host_a, blob, tmp_path) == {"header": 0, "data": 1, "check": 0, "bind": 0, "bound": 1}, name
     # the int32 arrays are read in place: a blob at an address that is not 4-aligned is refused
     assert _check(host_a, good, tmp_path, misalign=1)["bind"] == BAD_BLOB
+
+
+def _block4_corruptions(model: QuantModel, monitor: QuantModel, near_misses: bool = False) -> dict[str, bytes]:
+    """CRC-valid blobs for FORMATS_C (block4 layers), each with one violation of the block4 checks in
+    bind_check.c; with `near_misses`, valid twins of the hand-built ones (they must bind)."""
+    arch = codegen.architecture_hash(model, "reference", FORMATS_C, params="blob", monitor=monitor)
+    good = codegen.blob_arrays(model, FORMATS_C, monitor)
+
+    def at(layer: str, field: str) -> int:
+        return _index(model, FORMATS_C, layer, field)
+
+    def edit(index: int, change) -> bytes:
+        arrays = [a.copy() for a in good]
+        arrays[index] = change(arrays[index].copy())
+        return pack_blob(arrays, arch)
+
+    def replaced(changes: dict[int, np.ndarray]) -> bytes:
+        return pack_blob([changes.get(i, a) for i, a in enumerate(good)], arch)
+
+    row_ptr = good[at("conv2d2", "row_ptr")].astype(np.int64)  # conv2d2: 32 rows of 36 blocks (144 columns)
+    long_row = int(np.argmax(np.diff(row_ptr) >= 2))  # a row of two blocks or more
+    last = int(row_ptr[long_row + 1]) - 1  # its last block
+
+    def last_col(value: int):
+        def change(cols: np.ndarray) -> np.ndarray:
+            cols[last] = max(value, int(cols[last - 1]) + 1)  # still increasing: only the range is wrong
+            return cols
+        return change
+
+    # conv2d2 rebuilt as one block per row, row r's at block column r, so that swapping two row pointers
+    # breaks only their order (rows 0..2 then read blocks [0, 2), [2, 1), [1, 3): their columns increase)
+    ptr = np.arange(33, dtype=np.uint8)
+    if not near_misses:
+        ptr[1], ptr[2] = 2, 1
+    one_per_row = replaced({at("conv2d2", "values"): np.ones(4 * 32, np.int8),
+                            at("conv2d2", "block_cols"): np.arange(32, dtype=np.uint8),
+                            at("conv2d2", "row_ptr"): ptr})
+    if near_misses:
+        return {"block4_last_block_column": edit(at("conv2d2", "block_cols"), last_col(35)),
+                "block4_one_block_per_row": one_per_row}
+
+    def repeated(cols: np.ndarray) -> np.ndarray:
+        cols[last] = cols[last - 1]
+        return cols
+
+    return {
+        "block4_col_past_blocks": edit(at("conv2d2", "block_cols"), last_col(36)),
+        "block4_fc_col_past_blocks": edit(at("dense4", "block_cols"), lambda a: np.append(a[:-1], np.uint8(32))),
+        "block4_cols_not_increasing": edit(at("conv2d2", "block_cols"), repeated),
+        "block4_row_ptr_decreasing": one_per_row,
+        "block4_row_ptr_first_not_zero": edit(at("conv2d2", "row_ptr"), lambda a: np.append(a[:1] + 1, a[1:])),
+        "block4_row_ptr_last_not_blocks": edit(at("conv2d2", "row_ptr"), lambda a: np.append(a[:-1], a[-1] - 1)),
+        "block4_row_ptr_bad_length": edit(at("conv2d2", "row_ptr"), lambda a: a[:-1]),
+        "block4_values_short": edit(at("conv2d2", "values"), lambda a: a[:-1]),
+        "block4_values_one_block_short": edit(at("dense4", "values"), lambda a: a[:-4]),
+        "block4_block_cols_short": edit(at("conv2d0", "block_cols"), lambda a: a[:-1]),
+        "block4_block_cols_uint16": edit(at("conv2d2", "block_cols"), lambda a: a.astype(np.uint16)),
+    }
+
+
+def test_bind_checks_block4_arrays(models, host_c: Path, tmp_path: Path) -> None:
+    """block4 layers (conv 9 and 144 columns, FC 128): the factory blob binds; a block column past the
+    row's blocks or out of order, row pointers that do not cover the block columns, and arrays of the
+    wrong length are refused; their valid twins bind."""
+    model, monitor = models["model"], models["monitor"]
+    good = codegen.build_blob(model, FORMATS_C, monitor, "reference")
+    assert _check(host_c, good, tmp_path) == {"header": 0, "data": 1, "check": 0, "bind": 0, "bound": 1}
+    for name, blob in _block4_corruptions(model, monitor).items():
+        result = _check(host_c, blob, tmp_path)
+        assert result == {"header": 0, "data": 1, "check": BAD_BLOB, "bind": BAD_BLOB, "bound": 0}, name
+    for name, blob in _block4_corruptions(model, monitor, near_misses=True).items():
+        assert _check(host_c, blob, tmp_path) == {"header": 0, "data": 1, "check": 0, "bind": 0, "bound": 1}, name
+
+
+def test_block4_update_blob_binds_and_gives_its_logits(models, host_c: Path, tmp_path: Path) -> None:
+    """An update of other block counts (95 % pruned) binds to the block4 firmware and serves its logits."""
+    update, dataset = models["update"], models["dataset"]
+    factory = codegen.blob_arrays(models["model"], FORMATS_C, models["monitor"])
+    changed = codegen.blob_arrays(update, FORMATS_C, models["update_monitor"])
+    assert [a.size for a in factory] != [a.size for a in changed]
+    (tmp_path / "update.bin").write_bytes(codegen.build_blob(update, FORMATS_C, models["update_monitor"], "reference"))
+    x = dataset.x_test[:100]
+    logits, records, _ = _run(host_c, tmp_path / "update.bin", x, tmp_path)
+    np.testing.assert_array_equal(logits, run_s8(update, to_int8(x)))
+    np.testing.assert_array_equal(records, _expected_telemetry(update, models["update_monitor"], x))
 
 
 def test_failed_binds_leave_the_bound_blob_serving(models, host_a: Path, tmp_path: Path) -> None:

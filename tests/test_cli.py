@@ -93,3 +93,80 @@ def test_not_a_firmware_dir(tmp_path: Path) -> None:
 def test_boards_command_lists_default() -> None:
     proc = run_cli("boards")
     assert proc.returncode == 0 and "mps2-an386" in proc.stdout and "mps2-an385" in proc.stdout
+
+
+# --- issue 12: nothing half-written, nonsense values refused -------------------------------------
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` (relative path -> bytes), to compare a folder byte for byte."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _main_user_error(argv: list[str], capsys: pytest.CaptureFixture[str], *fragments: str) -> None:
+    """mcuprune's main() in this process (no interpreter start-up): exit 2, one stderr line."""
+    from mcuprune.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mcuprune: error: "), err
+    for fragment in fragments:
+        assert fragment in err[0], err[0]
+
+
+def test_compile_out_naming_a_file_is_one_line_and_leaves_it(digits_run, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir, _ = digits_run
+    target = tmp_path / "fw"
+    target.write_text("precious")
+    _main_user_error(["compile", str(run_dir), "--out", str(target)], capsys, str(target), "not a directory")
+    assert target.read_text() == "precious"
+
+
+def test_train_out_naming_a_file_fails_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "run"
+    target.write_text("precious")
+    _main_user_error(["train", "--dataset", "digits", "--epochs", "1", "--out", str(target)], capsys, "not a directory")
+    assert target.read_text() == "precious"
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--dataset", "digits", "--epochs", "0", "--out", "RUN"],
+    ["train", "--dataset", "digits", "--epochs", "-3", "--out", "RUN"],
+    ["train", "--dataset", "digits", "--seed", "-1", "--out", "RUN"],
+    ["evaluate", "FW", "--limit", "0"],
+    ["prune", "RUN", "--flash-budget", "0"],
+    ["prune", "RUN", "--kl-budget", "-0.5"],
+    ["prune", "RUN", "--kl-budget", "nan"],
+    ["prune", "RUN", "--finetune-epochs", "-1"],
+    ["sweep", "RUN", "--budgets", "20000", "0"],
+    ["powercut-test", "--trials", "0"],
+    ["monitor", "--port", "loop://", "--run", "FW", "--samples", "0"],
+    ["drift-demo", "--capture", "0"],
+])
+def test_nonsense_numbers_are_one_line_and_exit_2(argv: list[str], tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [str(tmp_path / a) if a in ("RUN", "FW") else a for a in argv]
+    _main_user_error(argv, capsys, "must be")
+    assert not list(tmp_path.iterdir())  # nothing was created
+
+
+def test_train_epochs_zero_through_the_real_cli(tmp_path: Path) -> None:
+    """Before: --epochs 0 silently trained 40 epochs and exited 0."""
+    proc = run_cli("train", "--dataset", "digits", "--epochs", "0", "--out", str(tmp_path / "run"))
+    assert_user_error(proc, "--epochs must be at least 1, got 0")
+    assert not (tmp_path / "run").exists()
+
+
+def test_failed_compile_leaves_the_previous_firmware_byte_for_byte(digits_run, tmp_path: Path) -> None:
+    """The second compile fails half-way (quantized and generated, then no cross-compiler): the first
+    firmware directory is untouched and no temporary folder is left beside it."""
+    run_dir, _ = digits_run
+    fw = tmp_path / "fw"
+    assert run_cli("compile", str(run_dir), "--out", str(fw)).returncode == 0
+    before = _tree(fw)
+    proc = run_cli("compile", str(run_dir), "--kernels", "reference", "--out", str(fw),
+                   env=path_with(tmp_path, ["make"]))
+    assert_user_error(proc, "arm-none-eabi-gcc")
+    assert _tree(fw) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", "fw"]

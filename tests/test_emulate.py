@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import struct
 import subprocess
 import time
 from collections.abc import Iterator
@@ -263,6 +264,23 @@ def test_device_survives_random_garbage(qemu: QemuDevice) -> None:
     garbage[rng.random(garbage.size) < 0.01] = 0  # some delimiters, so some chunks decode
     device.write_raw(garbage.tobytes() + b"\x00")
     x = rng.integers(-128, 128, INPUT_SIZE, dtype=np.int8)
+    np.testing.assert_array_equal(device.infer(x).logits, stub_logits(x))
+
+
+@pytest.mark.qemu
+def test_request_after_garbage_ending_mid_frame_is_answered_promptly(qemu: QemuDevice) -> None:
+    """Issue 12: garbage that ends inside a frame (no delimiter after it) used to swallow the next
+    request, which then waited out the whole timeout. The host now starts every request with a
+    delimiter, so the device answers at once."""
+    device = qemu.device
+    rng = np.random.default_rng(4)
+    x = rng.integers(-128, 128, INPUT_SIZE, dtype=np.int8)
+    half_frame = cobs_encode(struct.pack("<BBH", 1, 0x02, 99) + x.tobytes())[: INPUT_SIZE // 2]
+    for noise in (half_frame, rng.integers(1, 256, 300, dtype=np.uint8).tobytes()):
+        device.write_raw(noise)
+        start = time.monotonic()
+        assert device.request(MsgType.INFO, b"", timeout=3.0).type == MsgType.INFO | 0x80
+        assert time.monotonic() - start < 1.0
     np.testing.assert_array_equal(device.infer(x).logits, stub_logits(x))
 
 

@@ -123,3 +123,39 @@ def test_prune_to_an_instruction_budget_then_measure_it_in_qemu(digits_run, digi
     assert abs(measured - report["predicted_instructions"]) <= 0.15 * report["predicted_instructions"]
     assert result.fp32_model_bytes == report["fp32_bytes"] == 4 * json.loads((run_dir / "run.json").read_text())[
         "param_count"]  # ratios stay against the model the user started from
+
+
+def test_a_byte_budget_between_fastest_and_smallest_costs_the_fewest_instructions() -> None:
+    """choose_formats(byte_budget=b) with the fastest formats over b: parameter bytes <= b, never more
+    instructions than all-smallest, and no single move to a faster format of one layer would still fit."""
+    from kernel_cases import Case, make_layer
+
+    from mcuprune.model.costs import choose_formats, predict_instructions
+    from mcuprune.model.formats import layer_bytes
+    from mcuprune.model.ir import Op
+    from mcuprune.model.ops import FORMATS
+
+    layers = [make_layer(Case("fc", Op.DENSE, (1568,), 64, sparsity=0.9, in_zp=-128))[0],
+              make_layer(Case("conv", Op.CONV2D, (14, 14, 16), 32, sparsity=0.8, pad=1, in_zp=-128))[0],
+              make_layer(Case("head", Op.DENSE, (64,), 10, sparsity=0.5))[0]]
+
+    def size(picks):
+        return sum(layer_bytes(layer, picks[layer.name]) for layer in layers)
+
+    def instructions(picks):
+        return sum(predict_instructions(layer, picks[layer.name], "dsp") for layer in layers)
+
+    fastest, smallest = choose_formats(layers, "dsp"), choose_formats(layers, "dsp", "smallest")
+    assert size(smallest) < size(fastest) and instructions(smallest) > instructions(fastest)
+    assert choose_formats(layers, "dsp", byte_budget=size(fastest)) == fastest
+    for budget in np.linspace(size(smallest), size(fastest) - 1, 6).astype(int):
+        picks = choose_formats(layers, "dsp", byte_budget=int(budget))
+        assert size(picks) <= budget and instructions(picks) <= instructions(smallest)
+        for layer in layers:
+            for fmt in FORMATS:
+                faster = {**picks, layer.name: fmt}
+                cheaper = instructions(faster) < instructions(picks)
+                assert not (cheaper and size(faster) <= budget and size(faster) > size(picks)), (budget, fmt)
+    fewest = {la.name: min(layer_bytes(la, f) for f in FORMATS) for la in layers}
+    too_small = choose_formats(layers, "dsp", byte_budget=sum(fewest.values()) - 1)  # all at their fewest bytes
+    assert all(layer_bytes(la, too_small[la.name]) == fewest[la.name] for la in layers)

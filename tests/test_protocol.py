@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import struct
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -238,14 +239,15 @@ def test_parsers_fuzz_raise_only_frame_error(data: bytes) -> None:
 def test_info_round_trip() -> None:
     info = DeviceInfo(1, (0, 1), 0x1234ABCD, 25_000_000, 784, 10, 7, "mps2-an386", "fashion-mnist-cnn")
     payload = pack_info(info)
-    assert payload[-len(b"fashion-mnist-cnn\x00\x00") :] == b"fashion-mnist-cnn\x00\x00"  # name, params mode 0
+    # name, params mode 0, security mode 0 (development)
+    assert payload[-len(b"fashion-mnist-cnn\x00\x00\x00") :] == b"fashion-mnist-cnn\x00\x00\x00"
     assert unpack_info(payload) == info
 
 
 def test_info_rejects_missing_terminator() -> None:
     info = DeviceInfo(1, (0, 1), 1, 2, 3, 4, 5, "board", "model")
     with pytest.raises(FrameError, match="NUL"):
-        unpack_info(pack_info(info)[:-2])  # the model name's NUL and the params mode byte gone
+        unpack_info(pack_info(info)[:-3])  # the model name's NUL, the params and security mode bytes gone
 
 
 def test_result_round_trip() -> None:
@@ -278,7 +280,7 @@ def test_message_types_and_error_codes_match_the_doc() -> None:
     assert {"TELEMETRY", "CAPTURE", "UPDATE_BEGIN", "UPDATE_CHUNK", "UPDATE_COMMIT", "ROLLBACK"} <= set(types)
     codes = {name: int(code) for code, name in re.findall(r"^\| (\d+) \| ([A-Z_]+) \|", DOC, re.M)}
     assert {name: int(ErrorCode[name]) for name in codes} == codes
-    assert len(codes) == 14
+    assert len(codes) == 20
 
 
 SLOTS = (SlotState(SlotStatus.VALID, 3, 5000, 0xDEADBEEF, 5000), SlotState(SlotStatus.WRITING, 2, 6000, 0x1234, 2080))
@@ -288,9 +290,9 @@ BLOB_INFO = DeviceInfo(1, (0, 2), 0xA1B2C3D4, 25_000_000, 64, 10, 5, "mps2-an386
 
 def test_info_without_params_mode_is_static_firmware() -> None:
     old = DeviceInfo(1, (0, 1), 7, 8, 9, 10, 11, "b", "m")
-    legacy = pack_info(old)[:-1]  # firmware before params modes: nothing after the names
+    legacy = pack_info(old)[:-2]  # firmware before params modes: nothing after the names
     assert legacy.endswith(b"m\x00")
-    for payload in (legacy, legacy + b"\x00"):
+    for payload in (legacy, legacy + b"\x00", legacy + b"\x00\x00"):  # then with the mode, the security mode
         info = unpack_info(payload)
         assert info == old and info.params_mode == ParamsMode.STATIC and not info.updatable
         assert info.active_slot is None and info.slots == () and info.active_blob_id is None
@@ -301,11 +303,22 @@ def test_info_blob_mode_wire_layout() -> None:
     head = struct.pack("<BBBIIHHB", 1, 0, 2, 0xA1B2C3D4, 25_000_000, 64, 10, 5) + b"mps2-an386\x00digits-cnn\x00"
     slot_a = struct.pack("<BIIII", 2, 3, 5000, 0xDEADBEEF, 5000)
     slot_b = struct.pack("<BIIII", 1, 2, 6000, 0x1234, 2080)
-    assert payload == head + b"\x01\x00" + slot_a + slot_b + struct.pack("<I", 8_384_512)
+    assert payload == head + b"\x01\x00" + slot_a + slot_b + struct.pack("<I", 8_384_512) + b"\x00"
+    assert unpack_info(payload[:-1]) == BLOB_INFO  # blob firmware from before the security section
     info = unpack_info(payload)
     assert info == BLOB_INFO and info.updatable
     assert info.active == SLOTS[0] and info.active_blob_id == 0xDEADBEEF
     assert isinstance(info.slots[1].state, SlotStatus) and info.slots[1].state is SlotStatus.WRITING
+
+
+def test_info_security_section_of_a_signed_build() -> None:
+    signed = replace(BLOB_INFO, signed=True, key_id=bytes(range(8)), security_counter=7, nonce=b"\x02\0\0\0\x09\0\0\0")
+    payload = pack_info(signed)
+    assert payload == pack_info(BLOB_INFO)[:-1] + b"\x01" + bytes(range(8)) + struct.pack("<I", 7) + signed.nonce
+    assert unpack_info(payload) == signed
+    for bad in (payload[:-1], payload + b"\x00", pack_info(BLOB_INFO)[:-1] + b"\x02"):
+        with pytest.raises(FrameError, match="security section"):
+            unpack_info(bad)
 
 
 def test_info_no_active_slot_and_names_with_zero_bytes_after() -> None:
@@ -323,10 +336,11 @@ def _fixed_len() -> int:
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
-        (lambda p: p + b"\x00", "slot section"),  # one byte too many
-        (lambda p: p[:-1], "slot section"),  # capacity cut short
+        (lambda p: p + b"\x00", "security section"),  # one byte too many
+        (lambda p: p[:-2], "slot section"),  # capacity cut short (p[:-1] is firmware before the security section)
         (lambda p: p[: p.index(b"digits-cnn\x00") + 11] + b"\x02", "params mode 2"),
-        (lambda p: p[: p.index(b"digits-cnn\x00") + 11] + b"\x00\x00", "after params mode 0"),
+        (lambda p: p[: p.index(b"digits-cnn\x00") + 11] + b"\x00\x00\x00", "after params mode 0"),
+        (lambda p: p[: p.index(b"digits-cnn\x00") + 11] + b"\x00\x01", "security section"),
         (lambda p: p.replace(b"digits-cnn\x00\x01\x00", b"digits-cnn\x00\x01\x02"), "active slot 2"),
         (lambda p: p.replace(b"digits-cnn\x00\x01\x00\x02", b"digits-cnn\x00\x01\x00\x09"), "unknown state 9"),
         (lambda p: p.replace(b"mps2", b"\xffps2"), "UTF-8"),

@@ -41,7 +41,11 @@ from mcuprune.device.messages import (
 )
 
 FAKE_INPUT, FAKE_OUTPUT, FAKE_LAYERS, FAKE_PENULTIMATE = 32, 4, 2, 8  # tests/c/fake_model/model.h
-FILE_INPUTS = 3  # proto_harness.c: the fake semihosting file "mem"
+FILE_INPUTS = 3  # proto_harness.c: the fake semihosting file FAKE_FILE
+FAKE_FILE = b"/tmp/mcuprune-offer-fake/mem.bin"  # an offered path (protocol.c opens no other kind)
+# Paths the device must refuse without opening: not offered, or escaping the offered folder.
+UNOFFERED = [b"mem", b"/etc/passwd", b"/tmp/mcuprune-offer-fake/../../etc/x.bin", b"/tmp/mcuprune-offer-/x.bin",
+             b"/tmp/mcuprune-offer-fake/mem.txt", b":tt", b"/tmp/mcuprune-offer-fake/./mem.bin"]
 RESULT_FIXED = 4 + 1 + FAKE_OUTPUT + 4 * FAKE_LAYERS
 TELEMETRY_SECTION = 3 + 43
 
@@ -95,7 +99,8 @@ def test_static_build_has_no_blob_messages(tmp_path: Path) -> None:
     frames = serve(exe, b"".join(wire_body(1, t, i, p) for i, (t, p) in enumerate(script)))
     assert [f.seq for f in frames] == list(range(len(script)))
     info = frames[0].payload
-    assert info.endswith(b"fake\x00\x00") and unpack_info(info).params_mode == ParamsMode.STATIC
+    # params mode 0, then security mode 0: static firmware is always a development build
+    assert info.endswith(b"fake\x00\x00\x00") and unpack_info(info).params_mode == ParamsMode.STATIC
     assert frames[1].type == 0x82 and len(frames[1].payload) == RESULT_FIXED
     for f, (t, _) in zip(frames[2:], script[2:], strict=True):
         err = unpack_error(f.payload)
@@ -198,7 +203,7 @@ def random_request(rng: np.random.Generator, g: Gen) -> tuple[int, bytes]:
     if t == 0x08:
         return t, b"" if rng.random() < 0.95 else b"\x01"
     if t == 0x0E:
-        path = [b"mem", b"nofile", b"me\x00m"][int(rng.integers(0, 3))]
+        path = [FAKE_FILE, FAKE_FILE, b"nofile", b"me\x00m", *UNOFFERED][int(rng.integers(0, 4 + len(UNOFFERED)))]
         p = struct.pack("<I", int(rng.integers(0, FILE_INPUTS + 2))) + path + b"\x00"
         return t, p[: int(rng.integers(0, len(p)))] if rng.random() < 0.1 else p
     return t, bytes([int(rng.integers(0, 256))]) if rng.random() < 0.95 else b""  # EXIT
@@ -327,7 +332,7 @@ def predict(m: Model, t: int, p: bytes, seq: int, fault: str | None = None) -> E
         if len(p) < 6 or p[-1] != 0:
             return err(ErrorCode.BAD_LENGTH)
         count = struct.unpack_from("<I", p)[0]
-        if p[4:].split(b"\x00")[0] != b"mem":
+        if p[4:].split(b"\x00")[0] != FAKE_FILE:
             return err(ErrorCode.IO)
         if count > FILE_INPUTS:
             m.stats[ErrorCode.IO] = m.stats.get(ErrorCode.IO, 0) + 1
@@ -516,7 +521,7 @@ def test_scripted_session(harness: Path) -> None:
         (0x05, new[:32]),                              # 31 starts over in A
         (0x06, chunk(32, bytes(corrupted))),           # 32
         (0x07, new[16:20]),                            # 33 BAD_BLOB_CRC
-        (0x0E, struct.pack("<I", 2) + b"mem\x00"),     # 34 two RESULTs, then the count
+        (0x0E, struct.pack("<I", 2) + FAKE_FILE + b"\x00"),  # 34 two RESULTs, then the count
         (0x03, b"\x00"),                               # 35 TELEMETRY off
         (0x02, x.tobytes()),                           # 36 no sections
         (0x01, b""),                                   # 37
@@ -612,3 +617,28 @@ def test_scripted_session(harness: Path) -> None:
     info = unpack_info(reply(37))
     assert info.active_slot == 1 and info.slots[0].state == SlotStatus.INVALID
     assert reply(38) == b""
+
+
+def test_request_after_garbage_ending_mid_frame_is_answered(harness: Path) -> None:
+    """Issue 12: noise (or a host that reconnected) leaves the device inside a half-received frame.
+    The host's leading delimiter ends that frame, so the request after it is answered, not swallowed:
+    here the noise is the first half of a valid frame, the worst case (its COBS state is consistent)."""
+    from mcuprune.device.link import Device
+
+    class Capture:  # what Device writes, as a port would see it
+        timeout = 0.0
+        written = b""
+
+        def write(self, data: bytes) -> int:
+            self.written += data
+            return len(data)
+
+    port = Capture()
+    Device(port).send(MsgType.INFO, b"", seq=0x1234)  # type: ignore[arg-type]
+    assert port.written.startswith(b"\x00") and port.written.endswith(b"\x00")
+    half_frame = cobs_encode(wire_body(1, 0x02, 7, bytes(range(1, FAKE_INPUT + 1))))[:20]
+    frames = serve(harness, half_frame + port.written)
+    assert [(f.type, f.seq) for f in frames] == [(0x81, 0x1234)]
+    # Without the leading delimiter the same request disappears into the half frame.
+    frames = serve(harness, half_frame + port.written[1:])
+    assert 0x1234 not in [f.seq for f in frames if f.type == 0x81]

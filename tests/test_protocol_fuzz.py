@@ -175,8 +175,11 @@ OUTPUT_SIZE, NUM_LAYERS = 10, 5
 
 
 def _info_repack(info: DeviceInfo, payload: bytes) -> bool:
-    packed = pack_info(info)  # always with the params mode byte; old firmware sends none for mode 0
-    return packed == payload or (info.params_mode == ParamsMode.STATIC and packed[:-1] == payload)
+    """pack_info always writes the params and security mode bytes; older firmware sends no security
+    byte, and the oldest static firmware not even the params mode."""
+    packed = pack_info(info)
+    legacy = [packed[:-1]] + ([packed[:-2]] if info.params_mode == ParamsMode.STATIC else [])
+    return packed == payload or (not info.signed and payload in legacy)
 
 
 def _frame_repack(frame: Frame, payload: bytes) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,6 +32,7 @@ from mcuprune.model.interpreter import run_f32, run_layer_f32, trace_f32
 from mcuprune.model.ir import Op, QParams, QuantLayer
 from mcuprune.quantize import quantize_weights
 from mcuprune.train.datasets import to_float
+from mcuprune.train.training import load_run_model
 
 INPUT = (8, 8, 1)
 SPECS = [
@@ -404,21 +406,69 @@ def test_digits_magnitude_baselines_honour_the_budget(digits_run, tmp_path, meth
 def test_sweep_compiles_and_evaluates_every_point(digits_run, tmp_path) -> None:
     import shutil
 
+    from mcuprune.compress.prune import pruned_widths
     from mcuprune.compress.sweep import sweep_run
     from mcuprune.device.evaluate import CompileAndEvaluate
 
     if shutil.which("arm-none-eabi-gcc") is None or shutil.which("qemu-system-arm") is None:
         pytest.skip("needs the ARM toolchain and QEMU")
     run_dir, _ = digits_run
-    rows = sweep_run(run_dir, [7000, 300], ["qsae", "magnitude-oneshot"], tmp_path, CompileAndEvaluate(limit=60),
-                     finetune_epochs=2, qsae_steps=200)
-    assert [r["method"] for r in rows] == ["unpruned", "qsae", "magnitude-oneshot", "qsae", "magnitude-oneshot"]
-    for r in rows[1:3]:
-        fw = json.loads((tmp_path / f"{r['method']}-7000" / "fw" / "firmware.json").read_text())
-        assert r["model_flash_bytes"] == fw["model_flash_bytes"] < rows[0]["model_flash_bytes"]
+    rows = sweep_run(run_dir, [7000, 300], ["magnitude-oneshot", "qsae"], tmp_path, CompileAndEvaluate(limit=60),
+                     finetune_epochs=2, qsae_steps=200, weights=("int8", "mixed"))
+    assert [(r["method"], r["weights"]) for r in rows] == [("unpruned", "int8")] + 2 * [
+        ("qsae", "int8"), ("magnitude-oneshot", "int8"), ("qsae", "mixed"), ("magnitude-oneshot", "mixed")]
+    for r in rows[1:5]:
+        work = f"{r['method']}-7000" if r["weights"] == "int8" else f"{r['method']}-mixed-7000"
+        fw = json.loads((tmp_path / work / "fw" / "firmware.json").read_text())
+        assert r["model_flash_bytes"] == fw["model_flash_bytes"] <= 7000 < rows[0]["model_flash_bytes"]
         assert r["mismatches"] == 0 and r["samples"] == 60
-    assert all("unreachable" in r["error"] for r in rows[3:])
+    # the mixed baseline is pruned at the widths the QSAE plan picked at the same budget
+    qsae_widths = pruned_widths(tmp_path / "qsae-mixed-7000" / "run")
+    assert pruned_widths(tmp_path / "magnitude-oneshot-mixed-7000" / "run") == qsae_widths
+    assert 4 in qsae_widths.values()
+    assert all("unreachable" in r["error"] for r in rows[5:7])
+    assert all("no QSAE run" in r["error"] for r in rows[8:])  # the QSAE run at 300 B failed: no widths to take
     assert (tmp_path / "sweep.png").stat().st_size > 1000
     table = (tmp_path / "sweep.md").read_text()
     assert table.count("\n") == 2 + len(rows) and "unreachable" in table
     assert json.loads((tmp_path / "sweep.json").read_text())["rows"] == rows
+
+
+def test_block_importance_sums_each_row_in_blocks_padded_with_zeros() -> None:
+    from mcuprune.compress.importance import block_importance
+
+    imp = np.arange(2 * 6, dtype=np.float64).reshape(2, 6)
+    np.testing.assert_array_equal(block_importance(imp, 4), [[0 + 1 + 2 + 3, 4 + 5], [6 + 7 + 8 + 9, 10 + 11]])
+
+
+@pytest.mark.qemu
+def test_block_masks_prune_whole_blocks_and_run_in_the_block4_kernels(digits_run, tmp_path: Path) -> None:
+    """prune --block 4: every 1x4 block of every weight row is kept or pruned whole; compile's default
+    picks the block4 kernels, which run bit-exact and within the cost model's error of the prediction."""
+    from mcuprune.device.evaluate import evaluate_firmware
+    from mcuprune.target.compile import compile_run
+
+    run_dir, _ = digits_run
+    report = prune_run(run_dir, "qsae", 6000, None, 2, tmp_path / "p", qsae_steps=200, block=4)
+    assert report["block"] == 4 and report["model_bytes"] <= 6000
+    model, _ = load_run_model(tmp_path / "p")
+    for layer in model.layers:
+        if layer.mask is None:
+            continue
+        rows = layer.mask.reshape(layer.mask.shape[0], -1)
+        whole = rows[:, : rows.shape[1] // 4 * 4].reshape(rows.shape[0], -1, 4)
+        assert np.all(whole.all(axis=2) | ~whole.any(axis=2)), layer.name
+    compile_run(tmp_path / "p", "mps2-an386", tmp_path / "fw")
+    fw = json.loads((tmp_path / "fw" / "firmware.json").read_text())
+    assert "block4" in fw["formats"].values() and fw["param_bytes"] <= 6000
+    result = evaluate_firmware(tmp_path / "fw", limit=60, progress=False, transport="semihosting")
+    assert result.mismatches == 0
+    assert abs(result.instructions_per_inference - report["predicted_instructions"]) <= 0.15 * report[
+        "predicted_instructions"]
+
+
+def test_block_masks_need_qsae_and_a_known_block() -> None:
+    with pytest.raises(UserError, match="unknown block size 3"):
+        check_arguments("qsae", 5000, None, 1, block=3)
+    with pytest.raises(UserError, match="block-structured masks need method 'qsae'"):
+        check_arguments("magnitude", 5000, None, 1, block=4)

@@ -168,6 +168,39 @@ def test_unpack_rejects_malformed():
         pack(np.ones((2, 3), dtype=np.int8), "coo")
 
 
+def test_block4_layout():
+    """Blocks of 4 columns (the last padded), stored when they hold a non-zero, zeros included."""
+    w = np.zeros((3, 10), dtype=np.int8)  # 3 blocks a row, the last covering columns 8, 9 (+ 2 padding)
+    w[0, 1], w[0, 9] = 5, -2
+    w[2, 4:8] = [1, 0, 0, 3]
+    p = pack(w, "block4")
+    assert p.values.tolist() == [0, 5, 0, 0, 0, -2, 0, 0, 1, 0, 0, 3]
+    assert p.block_cols.tolist() == [0, 2, 1] and p.block_cols.dtype == np.uint8
+    assert p.row_ptr.tolist() == [0, 2, 2, 3] and p.entries == 12
+    assert format_bytes(w, "block4") == 12 + 3 + 4 == p.nbytes
+    p4 = pack(np.clip(w, -8, 7), "block4", 4)  # int4: 2 bytes a block, low nibble first
+    assert p4.values.tolist() == [0x50, 0x00, 0xE0, 0x00, 0x01, 0x30]
+    wide = np.zeros((2, 1025), dtype=np.int8)  # 257 blocks: uint16 block columns
+    wide[1, 1024] = 1
+    assert pack(wide, "block4").block_cols.tolist() == [256] and pack(wide, "block4").block_cols.dtype == np.uint16
+    assert format_bytes(wide, "block4") == 4 + 2 + 3
+
+
+def test_block4_unpack_rejects_malformed():
+    p = pack(np.ones((2, 8), dtype=np.int8), "block4")  # block columns 0, 1 | 0, 1
+    fields = {"values": p.values, "block_cols": p.block_cols, "row_ptr": p.row_ptr}
+    for name, cols, message in (("past", [0, 2, 0, 1], "past"), ("repeated", [1, 1, 0, 1], "increase"),
+                                ("uint16", np.array([0, 1, 0, 1], np.uint16), "uint8")):  # fmt: skip
+        bad = type(p)(p.fmt, p.shape, **{**fields, "block_cols": np.asarray(cols).astype(
+            np.uint16 if name == "uint16" else np.uint8)})  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            unpack(bad)
+    with pytest.raises(ValueError, match="row pointers"):
+        unpack(type(p)(p.fmt, p.shape, **{**fields, "row_ptr": np.array([0, 2, 3], np.uint8)}))
+    with pytest.raises(ValueError, match="at most"):
+        pack(np.ones((1, 4 * 65536 + 1), dtype=np.int8), "block4")
+
+
 def test_conv_weights_pack_as_rows_of_k_h_k_w_in_c():
     w = np.arange(2 * 3 * 3 * 4, dtype=np.int64).reshape(2, 3, 3, 4) % 7 - 3
     w = w.astype(np.int8)
@@ -192,6 +225,8 @@ FC_CASES = [
     Case("fc_null_bias", Op.DENSE, (70,), 7, sparsity=0.7, in_zp=9, null_bias=True),
     Case("fc_large_95pct", Op.DENSE, (1568,), 16, sparsity=0.95, in_zp=-128, out_zp=-128, relu=True, seed=3),
     Case("fc_u16_row_ptr", Op.DENSE, (300,), 4, sparsity=0.0, in_zp=1),  # 1200 entries
+    Case("fc_blocks_80pct", Op.DENSE, (130,), 9, sparsity=0.8, pattern="blocks", in_zp=-128, out_zp=4),  # 130 % 4
+    Case("fc_blocks_u16_cols", Op.DENSE, (1027,), 5, sparsity=0.9, pattern="blocks", in_zp=7, seed=4),  # 257 blocks
 ]
 
 CONV_CASES = [
@@ -212,6 +247,8 @@ CONV_CASES = [
     Case("conv_relu", Op.CONV2D, (6, 6, 8), 6, sparsity=0.9, pad=1, in_zp=-128, out_zp=-128, relu=True),
     Case("conv_null_bias", Op.CONV2D, (5, 5, 4), 5, sparsity=0.5, pad=1, in_zp=6, null_bias=True),
     Case("conv_bench_shape_95pct", Op.CONV2D, (14, 14, 16), 32, sparsity=0.95, pad=1, in_zp=-128, relu=True),
+    Case("conv_blocks_90pct", Op.CONV2D, (14, 14, 16), 32, sparsity=0.9, pattern="blocks", pad=1, in_zp=-128),
+    Case("conv_blocks_k27", Op.CONV2D, (7, 7, 3), 6, sparsity=0.5, pattern="blocks", stride=2, in_zp=3),  # 7 blocks
     # the shared geometry table: strides (1, 2) (2, 1) (2, 2), asymmetric padding, dilation 2
     *geometry_cases(Op.CONV2D, sparsity=0.6),
 ]
@@ -228,6 +265,14 @@ def test_cases_exercise_their_paths():
     assert any(np.diff(p.row_ptr.astype(int)).max() >= 12 for p in packed4)  # blocks of 8 and 4
     assert any(((la.weights[0].size + 7) // 8) % 4 for la in layers)  # bitmask rows with tail bytes
     assert {p.row_ptr.dtype.itemsize for p in packed8} >= {1, 2}
+    blocks = [pack(la.weights, "block4") for la in layers]
+    assert {p.block_cols.dtype.itemsize for p in blocks} == {1, 2}  # uint8 and uint16 block columns
+    assert any(la.weights[0].size % 4 and p.values.size for la, p in zip(layers, blocks, strict=True))  # padded
+    assert any((np.diff(p.row_ptr.astype(int)) % 2 == 1).any() for p in blocks)  # odd block counts (DSP: pairs)
+    assert any((np.diff(p.row_ptr.astype(int)) == 0).any() for p in blocks)  # empty rows
+    # masks of whole blocks: block4 stores no zeros there
+    assert any(la.weights.size and 4 * int(p.row_ptr[-1]) == np.count_nonzero(la.weights) for la, p in
+               zip(layers, blocks, strict=True))  # fmt: skip
 
 
 # --- calling the kernels (parameter structs generated from the operator table: kernel_cases.py) ----

@@ -65,3 +65,27 @@ def test_generated_shapes_and_formats_in_source(masked_digits_run: Path, tmp_pat
     for name, fmt in gen.formats.items():
         assert f"mcup_layer_{name}" in c
         assert f"_s8_{fmt}(&mcup_layer_{name}" in c
+
+
+@pytest.mark.parametrize("board, kernels", [("mps2-an386", "dsp"), ("mps2-an385", "reference")])
+def test_block4_forced_firmware_is_bit_exact(masked_digits_run: Path, tmp_path: Path, board: str,
+                                             kernels: str) -> None:
+    """Every weighted layer in block4 (choose_formats overridden: on these unstructured masks it would
+    pick smaller formats), conv and FC kernels on the device == the numpy int8 reference on every input."""
+    from unittest import mock
+
+    from mcuprune.codegen import emit
+    from mcuprune.device.evaluate import evaluate_firmware
+    from mcuprune.model.formats import layer_bytes
+    from mcuprune.target.compile import compile_run, quantize_run
+
+    model = quantize_run(masked_digits_run)
+    forced = {layer.name: "block4" for layer in model.layers if layer.has_weights}
+    with mock.patch.object(emit, "choose_formats", lambda *args, **kwargs: dict(forced)):
+        result = compile_run(masked_digits_run, board, tmp_path / "fw", kernels)
+    assert result.generated.formats == forced
+    c = (tmp_path / "fw" / "src" / "model.c").read_text()
+    assert "mcup_conv2d_s8_block4(&mcup_layer_" in c and "mcup_fc_s8_block4(&mcup_layer_" in c
+    assert result.build.model_flash_bytes == sum(layer_bytes(la, "block4") for la in model.layers if la.has_weights)
+    evaluation = evaluate_firmware(tmp_path / "fw", progress=False, transport="semihosting")
+    assert evaluation.samples == 359 and evaluation.mismatches == 0

@@ -100,6 +100,8 @@ def test_generated_sources(digits, tmp_path: Path) -> None:
 def test_sparse_weights_are_refused(digits, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="dense weights only; layers dense4"):
         tvm_kernel_sources(digits[0], tmp_path, formats={"conv2d0": "dense", "dense4": "csr8"})
+    with pytest.raises(UserError, match="dense weights only; layers conv2d0 were packed sparse"):
+        tvm_kernel_sources(digits[0], tmp_path, formats={"conv2d0": "block4", "dense4": "dense"})
 
 
 def _build(model: QuantModel, board_name: str, fw_dir: Path, kernels: str, checks: bool = False) -> Path:

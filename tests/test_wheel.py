@@ -67,3 +67,6 @@ def test_wheel_compiles_and_evaluates_in_qemu(installed: tuple[Path, Path]) -> N
     assert result["samples"] == 60 and result["mismatches"] == 0
     # the firmware project was assembled from the installed package's files
     assert (work / "fw" / "build" / "firmware.elf").is_file()
+    # so is the C library export: its API layer and build-file templates ship in the wheel
+    _run([cli, "export", "fw", "--format", "c-library", "--out", "lib"], cwd=work)
+    assert (work / "lib" / "src" / "mcup_model.h").is_file() and (work / "lib" / "zephyr" / "Kconfig").is_file()

@@ -1,12 +1,14 @@
 """Accuracy vs model flash for QSAE+KL pruning and the magnitude baselines, measured in QEMU.
 
     .venv/bin/python bench/prune/sweep.py --run runs/fm [--budgets 40000,26000,20000,14000,10000]
-        [--methods qsae,magnitude,magnitude-oneshot] [--epochs 3] [--limit N] [--out bench/prune/results/fm]
+        [--methods qsae,magnitude,magnitude-oneshot] [--weights int8,mixed] [--epochs 3] [--limit N]
+        [--out bench/prune/results/fm]
 
 Prunes the run at every budget with every method (mcuprune.compress.prune.prune_run), compiles each result for
-mps2-an386 with `--objective smallest` and evaluates it on the test set in QEMU (semihosting
-transport). Writes sweep.json, sweep.md and sweep.png to --out (mcuprune.compress.sweep). The pruned runs and
-firmware go to --work (default: runs/prune-sweep, not committed).
+mps2-an386 with compile's default objective (`auto`: the fewest instructions within the budget) and
+evaluates it on the test set in QEMU (semihosting transport). Writes sweep.json, sweep.md and sweep.png
+to --out (mcuprune.compress.sweep). The pruned runs and firmware go to --work (default: runs/prune-sweep,
+not committed).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ def main() -> None:
     parser.add_argument("--run", default="runs/fm")
     parser.add_argument("--budgets", default="40000,26000,20000,14000,10000")
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--weights", default="int8", help="weight widths, comma-separated: int8, int4, mixed")
     parser.add_argument("--epochs", type=int, default=3, help="fine-tune epochs (same for every method)")
     parser.add_argument("--limit", type=int, default=None, help="first N test images on the device (default all)")
     parser.add_argument("--seed", type=int, default=0)
@@ -35,7 +38,8 @@ def main() -> None:
     t0 = time.time()
     work, out = Path(args.work), Path(args.out)
     rows = sweep_run(Path(args.run), [int(b) for b in args.budgets.split(",")], args.methods.split(","), work,
-                     CompileAndEvaluate(limit=args.limit), finetune_epochs=args.epochs, seed=args.seed)
+                     CompileAndEvaluate(limit=args.limit), finetune_epochs=args.epochs, seed=args.seed,
+                     weights=args.weights.split(","))
     out.mkdir(parents=True, exist_ok=True)
     for name in ("sweep.json", "sweep.md", "sweep.png"):
         shutil.copy(work / name, out / name)

@@ -2,8 +2,9 @@
 """Fit the cost model of mcuprune.model.costs.choose_format from QEMU instruction counts.
 
 Measures every kernel (dense and sparse formats, int8 and int4 weights, reference and DSP) with
-bench/sparse/run.py's harness on a calibration set of FC and conv layers at several sparsities, each
-layer once with int8 and once with int4 weights, on each target (m4-dsp, m4-reference,
+bench/sparse/run.py's harness on a calibration set of FC and conv layers at several sparsities
+(unstructured masks, and masks of 1 x 4 blocks for part of the shapes), each layer once with int8
+and once with int4 weights, on each target (m4-dsp, m4-reference,
 m3-reference), then fits per (op, format, weight width, variant, core)
 
     instructions ~= sum(coef[name] * feature[name])
@@ -43,10 +44,9 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run import ROOT, TARGETS, Result, Spec, make_layer, measure  # noqa: E402
+from run import ROOT, TARGETS, Result, Spec, batches, make_layer, measure  # noqa: E402
 
 from mcuprune.model.costs import COSTS_PATH, conv_path, cost_key, layer_cost_features  # noqa: E402
-from mcuprune.model.formats import format_bytes  # noqa: E402
 from mcuprune.model.ir import Op  # noqa: E402
 from mcuprune.model.ops import FORMATS, WEIGHT_BITS, kernel_sources  # noqa: E402
 from mcuprune.resources import INCLUDE_DIR  # noqa: E402
@@ -100,6 +100,21 @@ CALIBRATION = [
         for s in SPARSITY_SETS[i % len(SPARSITY_SETS)]
     ),
 ]
+# masks of random 1 x 4 blocks (run.py's Spec.block), where block4 stores few zeros: every FC shape at
+# two sparsities, every other conv shape at one
+CALIBRATION += [
+    *(
+        Spec(Op.DENSE, (n_in,), n_out, s, seed=300 + i, block=4)
+        for i, (n_in, n_out) in enumerate(FC_SHAPES)
+        for s in SPARSITY_SETS[i % len(SPARSITY_SETS)][1:]
+    ),
+    *(
+        Spec(Op.CONV2D, hwc, out_c, SPARSITY_SETS[i % len(SPARSITY_SETS)][1 + i % 2], k=k, stride=stride, pad=pad,
+             seed=400 + i, block=4)
+        for i, (hwc, out_c, k, stride, pad) in enumerate(CONV_SHAPES)
+        if i % 2 == 0
+    ),
+]  # fmt: skip
 CALIBRATION += [replace(spec, bits=4) for spec in CALIBRATION]  # every layer again with int4 weights
 
 
@@ -137,23 +152,6 @@ def leave_one_shape_out(points: list[tuple[dict[str, float], int]], shapes: list
             features, instructions = points[i]
             rel[i] = abs(sum(coef[n] * v for n, v in features.items()) - instructions) / instructions
     return rel
-
-
-def batches(specs: list[Spec], limit: int = 3_000_000) -> list[list[Spec]]:
-    """The specs in consecutive groups small enough for one benchmark ELF each (the harness has
-    4 MB for code and constants): at most `limit` bytes of packed weights (every format) and
-    inputs per group."""
-    groups: list[list[Spec]] = [[]]
-    used = 0
-    for spec in specs:
-        layer, x = make_layer(spec)
-        size = sum(format_bytes(layer.weights, fmt, spec.bits) for fmt in FORMATS) + x.size
-        if groups[-1] and used + size > limit:
-            groups.append([])
-            used = 0
-        groups[-1].append(spec)
-        used += size
-    return groups
 
 
 def code_bytes(target_name: str) -> dict[str, int]:
@@ -226,7 +224,9 @@ def main() -> int:
             "instructions ~= sum(coefficients[name] * mcuprune.model.costs.layer_cost_features(layer, format, "
             "variant)[name]). Fitted by "
             "bench/sparse/fit_costs.py (non-negative least squares on relative error) to QEMU -icount counts of "
-            f"{len(CALIBRATION)} random pruned layers (half of them int4) x {len(FORMATS)} formats per target "
+            f"{len(CALIBRATION)} random pruned layers (half of them int4; "
+            f"{sum(spec.block > 1 for spec in CALIBRATION)} with masks of 1 x 4 blocks) x {len(FORMATS)} formats "
+            "per target "
             "(sparsity "
             f"{', '.join(f'{s:g}' for s in SPARSITIES)}); -O2, the cores' flags as in bench/sparse/run.py. "
             "Regenerate after changing a kernel. code_bytes: .text of each kernel object."

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Sparse-kernel benchmark: instruction counts of every weight format in QEMU, checked vs numpy.
 
-Builds seeded random pruned layers (unstructured masks of exact sparsity), packs each in every
+Builds seeded random pruned layers (masks of exact sparsity: unstructured, or made of random 1 x 4
+blocks of consecutive columns, names with ``_b4``), packs each in every
 format with mcuprune.model.formats and emits them through the code generator's C helpers (c_definitions,
-params_initializer), builds the harness (bench/harness/) into one ELF per target and runs it under
+params_initializer), builds the harness (bench/harness/) into one ELF per target (and group of layers
+that fits its 4 MB, ``batches``) and runs it under
 `qemu-system-arm -icount shift=0`. Layers with int4 weights (names with ``_i4``; weights in [-8, 7])
 run the int4 kernels (mcup_<kernel>_s4_<format>) of every format; the table compares them with the
 dense kernel of their own width and with the int8 layer of the same shape and sparsity:
@@ -62,15 +64,17 @@ class Spec:
     pad: int = 1
     seed: int = 0
     bits: int = 8  # weight width: 8, or 4 (int4 weights, the _s4_ kernels)
+    block: int = 1  # mask structure: 1 unstructured, 4 random 1 x 4 blocks (of the flattened columns)
 
     @property
     def name(self) -> str:
         pct = round(100 * self.sparsity)
         width = "" if self.bits == 8 else f"_i{self.bits}"
+        mask = "" if self.block == 1 else f"_b{self.block}"
         if self.op is Op.DENSE:
-            return f"fc_{self.in_shape[0]}x{self.out_c}{width}_s{pct}"
+            return f"fc_{self.in_shape[0]}x{self.out_c}{width}{mask}_s{pct}"
         h, w, c = self.in_shape
-        return f"conv_{h}x{w}x{c}_{self.out_c}_k{self.k}s{self.stride}p{self.pad}{width}_s{pct}"
+        return f"conv_{h}x{w}x{c}_{self.out_c}_k{self.k}s{self.stride}p{self.pad}{width}{mask}_s{pct}"
 
     @property
     def int8_twin(self) -> str:
@@ -82,6 +86,7 @@ TABLE_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95)
 TABLE_SPECS = [Spec(Op.DENSE, (1568,), 64, s, seed=1) for s in TABLE_SPARSITIES] + [
     Spec(Op.CONV2D, (14, 14, 16), 32, s, seed=2) for s in TABLE_SPARSITIES
 ]
+TABLE_SPECS += [replace(spec, block=4) for spec in TABLE_SPECS]  # the same shapes, masks of 1 x 4 blocks
 TABLE_SPECS += [replace(spec, bits=4) for spec in TABLE_SPECS]  # the same layers with int4 weights
 QUICK_SPECS = [
     Spec(Op.DENSE, (100,), 12, 0.7, seed=5),
@@ -92,6 +97,13 @@ QUICK_SPECS = [
 QUICK_SPECS += [replace(spec, bits=4) for spec in QUICK_SPECS] + [
     Spec(Op.DENSE, (203,), 7, 0.3, seed=9, bits=4),  # odd rows: int4 rows padded to a byte, blocks of 8
     Spec(Op.CONV2D, (7, 6, 5), 9, 0.4, seed=10, bits=4),  # k = 45: csr rows starting in a high nibble
+]
+QUICK_SPECS += [  # masks of 1 x 4 blocks: block4's speed path
+    Spec(Op.DENSE, (102,), 7, 0.6, seed=11, block=4),  # cols % 4 = 2: the last block padded
+    Spec(Op.DENSE, (1030,), 5, 0.9, seed=12, block=4),  # 258 blocks a row: uint16 block columns
+    Spec(Op.CONV2D, (7, 7, 3), 5, 0.5, stride=2, pad=0, seed=13, block=4),  # k = 27, odd pixel count
+    Spec(Op.CONV2D, (6, 6, 8), 6, 0.8, seed=14, bits=4, block=4),
+    Spec(Op.DENSE, (1030,), 3, 0.7, seed=15, bits=4, block=4),
 ]
 
 
@@ -108,8 +120,15 @@ def make_layer(spec: Spec) -> tuple[QuantLayer, np.ndarray]:
         out_shape = (*conv_out_hw(h, w, spec.k, spec.k, (spec.stride,) * 2, (spec.pad,) * 4), spec.out_c)
         w_shape = (spec.out_c, spec.k, spec.k, c)
     size = int(np.prod(w_shape))
-    mask = np.ones(size, dtype=bool)
-    mask[rng.permutation(size)[: round(spec.sparsity * size)]] = False
+    if spec.block == 1:
+        mask = np.ones(size, dtype=bool)
+        mask[rng.permutation(size)[: round(spec.sparsity * size)]] = False
+    else:  # exactly round(sparsity * blocks) whole blocks of `block` consecutive columns pruned
+        rows, cols = w_shape[0], size // w_shape[0]
+        per_row = -(-cols // spec.block)
+        keep = np.ones(rows * per_row, dtype=bool)
+        keep[rng.permutation(keep.size)[: round(spec.sparsity * keep.size)]] = False
+        mask = np.repeat(keep.reshape(rows, per_row), spec.block, axis=1)[:, :cols]
     mask = mask.reshape(w_shape)
     top = 128 if spec.bits == 8 else 8  # int4: magnitudes 1..7 and -8
     magnitudes = np.clip(rng.integers(1, top + (spec.bits == 4), size=w_shape) * rng.choice([-1, 1], size=w_shape),
@@ -131,6 +150,23 @@ def make_layer(spec: Spec) -> tuple[QuantLayer, np.ndarray]:
         mask=mask, weight_bits=spec.bits,
     )  # fmt: skip
     return layer, x
+
+
+def batches(specs: list[Spec], limit: int = 3_000_000) -> list[list[Spec]]:
+    """The specs in consecutive groups small enough for one benchmark ELF each (the harness has
+    4 MB for code and constants): at most `limit` bytes of packed weights (every format) and
+    inputs per group."""
+    groups: list[list[Spec]] = [[]]
+    used = 0
+    for spec in specs:
+        layer, x = make_layer(spec)
+        size = sum(format_bytes(layer.weights, fmt, spec.bits) for fmt in FORMATS) + x.size
+        if groups[-1] and used + size > limit:
+            groups.append([])
+            used = 0
+        groups[-1].append(spec)
+        used += size
+    return groups
 
 
 def build_target(name: str, build_dir: Path, layers: list[tuple[Spec, QuantLayer, np.ndarray]]) -> Path:
@@ -267,8 +303,9 @@ def table(results: list[Result], markdown: bool) -> str:
 
 
 def acceptance(results: list[Result]) -> tuple[bool, str]:
-    """FC 1568->64 at >= 90 % sparsity: best sparse DSP kernel >= 2x fewer instructions than dense DSP
-    (int8 weights, the criterion of the sparse formats)."""
+    """FC 1568->64 at >= 90 % sparsity, int8 weights, DSP, against the dense DSP kernel: on
+    unstructured masks the best sparse kernel >= 2x fewer instructions (the criterion of the sparse
+    formats); on masks of 1 x 4 blocks, block4 at 90 % >= 4x."""
     lines, ok = [], True
     fc = (r for r in results if r.spec.startswith("fc_1568x64_") and r.sparsity >= 0.9 and r.bits == 8)
     for spec in dict.fromkeys(r.spec for r in fc):
@@ -276,7 +313,10 @@ def acceptance(results: list[Result]) -> tuple[bool, str]:
         dense = runs.pop("dense")
         for fmt, instr in runs.items():
             lines.append(f"{spec} {fmt}: {instr} vs dense {dense} instructions = {dense / instr:.2f}x")
-        ok &= max(dense / i for i in runs.values()) >= 2.0
+        if "_b4_" in spec:
+            ok &= spec != "fc_1568x64_b4_s90" or dense / runs["block4"] >= 4.0
+        else:
+            ok &= max(dense / i for i in runs.values()) >= 2.0
     return ok, "\n".join(lines)
 
 
@@ -288,14 +328,19 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write every measurement to this file")
     args = parser.parse_args()
     specs = QUICK_SPECS if args.quick else TABLE_SPECS
-    results, ok = measure(specs, list(TARGETS), args.build_dir)
+    results, ok = [], True
+    for i, group in enumerate(batches(specs)):  # one ELF per target and group (4 MB of code and constants)
+        group_results, group_ok = measure(group, list(TARGETS), args.build_dir / f"part{i}")
+        results += group_results
+        ok &= group_ok
     print(table(results, args.markdown))
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=1) + "\n")
     if not args.quick:
         passed, lines = acceptance(results)
         print(lines)
-        print("FC 1568->64 >= 90% sparse: >= 2x fewer instructions than dense DSP:", "PASS" if passed else "FAIL")
+        print("FC 1568->64 >= 90% sparse: >= 2x fewer instructions than dense DSP (1 x 4 blocks, 90%: block4 >= 4x):",
+              "PASS" if passed else "FAIL")
         ok &= passed
     print("all checksums match the numpy reference" if ok else "FAILED")
     return 0 if ok else 1

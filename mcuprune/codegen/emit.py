@@ -15,7 +15,8 @@ Two parameter modes:
 
   1. for each weighted layer of the model, in layer order: its weight arrays as ``pack``
      emits them for the layer's format and width (dense: weights int8; bitmask: mask uint8, values
-     int8; csr8/csr4: values int8, deltas uint8, row_ptr uint8/16/32; with int4 weights the weights
+     int8; csr8/csr4: values int8, deltas uint8, row_ptr uint8/16/32; block4: values int8, block_cols
+     uint8/16 (its width fixed by the shape), row_ptr uint8/16/32; with int4 weights the weights
      and values arrays are uint8 bytes of nibbles, half as long, see formats.py; an empty array is
      kept, length 0, so the count is fixed), then bias int32[out], multiplier int32[out], shift
      int32[out] and quant int32[4] = (input_offset, output_offset, act_min, act_max);
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,7 +56,7 @@ FACTORY_BLOB = f"{PARAM_PREFIX}factory_blob"  # the prefix makes build.py count 
 BIND_BAD = 9  # MCUP_ERR_BAD_BLOB of docs/protocol.md, what mcup_bind returns on any violation
 MAX_MONITOR_DIM = 65535  # the telemetry histogram counts are uint16
 _FMT_CONST = {"dense": "MCUP_FMT_DENSE", "bitmask": "MCUP_FMT_BITMASK", "csr8": "MCUP_FMT_CSR8",
-              "csr4": "MCUP_FMT_CSR4"}  # firmware/runtime/bind_check.h
+              "csr4": "MCUP_FMT_CSR4", "block4": "MCUP_FMT_BLOCK4"}  # firmware/runtime/bind_check.h
 
 
 def c_array_body(values: np.ndarray, per_line: int = 16) -> str:
@@ -220,6 +222,7 @@ BLOB_WEIGHT_FIELDS: dict[str, tuple[str, ...]] = {
     "bitmask": ("mask", "values"),
     "csr8": ("values", "deltas", "row_ptr"),
     "csr4": ("values", "deltas", "row_ptr"),
+    "block4": ("values", "block_cols", "row_ptr"),
 }
 BLOB_QUANT_ARRAYS = 4  # bias, multiplier, shift, quant
 
@@ -329,7 +332,7 @@ class GeneratedModel:
     arena: ArenaPlan
     scratch_bytes: int
     arch_hash: int
-    formats: dict[str, str]  # weighted layer name -> dense | bitmask | csr8 | csr4 (its width: layer.weight_bits)
+    formats: dict[str, str]  # weighted layer name -> a format of ops.FORMATS (its width: layer.weight_bits)
     params: str = "static"
     blob: bytes | None = None  # blob mode: the factory blob
     monitor_bytes: int = 0  # blob mode: RAM of the monitor's hidden and reconstruction buffers
@@ -390,6 +393,7 @@ _BIND_FIELDS = {
     "bitmask": ("mask", "values"),
     "csr8": ("values", "deltas", "row_ptr", "row_ptr_bytes"),
     "csr4": ("values", "deltas", "row_ptr", "row_ptr_bytes"),
+    "block4": ("values", "block_cols", "row_ptr", "row_ptr_bytes"),
 }
 
 
@@ -472,12 +476,14 @@ def _blob_context(model: QuantModel, monitor: QuantModel, formats: dict[str, str
 
 def generate_model_sources(model: QuantModel, variant: str, src_dir: Path, source: str = "",
                            objective: str = "fastest", core: str | None = None, params: str = "static",
-                           monitor: QuantModel | None = None) -> GeneratedModel:
+                           monitor: QuantModel | None = None, byte_budget: int | None = None,
+                           finish_blob: Callable[[bytes], bytes] | None = None) -> GeneratedModel:
     """Write model.h, model.c and model_data.c for `model` into src_dir.
 
     Each weighted layer's weights are packed in the format costs.choose_formats picks: with
-    objective "fastest" only formats predicted to run no slower than dense on `core`, with
-    "smallest" the fewest bytes whatever the speed.
+    objective "fastest" only formats predicted to run no slower than dense on `core` (unless
+    `byte_budget` caps the layers' parameter bytes: then the fewest extra instructions that fit it),
+    with "smallest" the fewest bytes whatever the speed.
 
     `params` "blob" takes the parameters from a model blob bound at run time (module docstring)
     and needs `monitor`, the monitor QSAE's QuantModel; the factory blob is ``build_blob`` of
@@ -491,7 +497,7 @@ def generate_model_sources(model: QuantModel, variant: str, src_dir: Path, sourc
     blob_mode = params == "blob"
     if blob_mode:
         check_monitor(model, monitor)
-    formats = choose_formats(model.layers, variant, objective, core)
+    formats = choose_formats(model.layers, variant, objective, core, byte_budget)
     arena = plan_arena(model)
     fmt_of = [formats.get(layer.name, "dense") if layer.has_weights else None for layer in model.layers]
     scratch_of = [scratch_bytes(layer, fmt, variant) for layer, fmt in zip(model.layers, fmt_of, strict=True)]
@@ -504,6 +510,8 @@ def generate_model_sources(model: QuantModel, variant: str, src_dir: Path, sourc
     blob_context: dict | None = None
     if blob_mode:
         blob = build_blob(model, formats, monitor, variant)
+        if finish_blob is not None:  # e.g. signing it (target/compile.py)
+            blob = finish_blob(blob)
         arrays = [CArray(FACTORY_BLOB, "uint8_t", len(blob), 1, "", "the factory model blob")]
         blob_context = _blob_context(model, monitor, formats, arena, layer_calls, blob)
         monitor_bytes = align_up(blob_context["monitor_hidden"]) + align_up(blob_context["penultimate_size"])

@@ -126,6 +126,7 @@ class Candidate:
     bytes: int  # upper bound of the layer's emitted bytes (mask_bytes)
     kl: float  # KL(P_before || P_after) of the layer's outputs (kl.output_kl)
     bits: int = 8  # weight width: 8, or 4
+    block: int = 1  # 1: any weight may go; 4: whole 1x4 blocks of a row go together (importance.mask_for)
 
     def to_dict(self) -> dict:
         return asdict(self)

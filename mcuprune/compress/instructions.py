@@ -62,10 +62,10 @@ def predict_instructions(model: FloatModel, variant: str = "dsp", core: str | No
 
 def compile_formats(model: FloatModel, variant: str = "dsp", core: str | None = None,
                     flash_budget: int | None = None) -> dict[str, str]:
-    """The weight formats `mcuprune compile` (objective "auto") emits for the model: "fastest", or
-    "smallest" when "fastest" would exceed the flash budget the model was pruned to."""
+    """The weight formats `mcuprune compile` (objective "auto") emits for the model: the fastest that
+    fit the flash budget the model was pruned to, or "smallest" when none do."""
     qlayers = plan_layers(model)
-    formats = choose_formats(qlayers, variant, "fastest", core)
+    formats = choose_formats(qlayers, variant, "fastest", core, flash_budget)
     if flash_budget is not None and sum(layer_bytes(q, formats[q.name]) for q in qlayers) > flash_budget:
         formats = choose_formats(qlayers, variant, "smallest", core)
     return formats

@@ -55,7 +55,7 @@ from mcuprune.compress.budget import (
     packed_layer_bytes,
     plan_bytes,
 )
-from mcuprune.compress.importance import layer_front, mask_for
+from mcuprune.compress.importance import BLOCKS, layer_front, mask_for
 from mcuprune.compress.instructions import compile_formats, remove_for_instructions, total_instructions
 from mcuprune.compress.kl import output_kl
 from mcuprune.compress.magnitude import (
@@ -115,6 +115,7 @@ class PruneOptions:
     core: str | None = None  # None: the core the variant is tuned for (costs.DEFAULT_CORE)
     distill: bool = True  # fine-tune towards the unpruned model's outputs (train.fit's teacher)
     stages: int = 1  # QSAE under a flash budget: plan and fine-tune this many times, tightening (_stage_budgets)
+    block: int = 1  # importance.BLOCKS: 4 prunes whole 1x4 blocks of a row, the structure block4 kernels skip
 
     @property
     def widths(self) -> tuple[int, ...]:
@@ -122,8 +123,12 @@ class PruneOptions:
 
 
 def check_arguments(method: str, flash_budget, kl_budget, finetune_epochs: int, weights: str = "int8",
-                    instr_budget=None, stages: int = 1) -> None:
+                    instr_budget=None, stages: int = 1, block: int = 1) -> None:
     """One clear UserError for every bad combination (before any work is done)."""
+    if block not in BLOCKS:
+        raise UserError(f"unknown block size {block}: choose one of {', '.join(map(str, BLOCKS))}")
+    if block > 1 and method != "qsae":
+        raise UserError(f"method '{method}' prunes single weights: block-structured masks need method 'qsae'")
     if weights not in WEIGHT_CHOICES:
         raise UserError(f"unknown weights '{weights}': choose one of {', '.join(WEIGHT_CHOICES)}")
     if method not in METHODS:
@@ -166,6 +171,14 @@ def original_fp32_bytes(run_dir: Path) -> int:
         return 4 * int(meta["fp32_params"])
     model, _ = load_run_model(run_dir)
     return 4 * fp32_params(model)
+
+
+def pruned_widths(run_dir: Path) -> dict[str, int]:
+    """The weight width of each pruned layer of a pruned run, by layer name (from its pruning report)."""
+    report = read_run_meta(run_dir).get("pruning")
+    if not report:
+        raise UserError(f"{run_dir} is not a pruned run: give a run written by `mcuprune prune`")
+    return {row["name"]: int(row["weight_bits"]) for row in report["layers"]}
 
 
 # --- structured step: channels the QSAE finds unused ------------------------------------------------
@@ -235,8 +248,9 @@ def _mask_kl(layer, capture: LayerCapture, mask: np.ndarray) -> float:
 
 
 def _masks(model: FloatModel, caps: dict[str, LayerCapture], chosen: dict[str, Candidate]) -> dict[str, np.ndarray]:
-    return {layer.name: mask_for(layer, caps[layer.name], chosen[layer.name].tau) for layer in model.layers
-            if layer.name in chosen}
+    return {layer.name: mask_for(layer, caps[layer.name], chosen[layer.name].tau, chosen[layer.name].bits,
+                                 chosen[layer.name].block)
+            for layer in model.layers if layer.name in chosen}
 
 
 def _widths(chosen: dict[str, Candidate]) -> dict[str, int]:
@@ -348,7 +362,8 @@ def prune_graph(model: FloatModel, dataset: Dataset, calib: np.ndarray,
         for k, (budget, stage_epochs) in enumerate(stages):
             if k:
                 caps = capture_activations(model, to_float(calib), seed=seed)
-            fronts = {layer.name: layer_front(layer, caps[layer.name], widths=opts.widths) for layer in model.layers
+            fronts = {layer.name: layer_front(layer, caps[layer.name], widths=opts.widths, block=opts.block)
+                      for layer in model.layers
                       if layer.op in CAPTURED_OPS}
             if budget is not None:
                 chosen = _plan_flash(model, caps, fronts, budget)
@@ -445,16 +460,18 @@ def prune_run(run_dir: Path, method: str, flash_budget: int | None, kl_budget: f
               calibration: int = CALIBRATION_SAMPLES, qsae_tolerance: float = DEFAULT_TOLERANCE,
               structured: bool = True, qsae_steps: int = DEFAULT_STEPS, evaluate_int8: bool = True,
               weights: str = "int8", layer_bits: dict[str, int] | None = None, instr_budget: int | None = None,
-              variant: str = "dsp", core: str | None = None, stages: int = 1) -> dict:
+              variant: str = "dsp", core: str | None = None, stages: int = 1, block: int = 1) -> dict:
     """Prune a run and write the pruned run to `out`; returns the pruning report (also in run.json).
 
     weights: the widths each pruned layer may get ("int8", "int4", or "mixed": the knapsack picks
     per layer); layer_bits: explicit widths by layer name (magnitude baselines at another plan's widths);
     instr_budget: instructions per inference with `variant` kernels on `core` (predicted by the cost
-    models, compress/instructions.py), met by removing channels before the flash or KL plan."""
-    check_arguments(method, flash_budget, kl_budget, finetune_epochs, weights, instr_budget, stages)
+    models, compress/instructions.py), met by removing channels before the flash or KL plan;
+    block: 4 prunes whole 1x4 blocks (importance.mask_for), which the block4 kernels skip."""
+    check_arguments(method, flash_budget, kl_budget, finetune_epochs, weights, instr_budget, stages, block)
     opts = PruneOptions(method, flash_budget, kl_budget, finetune_epochs, seed, finetune_lr, qsae_tolerance,
-                        structured, qsae_steps, weights, layer_bits, instr_budget, variant, core, stages=stages)
+                        structured, qsae_steps, weights, layer_bits, instr_budget, variant, core, stages=stages,
+                        block=block)
     run_dir, out = Path(run_dir), Path(out)
     if out.resolve() == run_dir.resolve():
         raise UserError(f"the pruned run must go to a new directory, not over {run_dir}")
@@ -469,7 +486,7 @@ def prune_run(run_dir: Path, method: str, flash_budget: int | None, kl_budget: f
     float_acc = float((run_f32(model, to_float(dataset.x_test)).argmax(1) == dataset.y_test).mean())
     predicted = total_instructions(model, variant, core, formats=compile_formats(model, variant, core, flash_budget))
     report = {"method": method, "flash_budget": flash_budget, "kl_budget": kl_budget, "weights": weights,
-              "instr_budget": instr_budget, "predicted_instructions": round(predicted),
+              "block": block, "instr_budget": instr_budget, "predicted_instructions": round(predicted),
               **({} if instr_budget is None else {"within_instr_budget": predicted <= instr_budget}),
               "finetune_epochs": finetune_epochs, "finetune_lr": finetune_lr, "seed": seed,
               "calibration_samples": int(len(calib)),

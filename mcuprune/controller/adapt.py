@@ -276,10 +276,11 @@ def _row_ptr_dtype(weights_int8: np.ndarray, fmt: str) -> str | None:
     return pack(weights_int8, fmt).row_ptr.dtype.name if fmt in MAX_DELTA else None
 
 
-def forced_bytes(mask: np.ndarray, fmt: str) -> int:
-    """Upper bound of a layer's bytes in `fmt` when every kept weight is non-zero (planning count)."""
+def forced_bytes(mask: np.ndarray, fmt: str, bits: int = 8) -> int:
+    """Upper bound of a layer's bytes in `fmt` at `bits`-bit weights when every kept weight is
+    non-zero (planning count)."""
     m = np.asarray(mask, dtype=bool)
-    return format_bytes(m.astype(np.int8), fmt) + QUANT_BYTES_PER_CHANNEL * int(m.shape[0])
+    return format_bytes(m.astype(np.int8), fmt, bits) + QUANT_BYTES_PER_CHANNEL * int(m.shape[0])
 
 
 def _levels_near(sparsity: float) -> tuple[float, ...]:
@@ -312,11 +313,12 @@ def reprune(source: FloatModel, deployed: QuantModel, formats: dict[str, str], c
         fmt, cap, old = formats[layer.name], caps[layer.name], deployed_layers[layer.name]
         want = _row_ptr_dtype(old.weights, fmt)  # the C type of the row pointers is compiled in
         cands = []
-        for c in layer_candidates(layer, cap, _levels_near(1.0 - np.count_nonzero(old.weights) / old.weights.size)):
-            mask = mask_for(layer, cap, c.tau)
+        levels = _levels_near(1.0 - np.count_nonzero(old.weights) / old.weights.size)
+        for c in layer_candidates(layer, cap, levels, widths=(old.weight_bits,)):  # the width is compiled in
+            mask = mask_for(layer, cap, c.tau, c.bits, c.block)
             if want is not None and _row_ptr_dtype(mask.astype(np.int8), fmt) != want:
                 continue
-            cands.append(replace(c, bytes=forced_bytes(mask, fmt)))
+            cands.append(replace(c, bytes=forced_bytes(mask, fmt, old.weight_bits)))
         if not cands:
             raise UserError(f"layer {layer.name}: no mask keeps its {fmt} row pointers in {want}")
         fronts[layer.name] = pareto(cands)
@@ -326,7 +328,8 @@ def reprune(source: FloatModel, deployed: QuantModel, formats: dict[str, str], c
         if layer.weights is None:
             layers.append(layer)
             continue
-        mask = mask_for(layer, caps[layer.name], chosen[layer.name].tau)
+        c = chosen[layer.name]
+        mask = mask_for(layer, caps[layer.name], c.tau, c.bits, c.block)
         bias = layer.bias.astype(np.float64)
         if compensation == "bias":  # what the pruned weights added at the mean input stays in the bias
             removed = weight_matrix(layer) * ~mask.reshape(mask.shape[0], -1)

@@ -21,7 +21,6 @@ for reporting accuracy; nothing the controller decides depends on them.
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from mcuprune.controller.adapt import STEPS, adapt
 from mcuprune.controller.detectors import DriftDetector
 from mcuprune.controller.drift_offline import build_detector
 from mcuprune.controller.drift_qsae import device_outputs, device_telemetry
-from mcuprune.device.link import Device, DeviceError
+from mcuprune.device.link import Device, DeviceError, offer_dir
 from mcuprune.device.update import stream_update
 from mcuprune.errors import UserError
 from mcuprune.model.ir import QuantModel
@@ -142,7 +141,7 @@ class HostController:
         self.alarms_seen: list[int] = []  # sample indices of every drift alarm, across updates
         self._capturing = False
         self._capture_from = 0
-        self._tmp = tempfile.TemporaryDirectory(prefix="mcuprune-feed-")
+        self._tmp = offer_dir()  # INFER_FILE reads only offered folders (device/link.py OFFER_PREFIX)
         self.device.telemetry(1)
 
     # --- the loop ---------------------------------------------------------------------------------

@@ -7,6 +7,8 @@ out a ``Device`` connected to it).
 
 from __future__ import annotations
 
+import struct
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -16,6 +18,7 @@ import numpy as np
 import serial
 from tqdm import tqdm
 
+from mcuprune.codegen.signing import Signer, authorization
 from mcuprune.device.frames import Frame, FrameError, FrameReader, encode_frame, max_request_payload
 from mcuprune.device.messages import (
     CaptureReply,
@@ -45,7 +48,14 @@ from mcuprune.errors import UserError
 __all__ = ["Device", "DeviceError", "DeviceRejected", "DeviceTimeout", "InferResult"]
 
 DEFAULT_TIMEOUT = 10.0  # seconds to wait for one reply
+# Every request starts with a delimiter as well as ending with one: whatever half frame the device
+# may hold (line noise, a host that reconnected mid-frame) ends there, instead of swallowing the
+# request (docs/protocol.md, "Framing"). The device ignores the empty frame it makes otherwise.
+LEAD = b"\x00"
 MAX_FILE_BATCH = 30_000  # inputs per INFER_FILE: their seqs must not wrap onto the request's
+# INFER_FILE reads only files the host offers: `*.bin` in a folder whose name starts with this
+# (firmware/runtime/protocol.c offered_path), so a request from the line cannot name any other host file.
+OFFER_PREFIX = "mcuprune-offer-"
 FAULT_EXIT_CODE = 3  # firmware/runtime/semihost.h MCUP_EXIT_FAULT: the device crashed
 
 
@@ -79,6 +89,12 @@ ERROR_HINTS: dict[int, str] = {
     ErrorCode.NO_UPDATE: "no update of this blob is open on the device (did it restart?): begin the update again",
     ErrorCode.INCOMPLETE: "the device has not received the whole blob yet",
     ErrorCode.NO_ROLLBACK: "there is no other valid model on the device to roll back to",
+    ErrorCode.UNSIGNED: "the device takes only signed blobs: sign it with the owner's key (--signing-key)",
+    ErrorCode.WRONG_KEY: "the blob is signed with another key than the one the firmware trusts",
+    ErrorCode.BAD_SIGNATURE: "the blob's signature does not verify: it was changed after signing, or forged",
+    ErrorCode.OLD_COUNTER: "the blob's security counter is below the device's: it may not go back to it",
+    ErrorCode.REPLAYED: "the authorization was made for another nonce (an old or replayed request)",
+    ErrorCode.UNAUTHORISED: "this command needs the owner's authorization (--signing-key)",
 }
 
 
@@ -96,6 +112,7 @@ class Device:
         timeout: float = DEFAULT_TIMEOUT,
         baudrate: int = 115200,
         describe_failure: Callable[[], str] | None = None,
+        signer: Signer | None = None,
     ) -> None:
         if isinstance(port, str):
             try:
@@ -112,6 +129,8 @@ class Device:
         self.broken = False  # a timeout or disconnect happened: the state of the line is unknown
         self.stray_frames = 0  # frames whose seq matched nothing we were waiting for
         self._capture_bytes: dict[int, int] = {}  # CaptureWhich -> bytes per capture, from CAPTURE replies
+        self.signer = signer  # the owner's key: authorises commands on a signed device
+        self._nonce: bytes | None = None  # the device's next nonce as far as we know (None: ask INFO)
 
     # --- public API -----------------------------------------------------------------------------
 
@@ -122,7 +141,46 @@ class Device:
             self._info = unpack_info(reply.payload)
         except FrameError as exc:
             raise DeviceError(f"bad INFO reply: {exc}") from None
+        self._nonce = self._info.nonce or None
         return self._info
+
+    @property
+    def can_authorise(self) -> bool:
+        """Commands that need authority will go through: a development device, or our key is its key."""
+        info = self._info or self.info()
+        return not info.signed or (self.signer is not None and self.signer.key_id == info.key_id)
+
+    def authorised(self, msg_type: int, payload: bytes) -> bytes:
+        """`payload` with the authorization a signed device wants for `msg_type` appended (nothing
+        for a development device). The nonce comes from INFO (asked for when not known) and then
+        moves on as the device's does; a failed request makes us ask again."""
+        info = self._info if self._info is not None and (self._nonce is not None or not self._info.signed) \
+            else self.info()
+        if not info.signed:
+            return payload
+        if self.signer is None:
+            raise DeviceError(f"the device only takes {_type_name(msg_type)} authorised by its owner's key "
+                              f"{info.key_id.hex()}: give the key folder (--signing-key)")
+        if self.signer.key_id != info.key_id:
+            raise DeviceError(f"the device trusts key {info.key_id.hex()}, not key {self.signer.key_id.hex()}: "
+                              "give the key it was built with")
+        nonce = self._nonce or info.nonce
+        auth = authorization(self.signer, nonce, info.arch_hash, msg_type, payload)
+        epoch, seq = struct.unpack("<II", nonce)
+        self._nonce = struct.pack("<II", epoch, (seq + 1) & 0xFFFFFFFF)  # the device's, once it accepts
+        return payload + auth
+
+    def request_authorised(self, msg_type: int, payload: bytes, timeout: float | None = None) -> Frame:
+        """request() of a command that needs authority (authorised()). A REPLAYED answer (the device
+        restarted, or our nonce was stale) gets one more try with a fresh nonce from INFO."""
+        for attempt in range(2):
+            try:
+                return self.request(msg_type, self.authorised(msg_type, payload), timeout)
+            except DeviceRejected as exc:
+                self._nonce = None  # whether the device moved its nonce on is unknown now
+                if exc.code != ErrorCode.REPLAYED or attempt == 1:
+                    raise
+        raise AssertionError("unreachable")
 
     def infer(self, x: np.ndarray) -> InferResult:
         """Run one inference on int8 input `x` (HWC, any shape with input_size elements)."""
@@ -143,8 +201,8 @@ class Device:
                 burst = bytearray()
                 while next_index < len(payloads) and len(in_flight) < max(1, window):
                     seq = self._next_seq()
-                    burst += encode_frame(Frame(MsgType.INFER, seq, payloads[next_index]),
-                                          max_request_payload(info.input_size))
+                    burst += LEAD + encode_frame(Frame(MsgType.INFER, seq, payloads[next_index]),
+                                                 max_request_payload(info.input_size))
                     in_flight[seq] = next_index
                     next_index += 1
                 if burst:
@@ -182,7 +240,7 @@ class Device:
     def update_begin(self, header: bytes) -> UpdateBeginReply:
         """UPDATE_BEGIN with a blob's 32-byte header: where to continue (32, or the watermark of an
         interrupted update of the same blob) and the largest chunk the device takes."""
-        reply = self.request(MsgType.UPDATE_BEGIN, pack_update_begin(header))
+        reply = self.request_authorised(MsgType.UPDATE_BEGIN, pack_update_begin(header))
         return self._parse(unpack_update_begin_reply, reply, "UPDATE_BEGIN")
 
     def update_chunk(self, offset: int, data: bytes) -> int:
@@ -197,47 +255,68 @@ class Device:
 
     def rollback(self) -> SlotSwitch:
         """ROLLBACK: serve the other slot's blob again (if it is valid)."""
-        reply = self.request(MsgType.ROLLBACK, b"")
+        reply = self.request_authorised(MsgType.ROLLBACK, b"")
         return self._parse(unpack_slot_switch, reply, "ROLLBACK")
 
     def infer_file(self, path: Path, count: int, progress: bool = False) -> list[InferResult]:
         """INFER_FILE: the device reads `count` inputs of input_size bytes from host file `path`
         through semihosting (so only for emulators sharing our file system) and answers each with
-        a RESULT over the UART. Much faster than INFER under QEMU, whose UART input is slow."""
+        a RESULT over the UART. Much faster than INFER under QEMU, whose UART input is slow.
+        The device opens only offered files: `*.bin` in a folder named OFFER_PREFIX... (offer_dir())."""
         info = self._info or self.info()
         encoded = str(Path(path).resolve()).encode()
         if not 0 < count <= MAX_FILE_BATCH or b"\x00" in encoded:
             raise ValueError(f"bad INFER_FILE request: count {count}, path {path}")
-        seq = self.send(MsgType.INFER_FILE, count.to_bytes(4, "little") + encoded + b"\x00")
+        payload = self.authorised(MsgType.INFER_FILE, count.to_bytes(4, "little") + encoded + b"\x00")
+        seq = self.send(MsgType.INFER_FILE, payload)
         self._seq = (seq + count) & 0xFFFF  # the results use seq+1 .. seq+count
         results: list[InferResult] = []
-        with tqdm(total=count, desc="device", unit="inf", disable=not progress, leave=False) as bar:
-            for i in range(count):
-                item = (seq + 1 + i) & 0xFFFF
-                reply = self._wait_for({item, seq}, f"INFER_FILE result {i} (seq {item})")
-                self.check_reply(reply, MsgType.INFER)  # an ERROR for the request itself lands here too
-                results.append(self._result(reply, info))
-                bar.update(1)
-        self.check_reply(self._wait_for({seq}, f"INFER_FILE seq {seq}"), MsgType.INFER_FILE)
+        try:
+            with tqdm(total=count, desc="device", unit="inf", disable=not progress, leave=False) as bar:
+                for i in range(count):
+                    item = (seq + 1 + i) & 0xFFFF
+                    reply = self._wait_for({item, seq}, f"INFER_FILE result {i} (seq {item})")
+                    self.check_reply(reply, MsgType.INFER)  # an ERROR for the request itself lands here too
+                    results.append(self._result(reply, info))
+                    bar.update(1)
+            self.check_reply(self._wait_for({seq}, f"INFER_FILE seq {seq}"), MsgType.INFER_FILE)
+        except DeviceRejected:
+            self._nonce = None  # the authorization may or may not have been taken
+            raise
         return results
 
     def exit(self, code: int = 0) -> None:
         """Ask the firmware to leave with semihosting exit status `code` (0..255); waits for the ack."""
         if not 0 <= code <= 255:
             raise ValueError(f"exit code {code} out of range 0..255")
-        self.request(MsgType.EXIT, bytes([code]))
+        self.request_authorised(MsgType.EXIT, bytes([code]))
 
     def request(self, msg_type: int, payload: bytes, timeout: float | None = None) -> Frame:
         """Send one request and return its reply frame; an ERROR reply raises DeviceError."""
         seq = self.send(msg_type, payload)
-        reply = self.receive(seq, timeout)
+        while True:
+            reply = self.receive(seq, timeout)
+            if not self._foreign_error(reply, msg_type):
+                break
         self.check_reply(reply, msg_type)
         return reply
+
+    def _foreign_error(self, reply: Frame, msg_type: int) -> bool:
+        """An ERROR with our seq that names another message type answers a frame we did not send
+        (noise that happened to carry our seq): counted as stray, not taken as our reply."""
+        if reply.type != MsgType.ERROR:
+            return False
+        try:
+            foreign = unpack_error(reply.payload).offending_type != msg_type
+        except FrameError:
+            return False
+        self.stray_frames += foreign
+        return foreign
 
     def send(self, msg_type: int, payload: bytes, seq: int | None = None) -> int:
         """Send one frame without waiting; returns its seq (the next one unless given)."""
         seq = self._next_seq() if seq is None else seq
-        self._write(encode_frame(Frame(msg_type, seq, payload)))
+        self._write(LEAD + encode_frame(Frame(msg_type, seq, payload)))
         return seq
 
     def receive(self, seq: int, timeout: float | None = None) -> Frame:
@@ -364,6 +443,11 @@ class Device:
 
     def _context(self) -> str:
         return f"; {self._describe_failure()}" if self._describe_failure else ""
+
+
+def offer_dir() -> tempfile.TemporaryDirectory:
+    """A fresh folder for files INFER_FILE may read (OFFER_PREFIX); removed when cleaned up."""
+    return tempfile.TemporaryDirectory(prefix=OFFER_PREFIX)
 
 
 def _type_name(msg_type: int) -> str:

@@ -48,6 +48,13 @@ class ErrorCode(enum.IntEnum):
     INCOMPLETE = 12  # UPDATE_COMMIT before the watermark reached the length
     NO_ROLLBACK = 13  # ROLLBACK with no other valid slot
     NO_MONITOR = 14  # reserved
+    # Signed builds (docs/protocol.md, "Signed updates"):
+    UNSIGNED = 15  # UPDATE_COMMIT: the blob carries no signature
+    WRONG_KEY = 16  # UPDATE_COMMIT: the blob is signed with another key
+    BAD_SIGNATURE = 17  # UPDATE_COMMIT: the signature does not verify (blob changed after signing, or forged)
+    OLD_COUNTER = 18  # UPDATE_COMMIT, ROLLBACK: the blob's security counter is below the device's
+    REPLAYED = 19  # an authorization for another nonce (recorded earlier, or from before a restart)
+    UNAUTHORISED = 20  # a command that needs authority came without a valid authorization
 
 
 #
@@ -87,6 +94,26 @@ class SlotState:
 
 
 _INFO_SLOTS_BYTES = 1 + NUM_SLOTS * _SLOT.size + _CAPACITY.size  # after the params mode byte
+KEY_ID_BYTES = 8
+NONCE_BYTES = 8
+_INFO_SIGNED_BYTES = 1 + KEY_ID_BYTES + 4 + NONCE_BYTES  # mode 1, key id, counter, nonce
+
+
+class SecurityMode(enum.IntEnum):
+    DEVELOPMENT = 0  # --unsigned-updates (and static firmware): nothing needs authority
+    SIGNED = 1  # built with a signing key
+
+
+def _unpack_security(data: bytes) -> dict:
+    """INFO's last section: the security mode, and for a signed build its key id, counter, nonce."""
+    if len(data) == 1 and data[0] == SecurityMode.DEVELOPMENT:
+        return {}
+    if len(data) != _INFO_SIGNED_BYTES or data[0] != SecurityMode.SIGNED:
+        raise FrameError(f"INFO security section of {len(data)} bytes (mode {data[0] if data else None}) is "
+                         f"neither 1 byte of mode 0 nor {_INFO_SIGNED_BYTES} of mode 1")
+    (counter,) = struct.unpack_from("<I", data, 1 + KEY_ID_BYTES)
+    return {"signed": True, "key_id": bytes(data[1 : 1 + KEY_ID_BYTES]), "security_counter": counter,
+            "nonce": bytes(data[-NONCE_BYTES:])}
 
 
 @dataclass(frozen=True)
@@ -104,6 +131,11 @@ class DeviceInfo:
     active_slot: int | None = None  # 0 (A), 1 (B), None: no usable slot (or static firmware)
     slots: tuple[SlotState, ...] = ()  # (A, B) for blob firmware, () for static
     slot_capacity: int = 0  # bytes per slot data area
+    # Security section (docs/protocol.md, "Signed updates"); firmware without it is a development build.
+    signed: bool = False  # built with a signing key: blobs must be signed, commands authorised
+    key_id: bytes = b""  # signed: the first 8 bytes of SHA-512 of the owner's public key
+    security_counter: int = 0  # signed: no blob below it is committed, booted or rolled back to
+    nonce: bytes = b""  # signed: what the next authorization must be made for (u32 epoch, u32 sequence)
 
     @property
     def updatable(self) -> bool:
@@ -124,13 +156,17 @@ def pack_info(info: DeviceInfo) -> bytes:
     fixed = _INFO_FIXED.pack(info.protocol_version, *info.fw_version, info.arch_hash, info.clock_hz,
                              info.input_size, info.output_size, info.num_layers)
     out = fixed + info.board.encode() + b"\x00" + info.model.encode() + b"\x00" + bytes([info.params_mode])
+    if info.params_mode != ParamsMode.BLOB:
+        return out + bytes([SecurityMode.DEVELOPMENT])
     if info.params_mode == ParamsMode.BLOB:
         if len(info.slots) != NUM_SLOTS:
             raise ValueError(f"blob firmware reports {NUM_SLOTS} slots, got {len(info.slots)}")
         out += bytes([NO_SLOT if info.active_slot is None else info.active_slot])
         out += b"".join(_SLOT.pack(s.state, s.generation, s.length, s.blob_id, s.watermark) for s in info.slots)
         out += _CAPACITY.pack(info.slot_capacity)
-    return out
+    if not info.signed:
+        return out + bytes([SecurityMode.DEVELOPMENT])
+    return out + bytes([SecurityMode.SIGNED]) + info.key_id + _U32.pack(info.security_counter) + info.nonce
 
 
 def _unpack_slots(data: bytes) -> tuple[int | None, tuple[SlotState, ...], int]:
@@ -172,14 +208,19 @@ def unpack_info(payload: bytes) -> DeviceInfo:
     if not tail:
         return DeviceInfo(*common)
     if tail[0] == ParamsMode.STATIC:
-        if len(tail) != 1:
+        if len(tail) > 2:  # firmware from before the security section ends after the mode
             raise FrameError(f"INFO reply has {len(tail) - 1} bytes after params mode 0")
+        security = _unpack_security(tail[1:]) if len(tail) == 2 else {}
+        if security:
+            raise FrameError("INFO reply of static firmware claims signed updates")
         return DeviceInfo(*common)
     if tail[0] != ParamsMode.BLOB:
         raise FrameError(f"INFO reply has unknown params mode {tail[0]}")
-    active, slots, capacity = _unpack_slots(tail[1:])
+    slots_end = 1 + _INFO_SLOTS_BYTES
+    active, slots, capacity = _unpack_slots(tail[1:slots_end])
+    security = _unpack_security(tail[slots_end:]) if len(tail) > slots_end else {}
     return DeviceInfo(*common, params_mode=ParamsMode.BLOB, active_slot=active, slots=slots,
-                      slot_capacity=capacity)
+                      slot_capacity=capacity, **security)
 
 
 # --- TELEMETRY ---------------------------------------------------------------------------------

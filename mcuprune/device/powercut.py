@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from mcuprune.codegen.blob import parse_header
+from mcuprune.codegen.signing import Signer
 from mcuprune.device.link import DeviceError
 from mcuprune.device.qemu import QemuDevice
 from mcuprune.device.update import Updater
@@ -77,15 +78,15 @@ def _hex(value: int | None) -> str | None:
 
 class _Trials:
     def __init__(self, fw: FirmwareDir, workdir: Path, rng: np.random.Generator,
-                 progress: Callable[[str], None] | None) -> None:
-        self.fw, self.rng, self.progress = fw, rng, progress
+                 progress: Callable[[str], None] | None, signer: Signer | None = None) -> None:
+        self.fw, self.rng, self.progress, self.signer = fw, rng, progress, signer
         self.memory = workdir / "slots.mem"
         factory = fw.blob_path.read_bytes()
         self.models: dict[int, QuantModel] = {parse_header(factory).blob_id: fw.model}
         self.blobs: list[bytes] = []
         for i, factor in enumerate(UPDATE_FACTORS):
             model = perturbed_model(fw.model, factor, f"-update{i}")
-            blob = fw.update_blob(model, fw.monitor)
+            blob = fw.update_blob(model, fw.monitor, signer=signer)
             self.models[parse_header(blob).blob_id] = model
             self.blobs.append(blob)
         if len(self.models) != len(UPDATE_FACTORS) + 1:
@@ -94,7 +95,7 @@ class _Trials:
         self.expected = {blob_id: run_s8(model, self.inputs) for blob_id, model in self.models.items()}
 
     def qemu(self) -> QemuDevice:
-        return QemuDevice(self.fw.board, self.fw.elf, memory_file=self.memory)
+        return QemuDevice(self.fw.board, self.fw.elf, memory_file=self.memory, signer=self.signer)
 
     def served(self, qemu: QemuDevice) -> dict:
         """INFO and the check inputs on a freshly booted device."""
@@ -112,7 +113,7 @@ class _Trials:
         """One whole update on a scratch memory file: how long streaming and committing take."""
         scratch = self.memory.with_name("measure.mem")
         scratch.unlink(missing_ok=True)
-        with QemuDevice(self.fw.board, self.fw.elf, memory_file=scratch) as qemu:
+        with QemuDevice(self.fw.board, self.fw.elf, memory_file=scratch, signer=self.signer) as qemu:
             updater = Updater(qemu.device, self.blobs[0])
             report = updater.run()
         scratch.unlink(missing_ok=True)
@@ -189,22 +190,26 @@ class _Trials:
 
 
 def run_powercut_trials(fw_dir: Path, trials: int, seed: int = 0, workdir: Path | None = None,
-                        progress: Callable[[str], None] | None = None) -> dict:
+                        progress: Callable[[str], None] | None = None, signer: Signer | None = None) -> dict:
     """Run `trials` power-cut trials on the blob firmware in `fw_dir` (see the module docstring).
 
     Returns {"trials", "recovered", "seed", "timing", "commit_sent", "commit_acked", "resumed",
     "details": [per trial]}; a trial is recovered when every check passed; "resumed" counts BEGINs
     (the trial's own or the finishing one) that continued past the header. `workdir` holds the
     memory file (a temporary directory if None); `progress(line)` gets one line per trial.
+    A signed firmware needs `signer`, its owner's key: the update blobs are signed with it and it
+    authorises each UPDATE_BEGIN (and EXIT).
     """
     if trials < 1:
         raise UserError(f"trials must be at least 1, got {trials}")
     fw = _blob_firmware(fw_dir)
+    if fw.signed and signer is None:
+        raise UserError(f"{fw_dir} is signed firmware: its updates need the owner's key (--signing-key)")
     rng = np.random.default_rng(seed)
     with tempfile.TemporaryDirectory(prefix="mcuprune-powercut-") as tmp:
         work = Path(workdir) if workdir is not None else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        runner = _Trials(fw, work, rng, progress)
+        runner = _Trials(fw, work, rng, progress, signer)
         timing = runner.measure()
         details = []
         for i in range(trials):
@@ -219,6 +224,7 @@ def run_powercut_trials(fw_dir: Path, trials: int, seed: int = 0, workdir: Path 
         "recovered": recovered,
         "seed": seed,
         "firmware": str(Path(fw_dir)),
+        "signed": fw.signed,
         "blob_bytes": [len(b) for b in runner.blobs],
         "timing": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in timing.items()},
         "commit_sent": sum(1 for d in details if d.get("commit_sent")),

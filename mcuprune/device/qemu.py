@@ -19,8 +19,17 @@ from types import TracebackType
 import numpy as np
 import serial
 
+from mcuprune.codegen.signing import Signer
 from mcuprune.device.frames import printable
-from mcuprune.device.link import DEFAULT_TIMEOUT, FAULT_EXIT_CODE, MAX_FILE_BATCH, Device, DeviceError, InferResult
+from mcuprune.device.link import (
+    DEFAULT_TIMEOUT,
+    FAULT_EXIT_CODE,
+    MAX_FILE_BATCH,
+    Device,
+    DeviceError,
+    InferResult,
+    offer_dir,
+)
 from mcuprune.device.messages import DeviceInfo
 from mcuprune.errors import UserError, require_tool
 from mcuprune.target.board import Board
@@ -62,6 +71,7 @@ class QemuDevice:
         exit_timeout: float = 5.0,
         extra_args: Sequence[str] = (),
         memory_file: Path | None = None,
+        signer: Signer | None = None,
     ) -> None:
         if board.qemu_machine is None:
             raise UserError(f"board {board.name} has no [qemu] machine: it cannot be emulated")
@@ -75,6 +85,7 @@ class QemuDevice:
         self.timeout = timeout
         self.exit_timeout = exit_timeout
         self.extra_args = tuple(extra_args)
+        self.signer = signer  # a signed firmware's owner key: EXIT and INFER_FILE need its authorization
         self._qemu = require_tool("qemu-system-arm", "qemu-system-arm")
         self._proc: subprocess.Popen[bytes] | None = None
         self._log = tempfile.TemporaryFile()  # QEMU's stdout+stderr; a file, so QEMU never blocks on it
@@ -107,7 +118,7 @@ class QemuDevice:
                                           stdout=self._log, stderr=subprocess.STDOUT)
             ser = self._connect(self.port)
             if ser is not None:
-                self._device = Device(ser, timeout=self.timeout, describe_failure=self._describe)
+                self._device = Device(ser, timeout=self.timeout, describe_failure=self._describe, signer=self.signer)
                 if self.board.qemu_wait_for_banner:
                     self._await_banner(self._device)
                 return self._device
@@ -166,7 +177,7 @@ class QemuDevice:
         info = device._info or device.info()
         payloads = [device._input_payload(x, info) for x in xs]
         results: list[InferResult] = []
-        with tempfile.TemporaryDirectory(prefix="mcuprune-inputs-") as tmp:
+        with offer_dir() as tmp:  # the only place the firmware reads from (link.OFFER_PREFIX)
             path = Path(tmp) / "inputs.bin"
             for start in range(0, len(payloads), MAX_FILE_BATCH):
                 batch = payloads[start : start + MAX_FILE_BATCH]
@@ -195,12 +206,17 @@ class QemuDevice:
             return None
         device, self._device = self._device, None
         failed_before = device is None or device.broken
+        if device is not None and self._proc.poll() is None and not device.broken:
+            try:
+                if not device.can_authorise:  # a signed firmware refuses EXIT without its owner's key
+                    device.close()
+                    self._kill()
+                    self._status, self._proc = None, None
+                    return None
+                device.exit(code)
+            except DeviceError:
+                pass  # it shows as a wrong or missing exit status below
         if device is not None:
-            if self._proc.poll() is None and not device.broken:
-                try:
-                    device.exit(code)
-                except DeviceError:
-                    pass  # it shows as a wrong or missing exit status below
             device.close()
         killed = False
         try:

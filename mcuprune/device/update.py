@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mcuprune.codegen.blob import HEADER_BYTES, BlobError, BlobHeader, parse_blob, parse_header
+from mcuprune.codegen.signing import Signer, sign_blob, signature_of
 from mcuprune.device.frames import Frame, FrameError
 from mcuprune.device.link import REFLASH_HINT, Device, DeviceError, DeviceRejected, DeviceTimeout
 from mcuprune.device.messages import (
@@ -96,12 +97,16 @@ class Updater:
 
     def __init__(self, device: Device, blob: bytes, window: int = DEFAULT_WINDOW, chunk: int | None = None,
                  progress: Progress | None = None, check_data: bool = True,
-                 on_commit: Callable[[], None] | None = None) -> None:
+                 on_commit: Callable[[], None] | None = None, signer: Signer | None = None) -> None:
         if window < 1:
             raise ValueError(f"window must be at least 1, got {window}")
         if chunk is not None and not 1 <= chunk <= MAX_CHUNK_DATA:
             raise ValueError(f"chunk must be 1..{MAX_CHUNK_DATA} bytes, got {chunk}")
         self.device = device
+        if signer is not None and device.signer is None:
+            device.signer = signer  # UPDATE_BEGIN needs the owner's authorization on a signed device
+        self.signer = signer or device.signer
+        self.check_data = check_data
         self.blob = bytes(blob)
         self.header = _header(self.blob, check_data)
         self.window = window
@@ -123,7 +128,12 @@ class Updater:
         device, header = self.device, self.header
         info = device.info()
         check_blob_for(info, header)
-        if info.active_blob_id == header.blob_id:
+        if info.signed:
+            self._signed_for(info)
+            header = self.header
+        # A signed device serves only blobs whose signature by its key it verified, so its blob id
+        # can be believed; a development build believes anything, and so does this check there.
+        if info.active_blob_id == header.blob_id and (not info.signed or self.signer is not None):
             active = info.active
             assert active is not None and info.active_slot is not None
             return UpdateReport(header.blob_id, header.length, 0, 1, 0.0, header.length, 0, info.active_slot,
@@ -150,6 +160,26 @@ class Updater:
         seconds = self.times["done"] - start
         return UpdateReport(header.blob_id, header.length, self.bytes_sent, self.frames, seconds,
                             self.resumed_from, self.resends, switch.slot, switch.generation)
+
+    def _signed_for(self, info: DeviceInfo) -> None:
+        """A signed device takes only blobs signed with its key, at or above its security counter:
+        sign an unsigned blob with our key, refuse what the device would refuse before sending it
+        (unless check_data is off: tests send such blobs as they are, to see the device refuse them)."""
+        sig = signature_of(self.blob)
+        if sig is None and self.signer is not None and self.check_data:
+            self.blob = sign_blob(self.blob, self.signer, max(self.signer.counter, info.security_counter))
+            self.header, sig = _header(self.blob, False), signature_of(self.blob)
+        if not self.check_data:
+            return
+        if sig is None:
+            raise UserError(f"the device only takes blobs signed with key {info.key_id.hex()}: give the key "
+                            "folder (--signing-key)")
+        if sig.key_id != info.key_id:
+            raise UserError(f"the blob is signed with key {sig.key_id.hex()}, the device trusts "
+                            f"{info.key_id.hex()}")
+        if sig.counter < info.security_counter:
+            raise UserError(f"the blob's security counter {sig.counter} is below the device's "
+                            f"{info.security_counter}: it would be refused")
 
     def _stream(self, size: int) -> None:
         """UPDATE_CHUNKs from the watermark to the end, up to `window` in flight (go-back-N)."""
@@ -238,7 +268,8 @@ class Updater:
 
 
 def stream_update(device: Device, blob: bytes, window: int = DEFAULT_WINDOW, chunk: int | None = None,
-                  progress: Progress | None = None, check_data: bool = True) -> UpdateReport:
+                  progress: Progress | None = None, check_data: bool = True,
+                  signer: Signer | None = None) -> UpdateReport:
     """Send `blob` to `device` and switch to it; see the module docstring.
 
     Before anything is sent: the blob is checked (header, and with `check_data` its data CRC and
@@ -246,12 +277,17 @@ def stream_update(device: Device, blob: bytes, window: int = DEFAULT_WINDOW, chu
     failure a UserError. `chunk` defaults to the largest the device takes (from the BEGIN reply);
     `progress(done, total)` is called as the device's watermark moves. Tests pass
     `check_data=False` to exercise the device's own checks with a corrupted blob.
+    A signed device (INFO) needs `signer` (or device.signer), the owner's key: it authorises the
+    UPDATE_BEGIN and signs an unsigned blob.
     """
-    return Updater(device, blob, window, chunk, progress, check_data).run()
+    return Updater(device, blob, window, chunk, progress, check_data, signer=signer).run()
 
 
-def rollback(device: Device) -> SlotSwitch:
-    """Make the device serve its other slot's blob again (ROLLBACK), confirmed with INFO."""
+def rollback(device: Device, signer: Signer | None = None) -> SlotSwitch:
+    """Make the device serve its other slot's blob again (ROLLBACK), confirmed with INFO. A signed
+    device needs `signer` (or device.signer) to authorise it."""
+    if signer is not None:
+        device.signer = signer
     info = device.info()
     if not info.updatable:
         raise UserError(f"the firmware on the device (model {info.model!r}) was built with --params static: "

@@ -22,7 +22,15 @@ from pathlib import Path
 
 import numpy as np
 
-from mcuprune.model.formats import MAX_DELTA, csr_layout, format_bytes, require_weights, weight_matrix
+from mcuprune.model.formats import (
+    MAX_DELTA,
+    block_layout,
+    csr_layout,
+    format_bytes,
+    quant_bytes,
+    require_weights,
+    weight_matrix,
+)
 from mcuprune.model.ir import Op, QuantLayer
 from mcuprune.model.ops import (
     FORMATS,
@@ -68,7 +76,9 @@ def cost_features(
     ``pixel``, and the taps that fall inside the image (``valid_taps``, summed over pixels;
     ``valid_macs`` = rows * in_c * valid_taps): im2col fills padding taps with a cheaper store.
     csr: ``tail_entries`` = sum over rows of (row entries mod 4), the entries the DSP kernels take
-    one by one after their blocks of 4 (and 8).
+    one by one after their blocks of 4 (and 8). block4: ``blocks`` (the stored blocks of 4, passed
+    as `entries`) instead of ``entries``; ``cols`` is the input (or patch) converted once per call
+    (per pixel).
 
     >>> cost_features("dense", "csr8", rows=4, cols=100, entries=30, tail_entries=6)
     {'entries': 30.0, 'rows': 4.0, 'cols': 100.0, 'tail_entries': 6.0, 'call': 1.0}
@@ -77,7 +87,7 @@ def cost_features(
     """
     op = Op(op)
     scale = pixels if op is Op.CONV2D else 1
-    features = {"entries": entries * scale, "rows": rows * scale, "cols": cols * scale}
+    features = {"blocks" if fmt == "block4" else "entries": entries * scale, "rows": rows * scale, "cols": cols * scale}
     if op is Op.CONV2D:
         valid = pixels * taps if valid_taps is None else valid_taps
         features.update(taps=taps * pixels, kernel_rows=k_h * pixels, row_taps=rows * taps * pixels, pixel=pixels,
@@ -334,7 +344,8 @@ def layer_cost_features(layer: QuantLayer, fmt: str, variant: str = "dsp") -> di
     DSP FC, whose rows go two at a time and whose groups of 8 end in a partial one (``rest_entries``
     = rows % 2 * cols, ``tail_rows`` = rows when cols % 8 != 0); the csr DSP kernels, whose blocks
     are 8 entries, then 4 (``tail_entries``, ``lead_entries``, ``block_rows``, ``quad_rows``:
-    _s4_csr_rows).
+    _s4_csr_rows); the block4 DSP kernels, whose rows with blocks set up and flush an accumulator of
+    the x16 products (``block_rows``).
 
     >>> layer_cost_features(QuantLayer(**{**fc.__dict__, "weight_bits": 4}), "dense", "dsp")
     {'entries': 210.0, 'rows': 7.0, 'cols': 30.0, 'rest_entries': 30.0, 'tail_rows': 7.0, 'call': 1.0}
@@ -363,6 +374,11 @@ def layer_cost_features(layer: QuantLayer, fmt: str, variant: str = "dsp") -> di
         entries = rows * cols
     elif fmt == "bitmask":
         entries = int(np.count_nonzero(w))
+    elif fmt == "block4":
+        per_row = block_layout(w).sum(axis=1)  # stored blocks per row
+        entries = int(per_row.sum())
+        if bits == 4 and optimized:  # each row with blocks sets up and flushes its x16 sums
+            s4_rows = {"block_rows": int((per_row > 0).sum())}
     else:
         per_row = csr_layout(w, MAX_DELTA[fmt])[4]
         entries = int(per_row.sum())
@@ -487,15 +503,21 @@ def choose_format(layer: QuantLayer, variant: str = "dsp", objective: str = "fas
 
 
 def choose_formats(
-    layers: Iterable[QuantLayer], variant: str = "dsp", objective: str = "fastest", core: str | None = None
+    layers: Iterable[QuantLayer], variant: str = "dsp", objective: str = "fastest", core: str | None = None,
+    byte_budget: int | None = None,
 ) -> dict[str, str]:
     """Formats for every weighted layer of a model, minimising parameter bytes + kernel code bytes.
+
+    byte_budget (objective "fastest" only): a cap on the layers' parameter bytes (formats.layer_bytes
+    summed). When the fastest formats exceed it, layers move to smaller formats, the fewest extra
+    instructions per byte saved first (fit_byte_budget), until the cap holds or every layer is in its
+    smallest format.
 
     A sparse kernel costs its code once per firmware, so a format only pays if the layers using it
     save more than its code; a kernel no layer uses is not linked. A kernel is an (op, format,
     width): layers with int8 and with int4 weights (``weight_bits``) use different kernels, so each
     (op, width) group is weighed on its own, every layer choosing among the formats of its own
-    width. Every subset of kernels per group is tried (at most 2^4), each layer taking its smallest
+    width. Every subset of kernels per group is tried (at most 2^5), each layer taking its smallest
     allowed format in the subset. Returns {layer name: format}; layers without weights are left out.
     """
     weighted = [layer for layer in layers if layer.weights is not None]
@@ -526,4 +548,40 @@ def choose_formats(
             if best is None or total < best[0]:
                 best = (total, picks)
         choice.update(best[1])
+    if byte_budget is not None and objective == "fastest":
+        choice = fit_byte_budget(weighted, choice, byte_budget, variant, core)
     return choice
+
+
+def fit_byte_budget(layers: list[QuantLayer], choice: dict[str, str], byte_budget: int, variant: str = "dsp",
+                    core: str | None = None) -> dict[str, str]:
+    """Move layers from `choice` to smaller formats until their parameter bytes fit `byte_budget`.
+
+    Greedy by exchange rate: each step takes the move (one layer to one smaller format of its width)
+    that adds the fewest predicted instructions per byte it saves, so a 20 kB FC goes csr8 -> csr4
+    before a small conv goes dense -> bitmask at twice the instructions; then the slack left is spent
+    on the faster formats that still fit. Each move strictly shrinks the model (and each later one
+    strictly cuts instructions), so it ends; a budget below every layer's smallest format ends with all of them smallest
+    (the caller decides what to do with a model that still does not fit).
+    """
+    choice = dict(choice)
+    sizes = {layer.name: {fmt: format_bytes(layer.weights, fmt, layer.weight_bits) for fmt in FORMATS}
+             for layer in layers}  # fmt: skip
+    cost = {layer.name: {fmt: predict_instructions(layer, fmt, variant, core) for fmt in FORMATS} for layer in layers}
+    total = sum(sizes[layer.name][choice[layer.name]] + quant_bytes(layer) for layer in layers)
+    while total > byte_budget:
+        moves = [((cost[n][fmt] - cost[n][choice[n]]) / (sizes[n][choice[n]] - sizes[n][fmt]), n, fmt)
+                 for n in choice for fmt in FORMATS if sizes[n][fmt] < sizes[n][choice[n]]]  # fmt: skip
+        if not moves:
+            break
+        _, name, fmt = min(moves)
+        total -= sizes[name][choice[name]] - sizes[name][fmt]
+        choice[name] = fmt
+    while True:  # a step may have saved more than needed: spend the slack on the best faster format left
+        gains = [(cost[n][fmt] - cost[n][choice[n]], n, fmt) for n in choice for fmt in FORMATS
+                 if cost[n][fmt] < cost[n][choice[n]] and total - sizes[n][choice[n]] + sizes[n][fmt] <= byte_budget]
+        if not gains:
+            return choice
+        _, name, fmt = min(gains)
+        total += sizes[name][fmt] - sizes[name][choice[name]]
+        choice[name] = fmt

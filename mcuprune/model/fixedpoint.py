@@ -46,6 +46,23 @@ def quantize_multiplier(real: float) -> tuple[int, int]:
     return int(q), int(shift)
 
 
+def bias_limit(terms: int, weight_bits: int = 8) -> int:
+    """The largest |bias| of an output that sums `terms` products (x - zp) * w so that the kernels'
+    int32 accumulator cannot overflow in any order of summation; -1 if no bias can ensure it.
+
+    |x - zp| <= 255 and |w| <= 128 (int4: 8), and a kernel may sum x * w and zp * w apart, so each
+    term adds at most 2^15 (int4: 2^11). The C twin is mcup_bind_bias_limit (bind_check.c), which
+    refuses a blob whose biases exceed it.
+
+    >>> bias_limit(0)
+    2147483647
+    >>> bias_limit(65536)
+    -1
+    """
+    limit = INT32_MAX - terms * (1 << (11 if weight_bits == 4 else 15))
+    return -1 if limit < 0 else limit
+
+
 def quantize_multipliers(reals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel version of quantize_multiplier; returns two int32 arrays."""
     pairs = [quantize_multiplier(float(r)) for r in np.asarray(reals, dtype=np.float64).ravel()]

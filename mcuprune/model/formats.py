@@ -17,8 +17,17 @@ nothing to a dot product. Formats (the C side is documented in firmware/include/
   whole array (not of the row) is the low nibble of ``deltas[k // 2]`` when k is even, the high
   nibble when odd; ``deltas`` has ceil(entries / 2) bytes, a row may start in a high nibble.
 
-``row_ptr[r]`` is the index in ``values`` of row r's first entry (``row_ptr[rows]`` = entries).
-Its type is the narrowest unsigned one that holds ``entries``: uint8, uint16 or uint32.
+* ``block4`` — blocks of 1 x 4: the columns are cut into ceil(cols / 4) blocks of 4 consecutive
+  columns (the last one padded with zero columns), and a row stores each block holding a non-zero,
+  its zeros included, so any mask is representable (the speed comes when masks are made of whole
+  blocks). ``values`` int8 [4 * blocks]: the stored blocks' weights, row-major, 4 per block;
+  ``block_cols`` [blocks]: the block column of each (block b covers columns 4b .. 4b + 3), strictly
+  increasing within a row, uint8 when ceil(cols / 4) <= 256 else uint16 (``block_col_dtype``: the
+  width follows from the shape); ``row_ptr`` [rows + 1] counts blocks.
+
+``row_ptr[r]`` is the index in ``values`` of row r's first entry (``row_ptr[rows]`` = entries),
+for block4 the index of its first block. Its type is the narrowest unsigned one that holds
+``entries`` (blocks): uint8, uint16 or uint32.
 
 **int4 weights** (``QuantLayer.weight_bits`` 4: per-channel symmetric, values in [-8, 7]) are
 stored two per byte in two's complement, the first of two values in the **low nibble** (TFLite's
@@ -34,6 +43,8 @@ above; only the weights/values arrays change, to uint8 bytes of nibbles:
 * ``csr8``/``csr4`` — ``values`` uint8 [ceil(entries / 2)], the same stream over the entries
   (fillers included): entry k's value sits where csr4 keeps entry k's delta, so ``row_ptr`` keeps
   counting entries and a row may start in a high nibble.
+* ``block4`` — ``values`` uint8 [2 * blocks], the same stream: block k's 4 values in bytes 2k and
+  2k + 1 (every block starts on a byte).
 
 Every emitted byte is counted: ``format_bytes`` is the weight storage (the packed arrays'
 sizes), ``layer_bytes`` adds the int32 bias, multiplier and shift per output channel. Alignment
@@ -55,6 +66,8 @@ from mcuprune.model.ops import FORMATS, WEIGHT_BITS, check_bits, check_format
 
 SPARSE_FORMATS = FORMATS[1:]
 MAX_DELTA = {"csr8": 255, "csr4": 15}
+BLOCK = 4  # block4: columns per block
+MAX_BLOCK_COLS = 65536  # block4: uint16 block columns
 WEIGHT_RANGE = {8: (-128, 127), 4: (-8, 7)}  # what each width can store (quantize gives [-127, 127], [-7, 7])
 
 
@@ -112,9 +125,10 @@ class PackedWeights:
     shape: tuple[int, ...]  # the dense weights' shape; rows = shape[0], cols = the rest
     weights: np.ndarray | None = None  # dense: int8 [rows * cols]; int4: uint8 [rows * ceil(cols / 2)]
     mask: np.ndarray | None = None  # bitmask: uint8 [rows * ceil(cols / 8)], MSB first
-    values: np.ndarray | None = None  # bitmask, csr: int8 non-zeros (csr: with fillers); int4: uint8 nibbles
+    values: np.ndarray | None = None  # int8 non-zeros (csr: with fillers; block4: 4 per block); int4: uint8 nibbles
     deltas: np.ndarray | None = None  # csr8: uint8 [entries]; csr4: uint8 [ceil(entries / 2)]
-    row_ptr: np.ndarray | None = None  # csr: uint8/16/32 [rows + 1]
+    block_cols: np.ndarray | None = None  # block4: uint8/16 [blocks], the block column of each stored block
+    row_ptr: np.ndarray | None = None  # csr: uint8/16/32 [rows + 1]; block4: the same, counting blocks
     bits: int = 8  # weight width: 8, or 4 (weights/values two per byte, see the module docstring)
 
     @property
@@ -127,15 +141,18 @@ class PackedWeights:
 
     @property
     def entries(self) -> int:
-        """Stored weights: rows * cols for dense, nnz for bitmask, nnz + fillers for csr."""
+        """Stored weights: rows * cols for dense, nnz for bitmask, nnz + fillers for csr, 4 * blocks for
+        block4 (the stored blocks' zeros included)."""
         if self.fmt == "dense":
             return self.rows * self.cols
         if self.fmt == "bitmask":
             return int(np.unpackbits(self.mask).sum())
+        if self.fmt == "block4":
+            return BLOCK * int(self.row_ptr[-1])
         return int(self.row_ptr[-1])
 
     def arrays(self) -> dict[str, np.ndarray]:
-        names = ("weights", "mask", "values", "deltas", "row_ptr")
+        names = ("weights", "mask", "values", "deltas", "block_cols", "row_ptr")
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
     @property
@@ -172,6 +189,26 @@ def row_ptr_dtype(entries: int) -> np.dtype:
     raise ValueError(f"{entries} entries do not fit 32-bit row pointers")
 
 
+def block_col_dtype(cols: int) -> np.dtype:
+    """block4's block column type for a matrix of `cols` columns: uint8 up to 256 blocks, else uint16.
+
+    >>> [block_col_dtype(n).name for n in (1, 1024, 1025, 262144)]
+    ['uint8', 'uint8', 'uint16', 'uint16']
+    """
+    blocks = -(-cols // BLOCK)
+    if blocks > MAX_BLOCK_COLS:
+        raise ValueError(f"block4 takes at most {BLOCK * MAX_BLOCK_COLS} columns, not {cols}")
+    return np.dtype(np.uint8 if blocks <= 256 else np.uint16)
+
+
+def block_layout(w: np.ndarray) -> np.ndarray:
+    """block4: which blocks of 4 columns hold a non-zero, bool [rows, ceil(cols / 4)]."""
+    rows, cols = w.shape
+    padded = np.zeros((rows, -(-cols // BLOCK) * BLOCK), dtype=bool)
+    padded[:, :cols] = w != 0
+    return padded.reshape(rows, -1, BLOCK).any(axis=2)
+
+
 def csr_layout(w: np.ndarray, max_delta: int):
     """Row of each non-zero, its delta after fillers, its filler count, and entries per row."""
     rows, cols = np.nonzero(w)  # row-major order
@@ -203,6 +240,9 @@ def pack(weights: np.ndarray, fmt: str, bits: int = 8) -> PackedWeights:
     [72]
     >>> pack(np.array([[1, -2, 3], [4, 5, -8]], dtype=np.int8), "dense", 4).weights.tolist()  # rows padded
     [225, 3, 84, 8]
+    >>> p = pack(np.array([[0, 0, 0, 0, 0, 2], [3, 0, 0, 0, 0, 0]], dtype=np.int8), "block4")
+    >>> p.values.tolist(), p.block_cols.tolist(), p.row_ptr.tolist()  # the last block padded to 4 columns
+    ([0, 2, 0, 0, 3, 0, 0, 0], [1, 0], [0, 1, 2])
     """
     check_format(fmt)
     w = weight_matrix(weights, bits)
@@ -215,6 +255,16 @@ def pack(weights: np.ndarray, fmt: str, bits: int = 8) -> PackedWeights:
     if fmt == "bitmask":
         mask = np.packbits(w != 0, axis=1, bitorder="big")  # [rows, ceil(cols / 8)]
         return PackedWeights(fmt, shape, mask=mask.ravel(), values=_pack_values(w[w != 0], bits), bits=bits)
+    if fmt == "block4":
+        kept = block_layout(w)  # [rows, blocks per row]
+        rows_of, block_of = np.nonzero(kept)  # row-major
+        padded = np.zeros((w.shape[0], kept.shape[1] * BLOCK), dtype=np.int8)
+        padded[:, : w.shape[1]] = w
+        values = padded.reshape(w.shape[0], -1, BLOCK)[rows_of, block_of].ravel()
+        blocks = int(block_of.size)
+        row_ptr = np.concatenate([[0], np.cumsum(kept.sum(axis=1))]).astype(row_ptr_dtype(blocks))
+        return PackedWeights(fmt, shape, values=_pack_values(values, bits),
+                             block_cols=block_of.astype(block_col_dtype(w.shape[1])), row_ptr=row_ptr, bits=bits)
     max_delta = MAX_DELTA[fmt]
     rows, cols, last_delta, fillers, per_row = csr_layout(w, max_delta)
     ends = np.cumsum(fillers + 1) - 1  # where each non-zero lands, after its fillers
@@ -261,6 +311,8 @@ def unpack(packed: PackedWeights) -> np.ndarray:
                              f"{rows * per_row}")
         data = packed.weights.reshape(rows, per_row)
         return np.stack([unpack_nibbles(row, cols) for row in data]).reshape(packed.shape)
+    if packed.fmt == "block4":
+        return _unpack_block4(packed).reshape(packed.shape)
     w = np.zeros((rows, cols), dtype=np.int8)
     if packed.fmt == "bitmask":
         bits = np.unpackbits(packed.mask.reshape(rows, -1), axis=1, count=cols, bitorder="big").astype(bool)
@@ -283,6 +335,28 @@ def unpack(packed: PackedWeights) -> np.ndarray:
     return w.reshape(packed.shape)
 
 
+def _unpack_block4(packed: PackedWeights) -> np.ndarray:
+    """The [rows, cols] matrix of a block4 packing, checking what mcup_bind checks (bind_check.c)."""
+    rows, cols = packed.rows, packed.cols
+    n_blocks = -(-cols // BLOCK)
+    row_ptr = packed.row_ptr.astype(np.int64)
+    blocks = int(row_ptr[-1]) if row_ptr.size == rows + 1 else -1
+    if blocks < 0 or row_ptr[0] != 0 or (np.diff(row_ptr) < 0).any() or packed.block_cols.size != blocks:
+        raise ValueError("row pointers do not cover the block columns")
+    if packed.block_cols.dtype != block_col_dtype(cols):
+        raise ValueError(f"block columns of {cols} columns are {block_col_dtype(cols).name}, "
+                         f"not {packed.block_cols.dtype.name}")
+    col = packed.block_cols.astype(np.int64)
+    row_of = np.repeat(np.arange(rows), np.diff(row_ptr))
+    if col.size and col.max() >= n_blocks:
+        raise ValueError(f"a block column runs past the {n_blocks} blocks of {cols} columns")
+    if (np.diff(col)[row_of[1:] == row_of[:-1]] <= 0).any():
+        raise ValueError("block columns do not increase within a row")
+    padded = np.zeros((rows, n_blocks, BLOCK), dtype=np.int8)
+    padded[row_of, col] = _unpack_values(packed, BLOCK * blocks).reshape(-1, BLOCK)
+    return padded.reshape(rows, -1)[:, :cols]
+
+
 # --- byte accounting ------------------------------------------------------------------------
 
 
@@ -296,6 +370,10 @@ def format_bytes(weights: np.ndarray, fmt: str, bits: int = 8) -> int:
         return rows * row_bytes(cols, bits)
     if fmt == "bitmask":
         return rows * ((cols + 7) // 8) + value_bytes(int(np.count_nonzero(w)), bits)
+    if fmt == "block4":
+        blocks = int(block_layout(w).sum())
+        return (value_bytes(BLOCK * blocks, bits) + blocks * block_col_dtype(cols).itemsize
+                + (rows + 1) * row_ptr_dtype(blocks).itemsize)  # fmt: skip
     entries = _csr_entries(w, MAX_DELTA[fmt])
     index_bytes = entries if fmt == "csr8" else (entries + 1) // 2
     return value_bytes(entries, bits) + index_bytes + (rows + 1) * row_ptr_dtype(entries).itemsize

@@ -15,10 +15,10 @@ Kernels follow one naming scheme (CMSIS-NN style, flat and predictable):
 * source ``firmware/kernels/reference/<function minus mcup_>.c``, and an optimized twin with the
   same file and function name in ``firmware/kernels/<variant>/`` where one pays (tflite-micro's
   habit: the build picks one file per kernel);
-* parameter struct ``mcup_<kernel>_params`` (dense int8 weights or none), ``mcup_<kernel>_bitmask_params``
-  or ``mcup_<kernel>_csr_params`` (csr8 and csr4 share it); the int4 kernels' structs insert ``_s4``
-  (``mcup_fc_s4_params``, ``mcup_conv2d_s4_csr_params``): the same fields, the weight or value
-  pointer ``const uint8_t *`` to packed nibbles.
+* parameter struct ``mcup_<kernel>_params`` (dense int8 weights or none), ``mcup_<kernel>_bitmask_params``,
+  ``mcup_<kernel>_csr_params`` (csr8 and csr4 share it) or ``mcup_<kernel>_block4_params``; the int4
+  kernels' structs insert ``_s4`` (``mcup_fc_s4_params``, ``mcup_conv2d_s4_csr_params``): the same
+  fields, the weight or value pointer ``const uint8_t *`` to packed nibbles.
 
 An op without a kernel (RESHAPE) moves no bytes: its output is its input's buffer (arena.py).
 
@@ -39,7 +39,7 @@ from mcuprune.model.ir import Op, QuantLayer, shape_product
 from mcuprune.resources import KERNEL_DIR
 
 VARIANTS = ("reference", "dsp")  # kernel folders under firmware/kernels/
-FORMATS = ("dense", "bitmask", "csr8", "csr4")  # weight formats (formats.py), in preference order for ties
+FORMATS = ("dense", "bitmask", "csr8", "csr4", "block4")  # weight formats (formats.py), in preference order for ties
 WEIGHT_BITS = (8, 4)  # weight widths (QuantLayer.weight_bits): int8, or int4 stored two per byte
 
 
@@ -141,10 +141,16 @@ def _conv2d_scratch(layer: QuantLayer, fmt: str, variant: str) -> int:
     im2col patch as int16 (rounded up to a word), the DSP ones two patches interleaved, one word per
     position. int4 weights: the sparse kernels take the same; the dense DSP kernel (one path) two
     patches in the s4-pair layout, interleaved (2 * _s4_pair_bytes(k)), plus an int8 staging copy of
-    one patch rounded up to a group of 8 when in_c is not a multiple of 8."""
+    one patch rounded up to a group of 8 when in_c is not a multiple of 8. block4 (either width): the
+    patch padded to whole blocks of 4 values (G = ceil(k / 4) blocks); reference: one int16 patch,
+    8 * G bytes; DSP: two patches in the q15-pair layout interleaved (16 * G) plus an int8 staging copy
+    of one patch (4 * G)."""
     cols = math.prod(int(d) for d in layer.weights.shape[1:])  # k_h * k_w * in_c
     bits = layer.weight_bits
     optimized = has_optimized_kernel(OPS[Op.CONV2D], fmt, variant, bits)
+    if fmt == "block4":
+        blocks = -(-cols // 4)
+        return 20 * blocks if optimized else 8 * blocks
     if fmt != "dense":
         return 4 * cols if optimized else 4 * _words_for_int16(cols)
     if not optimized:
@@ -175,10 +181,13 @@ def _depthwise_conv2d_scratch(layer: QuantLayer, fmt: str, variant: str) -> int:
 
 def _dense_scratch(layer: QuantLayer, fmt: str, variant: str) -> int:
     """dense: the DSP kernels (every format) hold the input as int16, input offset added (the dense
-    int4 kernel in the s4-pair layout, groups of 8 padded); the reference kernels need none."""
+    int4 kernel in the s4-pair layout, groups of 8 padded; block4 in the q15-pair layout of whole
+    blocks of 4, the last one padded: 8 bytes per block); the reference kernels need none."""
     in_features = int(layer.weights.shape[1])  # weights [out, in]
     if not has_optimized_kernel(OPS[Op.DENSE], fmt, variant, layer.weight_bits):
         return 0
+    if fmt == "block4":
+        return 8 * -(-in_features // 4)
     if layer.weight_bits == 4 and fmt == "dense":
         return _s4_pair_bytes(in_features)
     return 4 * _words_for_int16(in_features)
@@ -311,7 +320,7 @@ class OpSpec:
         width = "" if bits == 8 else f"_{width_tag(bits)}"
         if not self.weighted or fmt == "dense":
             return f"mcup_{self.kernel}{width}_params"
-        return f"mcup_{self.kernel}{width}_{'bitmask' if fmt == 'bitmask' else 'csr'}_params"
+        return f"mcup_{self.kernel}{width}_{'csr' if fmt in ('csr8', 'csr4') else fmt}_params"
 
 
 OPS: dict[Op, OpSpec] = {

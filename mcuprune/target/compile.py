@@ -23,15 +23,19 @@ import numpy as np
 from mcuprune import __version__
 from mcuprune.codegen import emit as codegen
 from mcuprune.codegen.blob import parse_header
+from mcuprune.codegen.signing import Signer, load_signer, sign_blob
 from mcuprune.codegen.tvm_backend import tvm_kernel_sources
 from mcuprune.errors import UserError
+from mcuprune.model import fixedpoint
 from mcuprune.model.costs import OBJECTIVES
 from mcuprune.model.ir import QuantModel, load_quant_model, save_quant_model
 from mcuprune.quantize import calibration_subset, quantize_image_model, quantize_model
+from mcuprune.resources import CRYPTO_SOURCES, crypto_dir
 from mcuprune.target import build
 from mcuprune.target.board import Board, check_fits, list_boards, load_board
 from mcuprune.target.renode import write_renode_files
 from mcuprune.train.datasets import Dataset, load_dataset, load_inputs_npz
+from mcuprune.train.runs import check_new_output, write_atomically
 from mcuprune.train.training import load_run_model
 
 KERNEL_CHOICES = ("auto", "reference", "dsp", "tvm")
@@ -100,6 +104,27 @@ def check_blob_target(board: Board, variant: str) -> None:
                         "kernels): use --kernels reference or dsp")
 
 
+def check_blob_accumulators(model: QuantModel, formats: dict[str, str], monitor: QuantModel) -> None:
+    """UserError for a layer whose biases exceed fixedpoint.bias_limit: the device's mcup_bind
+    (bind_check.c) would refuse the blob, so it is refused here, with the layer's name, first.
+    A layer's terms per output as the device counts them: its columns, or its longest row of csr
+    entries (fillers included) or block4 blocks (4 weights each)."""
+    weighted = [(layer, formats.get(layer.name, "dense")) for layer in model.layers if layer.has_weights]
+    for layer, fmt in weighted + [(layer, "dense") for layer in monitor.layers]:
+        fields = codegen.BLOB_WEIGHT_FIELDS[fmt]
+        if "row_ptr" in fields:
+            row_ptr = codegen.layer_blob_arrays(layer, fmt)[fields.index("row_ptr")].astype(np.int64)
+            terms = int(np.diff(row_ptr).max(initial=0)) * (4 if fmt == "block4" else 1)
+        else:
+            terms = int(np.prod(layer.weights.shape[1:]))
+        limit = fixedpoint.bias_limit(terms, layer.weight_bits)
+        biggest = 0 if layer.bias is None or not layer.bias.size else int(np.abs(layer.bias.astype(np.int64)).max())
+        if biggest > limit:
+            raise UserError(f"layer {layer.name}: a bias of magnitude {biggest:,} with {terms:,} products per output "
+                            f"could overflow the int32 accumulator (at most {max(limit, 0):,} fits), so blob "
+                            "firmware would refuse this model: quantize it again, or use --params static")
+
+
 # Blob firmware runs a monitor model next to the network (controller/drift_qsae.py builds it from the
 # quantized model and the training images); the caller passes the builder in, so this stage does not
 # depend on the controller.
@@ -117,36 +142,66 @@ class CompileResult:
 
 def compile_model(model: QuantModel, board: Board, fw_dir: Path, variant: str,
                   objective: str = "auto", params: str = "static",
-                  monitor: QuantModel | None = None) -> CompileResult:
+                  monitor: QuantModel | None = None, signer: Signer | None = None) -> CompileResult:
     """Generate, build and describe the firmware for an already-quantized model.
 
-    objective "auto": "fastest", unless that would emit more parameter bytes than the flash budget the
-    model was pruned to (model.meta["flash_budget"]), then "smallest", the count pruning planned with.
+    objective "auto": the fastest formats whose parameter bytes fit the flash budget the model was
+    pruned to (model.meta["flash_budget"]; costs.fit_byte_budget), and "smallest" should they still
+    not fit (the count pruning planned with); without a budget, "fastest".
     `params` "blob" needs `monitor` (the monitor QSAE's QuantModel, drift_qsae.build_monitor_model) and a board
     with a [slots] region; the firmware directory then also holds monitor/ and blob.bin.
+    `signer` (blob firmware only): the owner's key (codegen/signing.py). The firmware then holds its
+    public key, takes only blobs it signed, and wants its authorization for UPDATE_BEGIN, ROLLBACK,
+    EXIT and INFER_FILE; the factory blob is signed. Without it the firmware is a development build.
     """
     if objective not in OBJECTIVE_CHOICES:
         raise UserError(f"unknown objective '{objective}': choose one of {', '.join(OBJECTIVE_CHOICES)}")
     if params not in PARAMS_CHOICES:
         raise UserError(f"unknown params mode '{params}': choose one of {', '.join(PARAMS_CHOICES)}")
     blob_mode = params == "blob"
+    if signer is not None and not blob_mode:
+        raise UserError("--signing-key protects model updates: it needs --params blob (static firmware takes no "
+                        "updates)")
+    if signer is not None:
+        missing = [name for name in CRYPTO_SOURCES if not (crypto_dir() / name).is_file()]
+        if missing:
+            raise UserError(f"signed firmware verifies with Monocypher, not found in {crypto_dir()} "
+                            f"({', '.join(missing)} missing): run `bash scripts/fetch_crypto.sh` "
+                            "(scripts/setup.sh does)")
     if blob_mode:
         check_blob_target(board, variant)
         if monitor is None:
             raise UserError("--params blob needs the monitor QSAE: pass monitor=drift_qsae.build_monitor_model(model, "
                             "training images)")
-    fw_dir.mkdir(parents=True, exist_ok=True)
+    # Everything is built in a temporary folder beside fw_dir that replaces it only once the build has
+    # succeeded: a compile that fails half-way leaves a previous firmware directory as it was.
+    fw_dir = Path(fw_dir)
+    built: list[CompileResult] = []
+    write_atomically(fw_dir, lambda tmp: built.append(
+        _compile_into(model, board, tmp, variant, objective, params, monitor, signer)))
+    result = built[0]
+    elf = fw_dir / result.build.elf.relative_to(result.fw_dir)
+    return replace(result, fw_dir=fw_dir, build=replace(result.build, elf=elf))
+
+
+def _compile_into(model: QuantModel, board: Board, fw_dir: Path, variant: str, objective: str, params: str,
+                  monitor: QuantModel | None, signer: Signer | None) -> CompileResult:
+    """compile_model's work, in the (empty) folder fw_dir."""
+    blob_mode = params == "blob"
     save_quant_model(model, fw_dir)
     src = fw_dir / "src"
     # TVM generates the layer kernels; the model glue is the same as for the reference kernels.
     glue_variant = "reference" if variant == "tvm" else variant
 
+    budget = model.meta.get("flash_budget")
+
     def generate(goal: str) -> codegen.GeneratedModel:
         return codegen.generate_model_sources(model, glue_variant, src, source=model.meta.get("run_dir", model.name),
                                               objective=goal, core=board.core, params=params,
-                                              monitor=monitor if blob_mode else None)
+                                              monitor=monitor if blob_mode else None,
+                                              byte_budget=budget if objective == "auto" else None,
+                                              finish_blob=None if signer is None else lambda b: sign_blob(b, signer))
 
-    budget = model.meta.get("flash_budget")
     goal = "fastest" if objective == "auto" else objective
     generated = generate(goal)
     if objective == "auto" and budget is not None and generated.param_bytes > budget:
@@ -154,6 +209,8 @@ def compile_model(model: QuantModel, board: Board, fw_dir: Path, variant: str,
     check_fits(board, generated.param_bytes,
                generated.arena.size + generated.scratch_bytes + generated.monitor_bytes + board.stack_size,
                what=f"model {model.name}")
+    if blob_mode:
+        check_blob_accumulators(model, generated.formats, monitor)
     if blob_mode and len(generated.blob) > board.slots.capacity:
         raise UserError(f"the model blob of {model.name} is {len(generated.blob):,} B but a slot of board {board.name} "
                         f"holds {board.slots.capacity:,} B: use a smaller model")
@@ -163,6 +220,8 @@ def compile_model(model: QuantModel, board: Board, fw_dir: Path, variant: str,
     else:
         sources = generated.kernel_sources(model, variant)
     build.prepare_project(fw_dir, board, sources, params=params)
+    if blob_mode:
+        _write_security(fw_dir / "src", signer)
     result = build.build_project(fw_dir, board)  # also checks the linked sizes against the board
     doc = {
         "format_version": FIRMWARE_FORMAT_VERSION,
@@ -189,8 +248,35 @@ def compile_model(model: QuantModel, board: Board, fw_dir: Path, variant: str,
         doc["monitor"] = MONITOR_DIR
         doc["slots"] = {"base": f"0x{board.slots.base:08x}", "size": board.slots.size,
                         "capacity": board.slots.capacity, "persistence": board.slots.persistence}
+        doc["security"] = ({"signed": False} if signer is None else
+                           {"signed": True, "key_id": signer.key_id.hex(), "public_key": signer.public.hex(),
+                            "factory_counter": signer.counter})
     (fw_dir / "firmware.json").write_text(json.dumps(doc, indent=2) + "\n")
     return CompileResult(fw_dir, board, variant, result, generated)
+
+
+def _c_bytes(data: bytes) -> str:
+    return "{" + ", ".join(f"0x{b:02x}u" for b in data) + "}"
+
+
+def _write_security(src: Path, signer: Signer | None) -> None:
+    """src/mcup_security.h (firmware/runtime/security.h) and, for a signed build, the verifier's
+    third-party sources in src/third_party/ (compiled through runtime/signature.c)."""
+    lines = [f"/* Generated by mcuprune {__version__}: who may change this firmware (runtime/security.h). */",
+             "#ifndef MCUP_SECURITY_CONFIG_H", "#define MCUP_SECURITY_CONFIG_H"]
+    if signer is None:
+        lines += ["/* development build (--unsigned-updates): unsigned updates, no authorization */",
+                  "#define MCUP_SIGNED_UPDATES 0"]
+    else:
+        lines += ["#define MCUP_SIGNED_UPDATES 1",
+                  f"#define MCUP_UPDATE_PUBLIC_KEY {_c_bytes(signer.public)} /* Ed25519, raw */",
+                  f"#define MCUP_UPDATE_KEY_ID {_c_bytes(signer.key_id)} /* SHA-512(public key)[:8] */",
+                  f'#define MCUP_UPDATE_KEY_ID_HEX "{signer.key_id.hex()}"']
+        third = src / "third_party"
+        third.mkdir(exist_ok=True)
+        for name in CRYPTO_SOURCES:
+            shutil.copyfile(crypto_dir() / name, third / name)
+    (src / "mcup_security.h").write_text("\n".join([*lines, "#endif", ""]))
 
 
 def _write_blob_files(fw_dir: Path, generated: codegen.GeneratedModel, monitor: QuantModel | None) -> None:
@@ -206,11 +292,19 @@ def _write_blob_files(fw_dir: Path, generated: codegen.GeneratedModel, monitor: 
 
 def compile_run(run_dir: Path, board_name: str, fw_dir: Path, kernels_choice: str = "auto",
                 objective: str = "auto", renode: bool = False, params: str = "static",
-                monitor_builder: MonitorBuilder | None = None, calibration: Path | None = None) -> CompileResult:
+                monitor_builder: MonitorBuilder | None = None, calibration: Path | None = None,
+                signing_key: Path | None = None) -> CompileResult:
     """Quantize a run and compile it. `params` "blob" needs `monitor_builder`
     (controller.drift_qsae.build_monitor_model), called with the quantized model and the training images."""
+    check_new_output(fw_dir)  # before the minutes of quantizing: --out must not name a file
+    signer = None if signing_key is None else load_signer(signing_key)
+    if signer is not None and params != "blob":
+        raise UserError("--signing-key protects model updates: it needs --params blob (static firmware takes no "
+                        "updates)")
     board = load_board(board_name)
     variant = choose_variant(board, kernels_choice)
+    if renode and board.renode is None:  # checked first: the Renode files are written after the build
+        raise UserError(f"board {board.name} has no [renode] platform: Renode files cannot be generated for it")
     if params not in PARAMS_CHOICES:
         raise UserError(f"unknown params mode '{params}': choose one of {', '.join(PARAMS_CHOICES)}")
     monitor = None
@@ -226,11 +320,9 @@ def compile_run(run_dir: Path, board_name: str, fw_dir: Path, kernels_choice: st
         monitor = monitor_builder(model, dataset.x_train)
     else:
         model = quantize_run(run_dir, calibration)
-    result = compile_model(model, board, fw_dir, variant, objective, params=params, monitor=monitor)
+    result = compile_model(model, board, fw_dir, variant, objective, params=params, monitor=monitor, signer=signer)
     if renode:
-        if board.renode is None:
-            raise UserError(f"board {board.name} has no [renode] platform: Renode files cannot be generated for it")
-        write_renode_files(fw_dir, board)
+        write_renode_files(fw_dir, board)  # in the final folder: the files name the ELF's absolute path
     return result
 
 
@@ -255,16 +347,25 @@ class FirmwareDir:
         """The factory blob (blob firmware), None for static firmware."""
         return self.path / self.info["blob"]["file"] if self.params == "blob" else None
 
-    def update_blob(self, model: QuantModel, monitor: QuantModel, blob_id: int | None = None) -> bytes:
+    @property
+    def signed(self) -> bool:
+        """Built with a signing key: takes only blobs signed with it (docs/protocol.md)."""
+        return bool(self.info.get("security", {}).get("signed"))
+
+    def update_blob(self, model: QuantModel, monitor: QuantModel, blob_id: int | None = None,
+                    signer: Signer | None = None) -> bytes:
         """A model blob this firmware can bind: `model` (same architecture, any parameters) with
-        `monitor`, the monitor QSAE built for it (its penultimate quantization may have changed)."""
+        `monitor`, the monitor QSAE built for it (its penultimate quantization may have changed);
+        signed by `signer` if given (a signed firmware takes nothing else)."""
         if self.params != "blob":
             raise UserError(f"{self.path} is --params static firmware: it takes a new model only by re-flashing")
         arch = codegen.architecture_hash(model, self.variant, self.formats, params="blob", monitor=monitor)
         if arch != self.arch_hash:
             raise UserError(f"model {model.name} and its monitor do not have the architecture of {self.path} "
                             f"(hash 0x{arch:08x}, firmware 0x{self.arch_hash:08x}): re-flash instead of updating")
-        return codegen.build_blob(model, self.formats, monitor, self.variant, blob_id)
+        check_blob_accumulators(model, self.formats, monitor)
+        blob = codegen.build_blob(model, self.formats, monitor, self.variant, blob_id)
+        return blob if signer is None else sign_blob(blob, signer)
 
 
 def load_firmware_dir(fw_dir: Path) -> FirmwareDir:

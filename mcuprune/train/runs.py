@@ -15,6 +15,7 @@ failure leaves no half-written run behind.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -59,6 +60,12 @@ def check_new_output(out: Path) -> None:
         raise UserError(f"{out} exists and is not a directory: choose another --out")
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_atomically(out: Path, fill: Callable[[Path], None]) -> None:
     """Fill a temporary folder beside `out`, then put it in `out`'s place (replacing an old one)."""
     out = Path(out)
@@ -67,6 +74,7 @@ def write_atomically(out: Path, fill: Callable[[Path], None]) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         fill(tmp)
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it owner-only; the result is an ordinary folder
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)

@@ -30,7 +30,13 @@ from mcuprune.model.ir import RELU, UNBOUNDED, FloatLayer, FloatModel, Op, Quant
 from mcuprune.train.archs import ARCHS as MODULE_ARCHS
 from mcuprune.train.archs import build_arch
 from mcuprune.train.datasets import Dataset, to_float
-from mcuprune.train.runs import RUN_FORMAT_VERSION, load_imported_model, read_run_meta
+from mcuprune.train.runs import (
+    RUN_FORMAT_VERSION,
+    check_new_output,
+    load_imported_model,
+    read_run_meta,
+    write_atomically,
+)
 
 BATCH = 128  # training and fine-tuning mini-batch
 
@@ -243,6 +249,7 @@ def train_run(dataset: Dataset, dataset_spec: str, arch: str, epochs: int, out: 
     """Train a network and write the run directory; returns its metadata."""
     if epochs < 1:
         raise UserError(f"--epochs must be at least 1, got {epochs}")
+    check_new_output(out)  # before training, not after it
     torch.manual_seed(seed)
     specs = None if arch in MODULE_ARCHS else resolve_specs(arch_specs(arch), dataset.num_classes)
     net = build_network(arch, specs, dataset.input_shape, dataset.num_classes)
@@ -264,7 +271,7 @@ def train_run(dataset: Dataset, dataset_spec: str, arch: str, epochs: int, out: 
         "param_count": int(sum(p.numel() for p in net.parameters())),
         "train_seconds": round(time.time() - t0, 1),
     }
-    save_run(out, net, meta)
+    write_atomically(out, lambda tmp: save_run(tmp, net, meta))  # a failure leaves no half-written run
     return meta
 
 

@@ -9,7 +9,8 @@
  *                            every byte the device writes to its UART goes to stdout
  *
  * Fakes: the UART writes to stdout; SysTick advances 1000 ticks per read; semihosting "opens"
- * only the path "mem", which holds FILE_INPUTS inputs; EXIT is acknowledged and serving goes on.
+ * only FAKE_FILE, which holds FILE_INPUTS inputs (an offered path: protocol.c opens no other kind);
+ * EXIT is acknowledged and serving goes on.
  * The slot region is a heap buffer, booted (factory blob installed) before serving. Built with
  * -DFAKE_STATIC_PARAMS it is a static-params firmware instead (no slots, no blob messages).
  */
@@ -69,7 +70,8 @@ static uint32_t file_left; /* bytes left in the fake file */
 
 int32_t mcup_semihost_open_read(const char *path, uint32_t path_len)
 {
-    if (path_len != 3u || memcmp(path, "mem", 3) != 0) {
+    static const char fake_file[] = "/tmp/mcuprune-offer-fake/mem.bin"; /* test_protocol_c.py FAKE_FILE */
+    if (path_len != sizeof fake_file - 1u || memcmp(path, fake_file, path_len) != 0) {
         return -1;
     }
     file_left = FILE_INPUTS * MCUP_INPUT_SIZE;

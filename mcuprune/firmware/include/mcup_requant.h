@@ -44,14 +44,23 @@ static inline int32_t mcup_requantize(int32_t acc, int32_t multiplier, int32_t s
     return mcup_rounding_divide_by_pot(mcup_doubling_high_mult(scaled, multiplier), right);
 }
 
-/* Requantize, add the output zero point and clamp: the common tail of every kernel. */
+/*
+ * Requantize, add the output zero point and clamp: the common tail of every kernel.
+ * The clamp comes first, against the limits moved by the zero point: mcup_requantize can return
+ * values up to INT32_MAX (a multiplier near 2^31 with a left shift), where adding the zero point
+ * would overflow. clamp(v + z, lo, hi) == clamp(v, lo - z, hi - z) + z, so the result is the
+ * exact one the reference computes in int64 (fixedpoint.requantize_s8); lo - z and hi - z lie
+ * in [-255, 255].
+ */
 static inline int8_t mcup_requantize_s8(int32_t acc, int32_t multiplier, int32_t shift,
                                         int32_t output_offset, int32_t act_min, int32_t act_max)
 {
-    int32_t v = mcup_requantize(acc, multiplier, shift) + output_offset;
-    v = v < act_min ? act_min : v;
-    v = v > act_max ? act_max : v;
-    return (int8_t)v;
+    int32_t v = mcup_requantize(acc, multiplier, shift);
+    const int32_t lo = act_min - output_offset;
+    const int32_t hi = act_max - output_offset;
+    v = v < lo ? lo : v;
+    v = v > hi ? hi : v;
+    return (int8_t)(v + output_offset);
 }
 
 /* --- fixed-point arithmetic of the int8 softmax -------------------------------------------------

@@ -8,7 +8,8 @@
  * implementation (firmware/kernels/reference/) and an optimized twin with the same name
  * (firmware/kernels/dsp/); mcuprune/model/formats.py packs the arrays, costs.py picks a format.
  * The csr8 and csr4 kernels of an op differ only in how they read a delta, so they share their
- * walk: mcup_csr_walk.h (reference) and mcup_csr_walk_dsp.h (DSP), included by those files only.
+ * walk: mcup_csr_walk.h (reference) and mcup_csr_walk_dsp.h (DSP), included by those files only;
+ * the block4 DSP kernels share mcup_block4_dsp.h.
  *
  * The weight matrix W has rows = output channels and cols = in_features (FC) or
  * k_h * k_w * in_c (conv, the dense [k_h][k_w][in_c] order flattened). Formats:
@@ -25,17 +26,30 @@
  *           delta of entry k (counted over the whole array, not per row) is the low nibble of
  *           deltas[k / 2] when k is even, the high nibble when k is odd.
  *
+ *  block4   Blocks of 1 x 4: block b of a row covers columns 4b .. 4b + 3, and there are
+ *           blocks = (cols + 3) / 4 of them (the last one padded with zero columns when cols % 4
+ *           != 0). A row stores every block holding a non-zero weight, zeros included, so any
+ *           mask is representable; the kernels are fast when masks are made of whole blocks.
+ *           values[4 * stored]: the stored blocks' weights, row-major, 4 per block (the padding
+ *           columns hold 0); block_cols[stored]: the block column b of each stored block,
+ *           strictly increasing within a row, uint8_t when blocks <= 256 else uint16_t
+ *           (mcup_block4_col_bytes: the width follows from the shape, so the structs carry none;
+ *           blocks <= 65536); row_ptr[rows + 1]: stored blocks before each row
+ *           (row_ptr[rows] = stored).
+ *
  * row_ptr elements are uint8_t, uint16_t or uint32_t (row_ptr_bytes = 1, 2 or 4): the
- * narrowest type that holds `entries`. None of the arrays needs any alignment beyond its
- * element type.
+ * narrowest type that holds `entries` (block4: `stored`). None of the arrays needs any alignment
+ * beyond its element type (the code generator aligns each to 4 bytes; the DSP kernels read 4
+ * values with one LDR, which the M4 takes at any address).
  *
  * int4 weights (the mcup_<kernel>_s4_<format> kernels; values in [-8, 7], see mcup_nn.h): mask,
  * deltas and row_ptr as above; `values` is a stream of nibbles, two per byte, value k (counted
  * over the whole array, not per row) in the low nibble of values[k / 2] when k is even, the high
  * nibble when k is odd, and a 0 high nibble after an odd count: bitmask (nnz + 1) / 2 bytes, csr8
  * and csr4 (entries + 1) / 2 bytes (fillers hold 0). A csr entry's value sits at the index its
- * csr4 delta does, so a row may start in a high nibble of both. The structs are the int8 ones
- * with values as const uint8_t *.
+ * csr4 delta does, so a row may start in a high nibble of both. block4: values[2 * stored], block
+ * k's 4 values in bytes 2k and 2k + 1 (the same stream; every block starts on a byte). The structs
+ * are the int8 ones with values as const uint8_t *.
  *
  * Scratch: as in mcup_nn.h, each kernel has a _get_buffer_size companion returning the bytes of
  * 4-byte aligned working memory the caller passes as `scratch` (0: scratch may be NULL).
@@ -97,7 +111,34 @@ typedef struct {
     mcup_quant_params q;
 } mcup_conv2d_csr_params;
 
-/* The int4 twins of the four structs above: the same fields, `values` packed two per byte. */
+/* Fully connected with block4 weights (cols = in_features). */
+typedef struct {
+    int32_t in_features;
+    int32_t out_features;
+    const int8_t *values;   /* [4 * stored]: 4 weights per stored block, its zeros included */
+    const void *block_cols; /* [stored]: uint8_t or uint16_t, see mcup_block4_col_bytes */
+    const void *row_ptr;    /* [out_features + 1] stored blocks before each row, see row_ptr_bytes */
+    int32_t row_ptr_bytes;  /* 1, 2 or 4: uint8_t, uint16_t or uint32_t elements */
+    mcup_quant_params q;
+} mcup_fc_block4_params;
+
+/* 2-D convolution with block4 weights (cols = k_h * k_w * in_c); shapes and geometry as
+ * mcup_conv2d_params. */
+typedef struct {
+    int32_t in_h, in_w, in_c;
+    int32_t out_h, out_w, out_c;
+    int32_t k_h, k_w;
+    int32_t stride_h, stride_w;
+    int32_t pad_top, pad_left;
+    int32_t dil_h, dil_w;
+    const int8_t *values;   /* [4 * stored] */
+    const void *block_cols; /* [stored]: uint8_t or uint16_t, see mcup_block4_col_bytes */
+    const void *row_ptr;    /* [out_c + 1] */
+    int32_t row_ptr_bytes;  /* 1, 2 or 4 */
+    mcup_quant_params q;
+} mcup_conv2d_block4_params;
+
+/* The int4 twins of the six structs above: the same fields, `values` packed two per byte. */
 typedef struct {
     int32_t in_features;
     int32_t out_features;
@@ -142,6 +183,30 @@ typedef struct {
     mcup_quant_params q;
 } mcup_conv2d_s4_csr_params;
 
+typedef struct {
+    int32_t in_features;
+    int32_t out_features;
+    const uint8_t *values;  /* [2 * stored]: nibbles, 4 per block */
+    const void *block_cols; /* [stored]: uint8_t or uint16_t, see mcup_block4_col_bytes */
+    const void *row_ptr;    /* [out_features + 1] */
+    int32_t row_ptr_bytes;  /* 1, 2 or 4 */
+    mcup_quant_params q;
+} mcup_fc_s4_block4_params;
+
+typedef struct {
+    int32_t in_h, in_w, in_c;
+    int32_t out_h, out_w, out_c;
+    int32_t k_h, k_w;
+    int32_t stride_h, stride_w;
+    int32_t pad_top, pad_left;
+    int32_t dil_h, dil_w;
+    const uint8_t *values;  /* [2 * stored]: nibbles, 4 per block */
+    const void *block_cols; /* [stored]: uint8_t or uint16_t, see mcup_block4_col_bytes */
+    const void *row_ptr;    /* [out_c + 1] */
+    int32_t row_ptr_bytes;  /* 1, 2 or 4 */
+    mcup_quant_params q;
+} mcup_conv2d_s4_block4_params;
+
 /*
  * Scratch bytes (4-byte aligned):
  *  - FC, reference kernels: 0;
@@ -149,6 +214,10 @@ typedef struct {
  *  - conv, reference kernels: one im2col patch as int16, 4 * ((k_h * k_w * in_c + 1) / 2);
  *  - conv, DSP kernels: two patches interleaved (one word per patch position),
  *    4 * k_h * k_w * in_c.
+ * block4 (blocks = (cols + 3) / 4, the last padded): FC, DSP: the input as int16 in the q15-pair
+ * layout of mcup_dsp.h over whole blocks, 8 * blocks; conv, reference: one int16 patch of whole
+ * blocks, 8 * blocks; conv, DSP: two such patches interleaved word by word plus an int8 copy of
+ * one patch, 20 * blocks; FC, reference: 0.
  * The int4 kernels take the same as their int8 twins.
  */
 int32_t mcup_fc_s8_bitmask_get_buffer_size(const mcup_fc_bitmask_params *p);
@@ -175,6 +244,14 @@ int32_t mcup_conv2d_s8_csr4_get_buffer_size(const mcup_conv2d_csr_params *p);
 void mcup_conv2d_s8_csr4(const mcup_conv2d_csr_params *p, const int8_t *input, int8_t *output,
                          void *scratch);
 
+int32_t mcup_fc_s8_block4_get_buffer_size(const mcup_fc_block4_params *p);
+void mcup_fc_s8_block4(const mcup_fc_block4_params *p, const int8_t *input, int8_t *output,
+                       void *scratch);
+
+int32_t mcup_conv2d_s8_block4_get_buffer_size(const mcup_conv2d_block4_params *p);
+void mcup_conv2d_s8_block4(const mcup_conv2d_block4_params *p, const int8_t *input,
+                           int8_t *output, void *scratch);
+
 int32_t mcup_fc_s4_bitmask_get_buffer_size(const mcup_fc_s4_bitmask_params *p);
 void mcup_fc_s4_bitmask(const mcup_fc_s4_bitmask_params *p, const int8_t *input, int8_t *output,
                         void *scratch);
@@ -199,6 +276,14 @@ int32_t mcup_conv2d_s4_csr4_get_buffer_size(const mcup_conv2d_s4_csr_params *p);
 void mcup_conv2d_s4_csr4(const mcup_conv2d_s4_csr_params *p, const int8_t *input,
                          int8_t *output, void *scratch);
 
+int32_t mcup_fc_s4_block4_get_buffer_size(const mcup_fc_s4_block4_params *p);
+void mcup_fc_s4_block4(const mcup_fc_s4_block4_params *p, const int8_t *input, int8_t *output,
+                       void *scratch);
+
+int32_t mcup_conv2d_s4_block4_get_buffer_size(const mcup_conv2d_s4_block4_params *p);
+void mcup_conv2d_s4_block4(const mcup_conv2d_s4_block4_params *p, const int8_t *input,
+                           int8_t *output, void *scratch);
+
 /* --- helpers shared by the sparse kernels (not part of the calling interface) ------------- */
 
 /* row_ptr[i] of a csr weight matrix whose row pointers are `bytes` wide. */
@@ -211,6 +296,22 @@ static inline int32_t mcup_sparse_row_ptr(const void *row_ptr, int32_t bytes, in
         return ((const uint16_t *)row_ptr)[i];
     }
     return (int32_t)((const uint32_t *)row_ptr)[i];
+}
+
+/* Bytes of a block4 block column for a weight matrix of `cols` columns: 1 (uint8_t) up to 256
+ * blocks of 4 columns, else 2 (uint16_t). */
+static inline int32_t mcup_block4_col_bytes(int32_t cols)
+{
+    return (cols + 3) / 4 <= 256 ? 1 : 2;
+}
+
+/* block_cols[k] of a block4 weight matrix whose block columns are `bytes` wide. */
+static inline int32_t mcup_block4_col(const void *block_cols, int32_t bytes, int32_t k)
+{
+    if (bytes == 1) {
+        return ((const uint8_t *)block_cols)[k];
+    }
+    return ((const uint16_t *)block_cols)[k];
 }
 
 /* Four bytes of a bitmask row as one word, first byte in the top bits (column 0 = bit 31). */

@@ -7,12 +7,13 @@
  * the ranges mcup_requant.h and the kernels assume for the quantization constants.
  *
  * Per weighted layer the blob holds, in this order: the weight arrays of its format (dense:
- * weights; bitmask: mask, values; csr8/csr4: values, deltas, row_ptr, empty ones included),
+ * weights; bitmask: mask, values; csr8/csr4: values, deltas, row_ptr; block4: values, block_cols,
+ * row_ptr; empty ones included),
  * then bias int32[rows], multiplier int32[rows], shift int32[rows] and
  * quant int32[4] = {input_offset, output_offset, act_min, act_max}. A layer with int4 weights
  * (weight_bits 4) has the same arrays, its weights/values packed two per byte (mcup_nn.h,
  * mcup_sparse.h): dense rows * ((cols + 1) / 2) bytes, bitmask (nnz + 1) / 2, csr
- * (entries + 1) / 2 with entries = row_ptr[rows].
+ * (entries + 1) / 2 with entries = row_ptr[rows], block4 2 * row_ptr[rows].
  */
 #ifndef MCUP_BIND_CHECK_H
 #define MCUP_BIND_CHECK_H
@@ -22,11 +23,12 @@
 #include "blob.h"
 #include "mcup_nn.h"
 
-/* Weight formats (mcuprune/sparse.py FORMATS, same order). */
+/* Weight formats (mcuprune/model/ops.py FORMATS, same order). */
 #define MCUP_FMT_DENSE 0
 #define MCUP_FMT_BITMASK 1
 #define MCUP_FMT_CSR8 2
 #define MCUP_FMT_CSR4 3
+#define MCUP_FMT_BLOCK4 4
 
 #define MCUP_BIND_QUANT_ARRAYS 4 /* bias, multiplier, shift, quant */
 
@@ -53,8 +55,9 @@ typedef struct {
     const int8_t *values;    /* bitmask, csr, int8 (NULL when empty) */
     const uint8_t *values4;  /* bitmask, csr, int4 (packed bytes; NULL when empty) */
     const uint8_t *deltas;  /* csr (NULL when empty) */
-    const void *row_ptr;    /* csr */
-    int32_t row_ptr_bytes;  /* csr: 1, 2 or 4 */
+    const void *block_cols; /* block4 (NULL when empty) */
+    const void *row_ptr;    /* csr, block4 */
+    int32_t row_ptr_bytes;  /* csr, block4: 1, 2 or 4 */
     mcup_quant_params q;
 } mcup_bound_layer;
 
@@ -73,6 +76,14 @@ int mcup_bind_table(const uint8_t *blob, const mcup_blob_header *h, uint32_t n, 
  * 0 if valid, -1 otherwise (out is then unspecified).
  */
 int mcup_bind_check_layer(const mcup_bind_layer *d, const mcup_blob_array *a, mcup_bound_layer *out);
+
+/*
+ * The largest |bias| an output that sums `terms` products of weight_bits-wide weights may have so
+ * that the int32 accumulator cannot overflow in any summation order; -1 if none can (too many
+ * terms). mcup_bind_check_layer refuses a blob whose biases exceed it (mcuprune/model/fixedpoint.py
+ * bias_limit is the twin the host checks its blobs with).
+ */
+int64_t mcup_bind_bias_limit(uint32_t terms, int32_t weight_bits);
 
 /* 0 if `a` is exactly `bytes` long, -1 otherwise. */
 int mcup_bind_check_exact(const mcup_blob_array *a, uint32_t bytes);

@@ -7,6 +7,7 @@
 #include "cobs.h"
 #include "model.h"
 #include "protocol.h"
+#include "security.h"
 #include "semihost.h"
 #include "ticks.h"
 #include "uart.h"
@@ -27,6 +28,14 @@ static const char init_failed[] = "mcuprune: mcup_init failed, INFER will answer
 #error "--params blob firmware needs MCUP_SLOTS_BASE and MCUP_SLOTS_SIZE (the board file's [slots])"
 #endif
 static const char no_blob[] = "mcuprune: no model blob could be bound, INFER will answer ERROR\r\n";
+/* The second line says who may change this device (security.h). */
+#if MCUP_SIGNED_UPDATES
+static const char authority[] = "mcuprune: signed updates, key " MCUP_UPDATE_KEY_ID_HEX
+                                "; updates, rollback, exit and file reads need its authorization\r\n";
+#else
+static const char authority[] = "mcuprune: development build (--unsigned-updates): updates unsigned, "
+                                "commands unauthenticated\r\n";
+#endif
 #endif
 
 /* One byte more than the largest request body: a frame that fills it is too long. Aligned for INFER. */
@@ -44,6 +53,8 @@ int main(void)
     mcup_uart_write(&delimiter, 1u);
 
 #ifdef MCUP_PARAMS_BLOB
+    mcup_uart_write(authority, sizeof authority - 1u);
+    mcup_uart_write(&delimiter, 1u);
     /* Bind first: mcup_init may look at the bound layers. */
     mcup_slots_init_region((uint8_t *)MCUP_SLOTS_BASE, MCUP_SLOTS_SIZE);
     if (mcup_slots_boot() != 0) {

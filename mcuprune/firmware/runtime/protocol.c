@@ -6,9 +6,12 @@
  */
 #include "protocol.h"
 
+#include <string.h>
+
 #include "cobs.h"
 #include "crc32.h"
 #include "model.h"
+#include "security.h"
 #include "semihost.h"
 #include "ticks.h"
 #include "uart.h"
@@ -37,7 +40,7 @@
 #define RESULT_MAX_BYTES \
     (RESULT_BYTES + SECTION_HEADER_BYTES + MCUP_TELEMETRY_BYTES + SECTION_HEADER_BYTES + 1u + CAPTURE_MAX_BYTES)
 #define INFO_SLOT_BYTES 17u /* state, generation, length, blob id, watermark */
-#define INFO_PARAMS_BYTES (1u + 1u + 2u * INFO_SLOT_BYTES + 4u) /* mode, active, slots, capacity */
+#define INFO_PARAMS_BYTES (1u + 1u + 2u * INFO_SLOT_BYTES + 4u + INFO_SECURITY_BYTES) /* mode, active, slots, capacity */
 #define LARGEST_CHUNK (MCUP_MAX_PAYLOAD - 4u)                   /* UPDATE_CHUNK: u32 offset, data */
 
 _Static_assert(MCUP_PENULTIMATE_SIZE > 0, "capture needs the penultimate activations");
@@ -45,7 +48,20 @@ _Static_assert(RESULT_MAX_BYTES <= MCUP_MAX_PAYLOAD,
                "RESULT with telemetry and capture sections must fit in MCUP_MAX_PAYLOAD");
 _Static_assert(MCUP_BLOB_HEADER_BYTES == 32u, "UPDATE_BEGIN carries the 32-byte header");
 #else
-#define INFO_PARAMS_BYTES 1u /* mode 0 */
+#define INFO_PARAMS_BYTES (1u + INFO_SECURITY_BYTES) /* mode 0, security */
+#endif
+
+#if MCUP_SIGNED_UPDATES
+#include "signature.h"
+#ifndef MCUP_PARAMS_BLOB
+#error "signed updates need --params blob firmware (the nonce epoch and the counter live in its slot region)"
+#endif
+/* INFO's security section: mode 1, key id, security counter, nonce (epoch, sequence). */
+#define INFO_SECURITY_BYTES (1u + MCUP_KEY_ID_BYTES + 4u + MCUP_NONCE_BYTES)
+#define AUTH 1 /* UPDATE_BEGIN, ROLLBACK, EXIT, INFER_FILE need an authorization */
+#else
+#define INFO_SECURITY_BYTES 1u /* mode 0: development, nothing needs authority */
+#define AUTH 0
 #endif
 
 _Static_assert(MCUP_INPUT_SIZE > 0, "a model takes at least one input byte");
@@ -63,8 +79,9 @@ typedef int32_t (*mcup_handler_fn)(mcup_proto_state *st, uint16_t seq, const uin
 
 typedef struct {
     uint8_t type;
-    int32_t payload_len; /* exact length required, or -1 for "the handler checks" */
+    int32_t payload_len; /* exact length required, or -1 for "the handler checks" (authorization excluded) */
     mcup_handler_fn fn;
+    uint8_t auth; /* signed builds: the payload ends with an authorization (signature.h) */
 } mcup_handler;
 
 static uint8_t reply_buf[MCUP_MAX_PAYLOAD] __attribute__((aligned(4)));
@@ -184,6 +201,61 @@ static uint32_t after_inference(mcup_proto_state *st, const int8_t *input, uint8
 
 #endif /* MCUP_PARAMS_BLOB */
 
+#if MCUP_SIGNED_UPDATES
+static uint32_t auth_seq; /* the nonce's low word: authorizations accepted since boot */
+
+static void current_nonce(uint8_t nonce[MCUP_NONCE_BYTES])
+{
+    put_u32(nonce, mcup_slots_epoch());
+    put_u32(nonce + 4, auth_seq);
+}
+
+/* INFO tail: mode 1, key id, security counter, nonce. */
+static uint32_t put_security_info(uint8_t *r)
+{
+    uint32_t n = 0;
+    r[n++] = 1u;
+    for (uint32_t i = 0; i < MCUP_KEY_ID_BYTES; i++) {
+        r[n++] = mcup_sig_key_id()[i];
+    }
+    n += put_u32(r + n, mcup_slots_security_counter());
+    current_nonce(r + n);
+    return n + MCUP_NONCE_BYTES;
+}
+
+/*
+ * The authorization at the end of a request's payload: the current nonce and the owner's signature
+ * (signature.h). On success *len loses the authorization's bytes and the nonce moves on, so the
+ * same authorization never works twice.
+ */
+static int check_authorization(uint8_t type, const uint8_t *payload, uint32_t *len)
+{
+    if (*len < MCUP_AUTH_BYTES) {
+        return MCUP_ERR_UNAUTHORISED;
+    }
+    const uint32_t n = *len - MCUP_AUTH_BYTES;
+    uint8_t nonce[MCUP_NONCE_BYTES];
+    current_nonce(nonce);
+    for (uint32_t i = 0; i < MCUP_NONCE_BYTES; i++) {
+        if (payload[n + i] != nonce[i]) {
+            return MCUP_ERR_REPLAYED; /* signed for an earlier nonce, or before a restart */
+        }
+    }
+    if (mcup_sig_check_auth(nonce, type, payload, n, payload + n + MCUP_NONCE_BYTES) != 0) {
+        return MCUP_ERR_UNAUTHORISED;
+    }
+    auth_seq++;
+    *len = n;
+    return 0;
+}
+#else
+static uint32_t put_security_info(uint8_t *r)
+{
+    r[0] = 0u; /* development: updates unsigned, nothing needs authority */
+    return 1u;
+}
+#endif
+
 static int32_t handle_info(mcup_proto_state *st, uint16_t seq, const uint8_t *payload, uint32_t len,
                            uint8_t *r)
 {
@@ -203,6 +275,7 @@ static int32_t handle_info(mcup_proto_state *st, uint16_t seq, const uint8_t *pa
     n += put_str(r + n, MCUP_BOARD_NAME);
     n += put_str(r + n, MCUP_MODEL_NAME);
     n += put_params_info(r + n);
+    n += put_security_info(r + n);
     return (int32_t)n;
 }
 
@@ -245,6 +318,47 @@ static int32_t handle_infer(mcup_proto_state *st, uint16_t seq, const uint8_t *p
 }
 
 /*
+ * Semihosting opens any file the emulator's user can read, so INFER_FILE takes only the files the
+ * host offers for it: an absolute path whose file name ends in ".bin" and whose folder's name
+ * starts with "mcuprune-offer-" (the host makes a fresh one per batch, device/link.py
+ * OFFER_PREFIX), with no "." or ".." component and no backslash or ':' (semihosting's ":tt").
+ */
+static int offered_path(const char *path, uint32_t len)
+{
+    static const char prefix[] = "mcuprune-offer-";
+    static const char suffix[] = ".bin";
+    const uint32_t n_prefix = sizeof prefix - 1u, n_suffix = sizeof suffix - 1u;
+    if (len < 2u || path[0] != '/') {
+        return 0;
+    }
+    uint32_t start = 1u; /* first byte of the component being read */
+    uint32_t parent = 0u, parent_len = 0u, name = 0u;
+    for (uint32_t i = 1u; i <= len; i++) {
+        if (i < len && (path[i] == '\\' || path[i] == ':')) {
+            return 0;
+        }
+        if (i < len && path[i] != '/') {
+            continue;
+        }
+        const uint32_t n = i - start;
+        if (n == 0u || (path[start] == '.' && (n == 1u || (n == 2u && path[start + 1u] == '.')))) {
+            return 0; /* empty, "." or ".." */
+        }
+        if (i < len) {
+            parent = start;
+            parent_len = n;
+        } else {
+            name = start;
+        }
+        start = i + 1u;
+    }
+    if (parent_len <= n_prefix || len - name <= n_suffix) {
+        return 0;
+    }
+    return memcmp(path + parent, prefix, n_prefix) == 0 && memcmp(path + len - n_suffix, suffix, n_suffix) == 0;
+}
+
+/*
  * INFER_FILE: QEMU's UART model takes one byte per emulator main-loop turn (tens of us), so
  * inputs are the slow direction. Here they come from a host file through semihosting instead,
  * MCUP_INPUT_SIZE bytes each; results go back over the UART as RESULT frames numbered seq+1,
@@ -260,6 +374,9 @@ static int32_t handle_infer_file(mcup_proto_state *st, uint16_t seq, const uint8
     uint32_t path_len = 0;
     while (path[path_len] != '\0') {
         path_len++;
+    }
+    if (!offered_path(path, path_len)) {
+        return -MCUP_ERR_IO; /* not a file the host offered: never opened */
     }
     const uint32_t count = get_u32(payload);
     const int32_t handle = mcup_semihost_open_read(path, path_len);
@@ -407,19 +524,21 @@ static int32_t handle_rollback(mcup_proto_state *st, uint16_t seq, const uint8_t
 
 #endif /* MCUP_PARAMS_BLOB */
 
+/* UPDATE_CHUNK and UPDATE_COMMIT need no authorization of their own: they only act on the update an
+ * authorised UPDATE_BEGIN opened, and the commit verifies the blob's signature. */
 static const mcup_handler handlers[] = {
-    {MCUP_MSG_INFO, 0, handle_info},
-    {MCUP_MSG_INFER, MCUP_INPUT_SIZE, handle_infer},
+    {MCUP_MSG_INFO, 0, handle_info, 0},
+    {MCUP_MSG_INFER, MCUP_INPUT_SIZE, handle_infer, 0},
 #ifdef MCUP_PARAMS_BLOB
-    {MCUP_MSG_TELEMETRY, 1, handle_telemetry},
-    {MCUP_MSG_CAPTURE, 3, handle_capture},
-    {MCUP_MSG_UPDATE_BEGIN, MCUP_BLOB_HEADER_BYTES, handle_update_begin},
-    {MCUP_MSG_UPDATE_CHUNK, -1, handle_update_chunk},
-    {MCUP_MSG_UPDATE_COMMIT, 4, handle_update_commit},
-    {MCUP_MSG_ROLLBACK, 0, handle_rollback},
+    {MCUP_MSG_TELEMETRY, 1, handle_telemetry, 0},
+    {MCUP_MSG_CAPTURE, 3, handle_capture, 0},
+    {MCUP_MSG_UPDATE_BEGIN, MCUP_BLOB_HEADER_BYTES, handle_update_begin, AUTH},
+    {MCUP_MSG_UPDATE_CHUNK, -1, handle_update_chunk, 0},
+    {MCUP_MSG_UPDATE_COMMIT, 4, handle_update_commit, 0},
+    {MCUP_MSG_ROLLBACK, 0, handle_rollback, AUTH},
 #endif
-    {MCUP_MSG_INFER_FILE, -1, handle_infer_file},
-    {MCUP_MSG_EXIT, 1, handle_exit},
+    {MCUP_MSG_INFER_FILE, -1, handle_infer_file, AUTH},
+    {MCUP_MSG_EXIT, 1, handle_exit, AUTH},
 };
 
 static void uart_put(const void *data, uint32_t len)
@@ -464,7 +583,7 @@ void mcup_proto_handle(mcup_proto_state *st, const uint8_t *body, uint32_t len, 
         send_error(seq, MCUP_ERR_BAD_LENGTH, type);
         return;
     }
-    const uint32_t payload_len = len - MCUP_FRAME_OVERHEAD;
+    const uint32_t body_payload_len = len - MCUP_FRAME_OVERHEAD;
     if (mcup_crc32(0u, body, len - 4u) != get_u32(body + len - 4u)) {
         send_error(seq, MCUP_ERR_BAD_CRC, type);
         return;
@@ -484,6 +603,16 @@ void mcup_proto_handle(mcup_proto_state *st, const uint8_t *body, uint32_t len, 
         send_error(seq, MCUP_ERR_UNKNOWN_TYPE, type);
         return;
     }
+    uint32_t payload_len = body_payload_len;
+#if MCUP_SIGNED_UPDATES
+    if (h->auth) {
+        const int rc = check_authorization(type, body + MCUP_FRAME_HEADER, &payload_len);
+        if (rc != 0) {
+            send_error(seq, (uint8_t)rc, type);
+            return;
+        }
+    }
+#endif
     if (h->payload_len >= 0 && payload_len != (uint32_t)h->payload_len) {
         send_error(seq, MCUP_ERR_BAD_LENGTH, type);
         return;

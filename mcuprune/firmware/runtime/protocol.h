@@ -61,6 +61,13 @@ enum mcup_error_code {
     MCUP_ERR_INCOMPLETE = 12,   /* UPDATE_COMMIT before the watermark reached the length */
     MCUP_ERR_NO_ROLLBACK = 13,  /* ROLLBACK with no other valid slot */
     MCUP_ERR_NO_MONITOR = 14,   /* reserved */
+    /* Signed builds (security.h, signature.h): */
+    MCUP_ERR_UNSIGNED = 15,      /* UPDATE_COMMIT: the blob carries no signature */
+    MCUP_ERR_WRONG_KEY = 16,     /* UPDATE_COMMIT: the blob is signed with another key */
+    MCUP_ERR_BAD_SIGNATURE = 17, /* UPDATE_COMMIT: the signature does not verify (blob changed or forged) */
+    MCUP_ERR_OLD_COUNTER = 18,   /* UPDATE_COMMIT, ROLLBACK: security counter below the device's */
+    MCUP_ERR_REPLAYED = 19,      /* authorization for another nonce (recorded, or the device restarted) */
+    MCUP_ERR_UNAUTHORISED = 20,  /* a command that needs authority came without a valid authorization */
 };
 
 /* Params modes in INFO. */

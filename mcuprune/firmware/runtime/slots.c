@@ -14,6 +14,10 @@
 #include "blob.h"
 #include "crc32.h"
 #include "protocol.h"
+#include "security.h"
+#if MCUP_SIGNED_UPDATES
+#include "signature.h"
+#endif
 
 _Static_assert(sizeof(mcup_slot_record) == MCUP_SLOT_RECORD_CRC_BYTES + 4u, "record: 9 u32, no padding");
 _Static_assert(sizeof(mcup_slot_record) <= MCUP_SLOT_RECORD_STRIDE, "record must fit its 64 bytes");
@@ -24,6 +28,104 @@ static uint32_t capacity; /* bytes per slot data area */
 static mcup_slot_record records[2]; /* each record as last read or written (zeros: EMPTY) */
 static uint8_t active = MCUP_SLOT_NONE;    /* slot whose blob is bound */
 static uint8_t open_slot = MCUP_SLOT_NONE; /* slot of the update in progress */
+
+#if MCUP_SIGNED_UPDATES
+/*
+ * The security record: the device's security counter (the highest counter of any blob it
+ * committed; blobs and rollback targets below it are refused) and its boot epoch (the high word
+ * of the authorization nonce, +1 at every boot). Two copies at region + 128 and + 192, each
+ * written body first, CRC last, alternately: a torn write leaves the other, older copy, and both
+ * values only ever grow, so a power cut never makes them smaller than before the write started.
+ */
+#define SECURITY_MAGIC 0x4353434Du /* "MCSC" */
+#define SECURITY_OFFSET 128u
+#define SECURITY_CRC_BYTES 16u
+typedef struct {
+    uint32_t magic;
+    uint32_t seq; /* which copy is newer */
+    uint32_t counter;
+    uint32_t epoch;
+    uint32_t crc; /* CRC-32 of the 16 bytes above */
+} security_record;
+_Static_assert(SECURITY_OFFSET + 2u * 64u <= MCUP_SLOT_DATA_OFFSET, "security records before the data");
+static security_record security;   /* the newest valid copy (zeros: none) */
+static uint32_t slot_counter[2];   /* security counter of each slot's blob, once verified */
+
+static uint8_t *security_addr(uint32_t copy)
+{
+    return region + SECURITY_OFFSET + copy * 64u;
+}
+
+static void read_security(void)
+{
+    memset(&security, 0, sizeof security);
+    for (uint32_t copy = 0; copy < 2u; copy++) {
+        security_record r;
+        memcpy(&r, security_addr(copy), sizeof r);
+        if (r.magic == SECURITY_MAGIC && mcup_crc32(0u, &r, SECURITY_CRC_BYTES) == r.crc &&
+            (security.magic == 0u || r.seq > security.seq)) {
+            security = r;
+        }
+    }
+}
+
+/* Store `counter` and `epoch` (never smaller than before) into the older copy. */
+static void write_security(uint32_t counter, uint32_t epoch)
+{
+    security_record r = security;
+    r.magic = SECURITY_MAGIC;
+    r.seq = security.seq + 1u;
+    r.counter = counter;
+    r.epoch = epoch;
+    r.crc = mcup_crc32(0u, &r, SECURITY_CRC_BYTES);
+    uint8_t *dst = security_addr(r.seq & 1u);
+    mcup_store_write(dst, &r, SECURITY_CRC_BYTES);
+    mcup_store_write(dst + SECURITY_CRC_BYTES, &r.crc, 4u);
+    security = r;
+}
+
+/* The lowest counter a blob may have to be served: the stored counter, or the active blob's if a
+ * power cut came between the switch to it and the store that raises the stored one. */
+static uint32_t counter_floor(void)
+{
+    const uint32_t active_counter = active == MCUP_SLOT_NONE ? 0u : slot_counter[active];
+    return security.counter > active_counter ? security.counter : active_counter;
+}
+
+uint32_t mcup_slots_security_counter(void)
+{
+    return counter_floor();
+}
+
+uint32_t mcup_slots_epoch(void)
+{
+    return security.epoch;
+}
+
+/* The signature and the counter of the blob in `slot` (or, slot 2, the factory blob at `blob`). */
+static int check_signature(const uint8_t *blob, const mcup_blob_header *h, uint32_t slot)
+{
+    uint32_t counter = 0;
+    const int rc = mcup_sig_check_blob(blob, h->length, h->reserved, &counter);
+    if (rc != 0) {
+        return rc;
+    }
+    if (counter < counter_floor()) {
+        return MCUP_ERR_OLD_COUNTER;
+    }
+    if (slot < 2u) {
+        slot_counter[slot] = counter;
+    }
+    return 0;
+}
+
+/* A refusal that says nothing about damage: the blob is intact but not acceptable (here). */
+static int is_authority_error(int rc)
+{
+    return rc == MCUP_ERR_UNSIGNED || rc == MCUP_ERR_WRONG_KEY || rc == MCUP_ERR_BAD_SIGNATURE ||
+           rc == MCUP_ERR_OLD_COUNTER;
+}
+#endif /* MCUP_SIGNED_UPDATES */
 
 __attribute__((weak)) void mcup_store_write(void *dst, const void *src, uint32_t n)
 {
@@ -112,6 +214,13 @@ static int check_slot(uint32_t slot, int bind, mcup_blob_header *h)
     if (!mcup_blob_data_ok(blob, h)) {
         return MCUP_ERR_BAD_BLOB_CRC;
     }
+#if MCUP_SIGNED_UPDATES
+    /* Before anything reads the arrays: what is not the owner's is never bound. */
+    const int sig = check_signature(blob, h, slot);
+    if (sig != 0) {
+        return sig;
+    }
+#endif
     if (mcup_bind(blob, h, bind) != 0) {
         return MCUP_ERR_BAD_BLOB;
     }
@@ -167,7 +276,16 @@ static int install_factory(void)
     }
     /* Check it in flash first: a broken factory blob must not be copied again at every boot. */
     if (h.length != (uint32_t)MCUP_FACTORY_BLOB_BYTES || h.arch_hash != (uint32_t)MCUP_ARCH_HASH ||
-        !mcup_blob_data_ok(blob, &h) || mcup_bind(blob, &h, 0) != 0) {
+        !mcup_blob_data_ok(blob, &h)) {
+        return MCUP_ERR_BAD_BLOB;
+    }
+#if MCUP_SIGNED_UPDATES
+    rc = check_signature(blob, &h, 2u); /* below the security counter: not installed again */
+    if (rc != 0) {
+        return rc;
+    }
+#endif
+    if (mcup_bind(blob, &h, 0) != 0) {
         return MCUP_ERR_BAD_BLOB;
     }
     open_write(0u, blob, &h);
@@ -200,6 +318,13 @@ int mcup_slots_boot(void)
     if (capacity == 0u) {
         return MCUP_ERR_MODEL;
     }
+#if MCUP_SIGNED_UPDATES
+    read_security();
+    slot_counter[0] = slot_counter[1] = 0u;
+    /* A new epoch before any nonce is handed out: an authorization recorded before this boot is
+     * stale. A cut tearing this store leaves the old epoch, which no nonce of this boot used. */
+    write_security(security.counter, security.epoch + 1u);
+#endif
     read_record(0u);
     read_record(1u);
     /* Newest first; on equal generations A first. */
@@ -210,10 +335,16 @@ int mcup_slots_boot(void)
             continue; /* blobs of another architecture stay as they are, for that firmware */
         }
         mcup_blob_header h;
-        if (check_slot(slot, 1, &h) == 0) {
+        const int rc = check_slot(slot, 1, &h);
+        if (rc == 0) {
             active = (uint8_t)slot;
             return 0;
         }
+#if MCUP_SIGNED_UPDATES
+        if (is_authority_error(rc)) {
+            continue; /* intact, but not this owner's or below the counter: never served, kept as is */
+        }
+#endif
         mark_invalid(slot); /* its data is damaged: it can never verify again */
     }
     return install_factory();
@@ -292,7 +423,15 @@ int mcup_slots_commit(uint32_t blob_id)
         return rc;
     }
     const uint32_t generation = (active == MCUP_SLOT_NONE ? 0u : records[active].generation) + 1u;
-    return switch_to(slot, generation, &h, MCUP_ERR_BAD_BLOB);
+    rc = switch_to(slot, generation, &h, MCUP_ERR_BAD_BLOB);
+#if MCUP_SIGNED_UPDATES
+    /* After the switch: a cut before this store leaves the new blob active, and counter_floor()
+     * counts the active blob's counter, so nothing below it is accepted in the meantime. */
+    if (rc == 0 && slot_counter[slot] > security.counter) {
+        write_security(slot_counter[slot], security.epoch);
+    }
+#endif
+    return rc;
 }
 
 int mcup_slots_rollback(void)
@@ -305,7 +444,13 @@ int mcup_slots_rollback(void)
         return MCUP_ERR_NO_ROLLBACK;
     }
     mcup_blob_header h;
-    if (check_slot(other, 0, &h) != 0) {
+    const int rc = check_slot(other, 0, &h);
+#if MCUP_SIGNED_UPDATES
+    if (rc == MCUP_ERR_OLD_COUNTER) {
+        return rc; /* the rollback would go below the security counter */
+    }
+#endif
+    if (rc != 0) {
         return MCUP_ERR_NO_ROLLBACK;
     }
     return switch_to(other, records[active].generation + 1u, &h, MCUP_ERR_NO_ROLLBACK);

@@ -92,4 +92,10 @@ void mcup_slots_record(uint32_t slot, mcup_slot_record *out);
 /* Bytes per slot data area (0 if the region is too small for two slots). */
 uint32_t mcup_slots_capacity(void);
 
+/* Signed builds (security.h) only: the security counter below which no blob is committed, booted
+ * or rolled back to, and the boot epoch (the high word of the authorization nonce). Both are kept
+ * in the slot region and survive power cuts (slots.c, "security record"). */
+uint32_t mcup_slots_security_counter(void);
+uint32_t mcup_slots_epoch(void);
+
 #endif /* MCUP_SLOTS_H */
