@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
+from matplotlib.ticker import EngFormatter
 
 from mcuprune.device.qemu import QemuDevice
 from mcuprune.errors import UserError
@@ -196,7 +197,8 @@ def plot_tradeoff(rows: list[tuple[str, Evaluation]], path: Path, title: str = "
         if reference is not None:
             ax.axhline(100 * reference, color="grey", lw=1, label="fp32 accuracy of the dense model")
             ax.axhline(100 * reference - 0.5, color="grey", ls="--", lw=1, label="fp32 − 0.5 pp")
-        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 26k, 1.1M: plain numbers on a linear axis
+        ax.set_xlim(left=0)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("device accuracy (%)")
         ax.grid(True, which="both", alpha=0.3)
