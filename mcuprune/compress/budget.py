@@ -13,7 +13,7 @@ budgets pick one candidate per layer:
   hundreds, so no byte grid is needed.
 
 Bytes are what the layer emits: packed weights in the smallest format (formats.py's
-``format_bytes``; dense, bitmask, csr8 or csr4) plus the int32 bias, multiplier and shift of each
+``format_bytes``; one of ops.FORMATS) plus the int32 bias, multiplier and shift of each
 output channel. During planning a candidate's bytes are counted from its *mask* (every kept
 weight assumed non-zero). That is an upper bound of what the fine-tuned, re-quantized layer
 emits: a kept weight that quantizes to 0 is dropped by every format, and dropping a non-zero
@@ -30,9 +30,8 @@ import numpy as np
 
 from mcuprune.errors import UserError
 from mcuprune.model.costs import choose_formats
-from mcuprune.model.formats import format_bytes, layer_bytes
+from mcuprune.model.formats import format_sizes, layer_bytes
 from mcuprune.model.ir import FloatModel, QParams, QuantLayer
-from mcuprune.model.ops import FORMATS
 from mcuprune.quantize import quantize_weights
 
 QUANT_BYTES_PER_CHANNEL = 12  # int32 bias + int32 multiplier + int32 shift
@@ -40,7 +39,7 @@ QUANT_BYTES_PER_CHANNEL = 12  # int32 bias + int32 multiplier + int32 shift
 
 def _format_sizes(weights_masked: np.ndarray, bits: int = 8) -> dict[str, int]:
     """Bytes of the packed weight arrays per format (formats.py) for `bits`-wide weights."""
-    return {fmt: format_bytes(weights_masked, fmt, bits) for fmt in FORMATS}
+    return format_sizes(weights_masked, bits)
 
 
 def best_format(weights_masked: np.ndarray, bits: int = 8) -> str:

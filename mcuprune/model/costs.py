@@ -26,7 +26,7 @@ from mcuprune.model.formats import (
     MAX_DELTA,
     block_layout,
     csr_layout,
-    format_bytes,
+    format_sizes,
     quant_bytes,
     require_weights,
     weight_matrix,
@@ -498,7 +498,7 @@ def choose_format(layer: QuantLayer, variant: str = "dsp", objective: str = "fas
     `core` defaults to the core the variant is tuned for (DEFAULT_CORE). The formats are those of
     the layer's own width (``weight_bits``): bytes and speed of the int4 kernels for an int4 layer.
     """
-    sizes = {fmt: format_bytes(layer.weights, fmt, layer.weight_bits) for fmt in FORMATS}
+    sizes = format_sizes(layer.weights, layer.weight_bits)
     return min(_candidates(layer, variant, objective, core), key=lambda fmt: (sizes[fmt], FORMATS.index(fmt)))
 
 
@@ -522,8 +522,7 @@ def choose_formats(
     """
     weighted = [layer for layer in layers if layer.weights is not None]
     options = {layer.name: _candidates(layer, variant, objective, core) for layer in weighted}
-    sizes = {layer.name: {fmt: format_bytes(layer.weights, fmt, layer.weight_bits) for fmt in FORMATS}
-             for layer in weighted}  # fmt: skip
+    sizes = {layer.name: format_sizes(layer.weights, layer.weight_bits) for layer in weighted}
     choice: dict[str, str] = {}
     groups = [(spec.op, bits) for spec in OPS.values() if spec.weighted for bits in WEIGHT_BITS]
     for op, width in groups:
@@ -565,8 +564,7 @@ def fit_byte_budget(layers: list[QuantLayer], choice: dict[str, str], byte_budge
     (the caller decides what to do with a model that still does not fit).
     """
     choice = dict(choice)
-    sizes = {layer.name: {fmt: format_bytes(layer.weights, fmt, layer.weight_bits) for fmt in FORMATS}
-             for layer in layers}  # fmt: skip
+    sizes = {layer.name: format_sizes(layer.weights, layer.weight_bits) for layer in layers}
     cost = {layer.name: {fmt: predict_instructions(layer, fmt, variant, core) for fmt in FORMATS} for layer in layers}
     total = sum(sizes[layer.name][choice[layer.name]] + quant_bytes(layer) for layer in layers)
     while total > byte_budget:

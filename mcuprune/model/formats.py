@@ -360,6 +360,11 @@ def _unpack_block4(packed: PackedWeights) -> np.ndarray:
 # --- byte accounting ------------------------------------------------------------------------
 
 
+def format_sizes(weights: np.ndarray, bits: int = 8) -> dict[str, int]:
+    """format_bytes of the weights in every format, by format name."""
+    return {fmt: format_bytes(weights, fmt, bits) for fmt in FORMATS}
+
+
 def format_bytes(weights: np.ndarray, fmt: str, bits: int = 8) -> int:
     """Bytes of the packed weight arrays (== pack(weights, fmt, bits).nbytes, without packing), `bits`
     the weight width (8, or 4: values two per byte, dense rows starting on a byte)."""
