@@ -40,6 +40,7 @@ from mcuprune.device.messages import (
     ErrorCode,
     ErrorReply,
     InferResult,
+    LabelReply,
     MsgType,
     ParamsMode,
     SlotState,
@@ -50,6 +51,8 @@ from mcuprune.device.messages import (
     pack_capture_request,
     pack_error,
     pack_info,
+    pack_label,
+    pack_label_reply,
     pack_result,
     pack_slot_switch,
     pack_telemetry_record,
@@ -64,6 +67,8 @@ from mcuprune.device.messages import (
     unpack_capture_request,
     unpack_error,
     unpack_info,
+    unpack_label,
+    unpack_label_reply,
     unpack_result,
     unpack_rollback,
     unpack_slot_switch,
@@ -228,7 +233,7 @@ def test_reader_fuzz_never_raises(chunks: list[bytes]) -> None:
 @settings(max_examples=300)
 @given(st.binary(max_size=80))
 def test_parsers_fuzz_raise_only_frame_error(data: bytes) -> None:
-    for parse in (decode_frame, decode_body, unpack_info, unpack_error,
+    for parse in (decode_frame, decode_body, unpack_info, unpack_error, unpack_label, unpack_label_reply,
                   lambda d: unpack_result(d, 10, 2)):
         try:
             parse(data)
@@ -277,10 +282,10 @@ DOC = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_tex
 def test_message_types_and_error_codes_match_the_doc() -> None:
     types = {name: int(code, 16) for code, name in re.findall(r"^\| `(0x[0-9A-F]{2})` \| (\w+) \|", DOC, re.M)}
     assert {name: int(MsgType[name]) for name in types} == types
-    assert {"TELEMETRY", "CAPTURE", "UPDATE_BEGIN", "UPDATE_CHUNK", "UPDATE_COMMIT", "ROLLBACK"} <= set(types)
+    assert {"TELEMETRY", "CAPTURE", "UPDATE_BEGIN", "UPDATE_CHUNK", "UPDATE_COMMIT", "ROLLBACK", "LABEL"} <= set(types)
     codes = {name: int(code) for code, name in re.findall(r"^\| (\d+) \| ([A-Z_]+) \|", DOC, re.M)}
     assert {name: int(ErrorCode[name]) for name in codes} == codes
-    assert len(codes) == 20
+    assert len(codes) == 21
 
 
 SLOTS = (SlotState(SlotStatus.VALID, 3, 5000, 0xDEADBEEF, 5000), SlotState(SlotStatus.WRITING, 2, 6000, 0x1234, 2080))
@@ -399,6 +404,40 @@ def test_capture_messages() -> None:
         unpack_capture_request(b"\x03\x01\x00")
     with pytest.raises(FrameError, match="expected 5"):
         unpack_capture_reply(b"\x00\x01\x00\x10")
+
+
+def test_label_messages_wire_layout() -> None:
+    assert pack_label(0x01020304, 7) == b"\x04\x03\x02\x01\x07"
+    assert unpack_label(pack_label(2**32 - 1, 255)) == (2**32 - 1, 255)
+    counted = LabelReply(sample_id=300, label=3, counted=True, served_top1=5, labeled=9, correct=4)
+    assert pack_label_reply(counted) == struct.pack("<IBBBII", 300, 3, 0, 5, 9, 4)
+    assert len(pack_label_reply(counted)) == 15
+    assert unpack_label_reply(pack_label_reply(counted)) == counted
+    unknown = LabelReply(sample_id=1, label=0, counted=False, served_top1=None, labeled=9, correct=4)
+    assert pack_label_reply(unknown) == struct.pack("<IBBBII", 1, 0, 1, 0xFF, 9, 4)
+    assert unpack_label_reply(pack_label_reply(unknown)) == unknown
+    for sample_id, label in ((-1, 0), (2**32, 0), (0, 256), (0, -1)):
+        with pytest.raises(ValueError):
+            pack_label(sample_id, label)
+    for reply in (replace(counted, served_top1=None), replace(unknown, served_top1=2)):
+        with pytest.raises(ValueError, match="served top1"):
+            pack_label_reply(reply)
+
+
+@pytest.mark.parametrize(
+    ("parse", "payload", "message"),
+    [
+        (unpack_label, b"\x01\x00\x00\x00", "expected 5"),
+        (unpack_label, bytes(6), "expected 5"),
+        (unpack_label_reply, bytes(14), "expected 15"),
+        (unpack_label_reply, bytes(16), "expected 15"),
+        (unpack_label_reply, struct.pack("<IBBBII", 1, 0, 2, 0xFF, 0, 0), "status 2"),
+        (unpack_label_reply, struct.pack("<IBBBII", 1, 0, 1, 3, 0, 0), "top1 3"),
+    ],
+)
+def test_label_messages_reject_malformed(parse, payload: bytes, message: str) -> None:  # noqa: ANN001
+    with pytest.raises(FrameError, match=message):
+        parse(payload)
 
 
 def test_update_messages_wire_layout() -> None:

@@ -9,7 +9,7 @@ mcuprune.device.messages, so both sides of the wire format are checked against e
   everything the device writes is a well-formed reply frame;
 * for the valid frames, every request gets exactly the reply a small model of the device predicts:
   each well-formed but wrong request an ERROR with the right code;
-* a scripted session: INFO, TELEMETRY, CAPTURE, an update, rollbacks, their errors.
+* a scripted session: INFO, TELEMETRY, CAPTURE, an update, rollbacks, LABEL, their errors.
 """
 
 from __future__ import annotations
@@ -26,13 +26,16 @@ from test_slots_c import C_DIR, RUNTIME, TEST_CAPACITY, fake_arrays, fake_blobs,
 
 from mcuprune.device.frames import MAX_PAYLOAD, Frame, FrameReader, cobs_encode, crc32
 from mcuprune.device.messages import (
+    LABEL_RING,
     ErrorCode,
+    LabelReply,
     MsgType,
     ParamsMode,
     SlotStatus,
     unpack_capture_reply,
     unpack_error,
     unpack_info,
+    unpack_label_reply,
     unpack_result,
     unpack_slot_switch,
     unpack_telemetry_reply,
@@ -75,7 +78,7 @@ def serve(exe: Path, wire: bytes) -> list[Frame]:
         assert f.type == MsgType.ERROR or 0x81 <= f.type <= 0x8F, f
         if f.type == MsgType.ERROR:
             code = unpack_error(f.payload).code
-            assert 1 <= code <= 13, f
+            assert 1 <= code <= 13 or code == ErrorCode.BAD_LABEL, f
     return frames
 
 
@@ -91,11 +94,11 @@ def test_crc_check_value_pinned_in_c(harness: Path) -> None:
 
 
 def test_static_build_has_no_blob_messages(tmp_path: Path) -> None:
-    """Static parameters: INFO ends in params mode 0, types 0x03..0x08 are unknown, RESULTs bare."""
+    """Static parameters: INFO ends in params mode 0, types 0x03..0x09 are unknown, RESULTs bare."""
     exe = _build(tmp_path, "proto_harness_static", "FAKE_STATIC_PARAMS")
     x = bytes(range(FAKE_INPUT))
-    script = [(0x01, b""), (0x02, x)] + [(t, p) for t in range(0x03, 0x09)
-                                          for p in (b"", b"\x01", b"\x00\x01\x00", bytes(32), bytes(8))]
+    script = [(0x01, b""), (0x02, x)] + [(t, p) for t in range(0x03, 0x0A)
+                                          for p in (b"", b"\x01", b"\x00\x01\x00", bytes(32), bytes(8), bytes(5))]
     frames = serve(exe, b"".join(wire_body(1, t, i, p) for i, (t, p) in enumerate(script)))
     assert [f.seq for f in frames] == list(range(len(script)))
     info = frames[0].payload
@@ -134,6 +137,9 @@ class Model:
     inferences: int = 0
     update_open: bool = False
     current: bytes = b""  # blob of the open update
+    served: dict[int, int] = field(default_factory=dict)  # LABEL's ring: sample id -> top1, the last 256
+    labeled: int = 0
+    correct: int = 0
     stats: dict = field(default_factory=dict)
 
     def result_check(self, payload: bytes) -> None:
@@ -148,6 +154,8 @@ class Model:
         assert (r.telemetry is not None) == bool(self.telemetry_on)
         if r.telemetry is not None:
             assert r.telemetry["count"] == self.inferences % 2**32 and r.telemetry["top1"] == r.predicted
+        self.served[self.inferences] = r.predicted
+        self.served.pop(self.inferences - LABEL_RING, None)
         assert (r.capture is not None) == bool(self.capture_left)
         if self.capture_left:
             assert r.capture[0] == self.capture_which
@@ -162,16 +170,19 @@ def _rand_bytes(rng: np.random.Generator, n: int) -> bytes:
 class Gen:
     blobs: dict[str, bytes]
     current: bytes = b""  # the blob of the last good UPDATE_BEGIN: chunks mostly come from it
+    infers: int = 0  # INFERs generated: about the device's count, for LABEL ids that hit the ring
 
 
 def random_request(rng: np.random.Generator, g: Gen) -> tuple[int, bytes]:
     """A message type and payload: mostly plausible, often wrong in one way or another."""
     if rng.random() < 0.07:  # any type at all, any short payload
         return int(rng.integers(0, 256)), _rand_bytes(rng, int(rng.choice([0, 1, 3, 4, 5, 32, 33, 200])))
-    t = int(rng.choice([0x01, 0x02, 0x02, 0x03, 0x04, 0x05, 0x05, 0x06, 0x06, 0x06, 0x06, 0x07, 0x08, 0x0E, 0x0F]))
+    t = int(rng.choice([0x01, 0x02, 0x02, 0x03, 0x04, 0x05, 0x05, 0x06, 0x06, 0x06, 0x06, 0x07, 0x08, 0x09, 0x0E,
+                        0x0F]))
     if t == 0x01:
         return t, b"" if rng.random() < 0.9 else _rand_bytes(rng, 1)
     if t == 0x02:
+        g.infers += 1
         n = FAKE_INPUT if rng.random() < 0.9 else int(rng.integers(0, 64))
         return t, ((b"FAIL" if rng.random() < 0.1 else b"") + _rand_bytes(rng, n))[:n]
     if t == 0x03:
@@ -202,6 +213,11 @@ def random_request(rng: np.random.Generator, g: Gen) -> tuple[int, bytes]:
         return t, p[:3] if rng.random() < 0.05 else p
     if t == 0x08:
         return t, b"" if rng.random() < 0.95 else b"\x01"
+    if t == 0x09:  # mostly recent samples (some pushed out of the ring by now), any class, any id
+        sample_id = (g.infers - int(rng.integers(0, 2 * LABEL_RING))) % 2**32 if rng.random() < 0.9 \
+            else int(rng.integers(0, 2**32))
+        p = struct.pack("<IB", sample_id, int(rng.choice([0, 1, 2, 3, 3, FAKE_OUTPUT, 255])))
+        return t, p[:4] if rng.random() < 0.03 else p
     if t == 0x0E:
         path = [FAKE_FILE, FAKE_FILE, b"nofile", b"me\x00m", *UNOFFERED][int(rng.integers(0, 4 + len(UNOFFERED)))]
         p = struct.pack("<I", int(rng.integers(0, FILE_INPUTS + 2))) + path + b"\x00"
@@ -209,7 +225,7 @@ def random_request(rng: np.random.Generator, g: Gen) -> tuple[int, bytes]:
     return t, bytes([int(rng.integers(0, 256))]) if rng.random() < 0.95 else b""  # EXIT
 
 
-FIXED_LENGTH = {0x01: 0, 0x02: FAKE_INPUT, 0x03: 1, 0x04: 3, 0x05: 32, 0x07: 4, 0x08: 0, 0x0F: 1}
+FIXED_LENGTH = {0x01: 0, 0x02: FAKE_INPUT, 0x03: 1, 0x04: 3, 0x05: 32, 0x07: 4, 0x08: 0, 0x09: 5, 0x0F: 1}
 KNOWN_TYPES = set(FIXED_LENGTH) | {0x06, 0x0E}
 
 
@@ -328,6 +344,22 @@ def predict(m: Model, t: int, p: bytes, seq: int, fault: str | None = None) -> E
                 unpack_slot_switch(payload)
                 m.stats["rollbacks"] = m.stats.get("rollbacks", 0) + 1
         return Expect(seq, 0x88, codes=(ErrorCode.NO_ROLLBACK,), check=after_rollback)
+    if t == 0x09:
+        sample_id, label = struct.unpack("<IB", p)
+        if label >= FAKE_OUTPUT:
+            return err(ErrorCode.BAD_LABEL)
+        top1 = m.served.get(sample_id)
+        if top1 is not None:
+            m.labeled, m.correct = m.labeled + 1, m.correct + (label == top1)
+        m.stats["label_counted" if top1 is not None else "label_unknown"] = \
+            m.stats.get("label_counted" if top1 is not None else "label_unknown", 0) + 1
+        expected = struct.pack("<IBBBII", sample_id, label, top1 is None, 0xFF if top1 is None else top1,
+                               m.labeled, m.correct)
+
+        def check_label(payload: bytes) -> None:
+            assert payload == expected
+            unpack_label_reply(payload)
+        return Expect(seq, 0x89, check=check_label)
     if t == 0x0E:
         if len(p) < 6 or p[-1] != 0:
             return err(ErrorCode.BAD_LENGTH)
@@ -395,9 +427,10 @@ def test_valid_frames_of_every_type_get_the_predicted_reply(harness: Path) -> No
     # The stream reached every error code the handlers give and every kind of success.
     assert {ErrorCode.BAD_CRC, ErrorCode.BAD_VERSION, ErrorCode.UNKNOWN_TYPE, ErrorCode.BAD_LENGTH,
             ErrorCode.TOO_LONG, ErrorCode.MODEL_FAILED, ErrorCode.IO, ErrorCode.ARCH_MISMATCH, ErrorCode.BAD_BLOB,
-            ErrorCode.NO_UPDATE, ErrorCode.NO_ROLLBACK} <= set(m.stats)
+            ErrorCode.NO_UPDATE, ErrorCode.NO_ROLLBACK, ErrorCode.BAD_LABEL} <= set(m.stats)
     assert m.stats.get("commits", 0) > 0 and m.stats.get("rollbacks", 0) > 0
-    assert {0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x8E, 0x8F, 0xFF} <= {f.type for f in frames}
+    assert m.stats.get("label_counted", 0) > 0 and m.stats.get("label_unknown", 0) > 0 and m.correct > 0
+    assert {0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8E, 0x8F, 0xFF} <= {f.type for f in frames}
 
 
 def test_random_bytes(harness: Path) -> None:
@@ -486,6 +519,11 @@ def test_scripted_session(harness: Path) -> None:
     def chunk(offset: int, data: bytes) -> bytes:
         return struct.pack("<I", offset) + data
 
+    # LABEL's sample ids are the RESULTs' counts: 1 is step 1's (factory), 9 step 36's (new parameters).
+    top1_factory = int(np.argmax(fake_logits(factory_arrays, x)))
+    top1_new = int(np.argmax(fake_logits(new_arrays, x)))
+    wrong = (top1_factory + 1) % FAKE_OUTPUT
+
     script: list[tuple[int, bytes]] = [
         (0x01, b""),                                   # 0 INFO
         (0x02, x.tobytes()),                           # 1 INFER
@@ -525,7 +563,14 @@ def test_scripted_session(harness: Path) -> None:
         (0x03, b"\x00"),                               # 35 TELEMETRY off
         (0x02, x.tobytes()),                           # 36 no sections
         (0x01, b""),                                   # 37
-        (0x0F, b"\x05"),                               # 38 EXIT
+        (0x09, struct.pack("<IB", 9, top1_new)),       # 38 LABEL: counted, correct
+        (0x09, struct.pack("<IB", 1, wrong)),          # 39 counted, wrong
+        (0x09, struct.pack("<IB", 9, top1_new)),       # 40 the same sample again: counted again
+        (0x09, struct.pack("<IB", 1009, 0)),           # 41 never served: unknown
+        (0x09, struct.pack("<IB", 0, 0)),              # 42 id 0 (zeroed ring slot): unknown
+        (0x09, struct.pack("<IB", 9, FAKE_OUTPUT)),    # 43 BAD_LABEL
+        (0x09, struct.pack("<I", 9)),                  # 44 BAD_LENGTH
+        (0x0F, b"\x05"),                               # 45 EXIT
     ]
     wire = b"".join(wire_body(1, t, 8 * i, p) for i, (t, p) in enumerate(script))
     frames = serve(harness, wire)
@@ -616,7 +661,13 @@ def test_scripted_session(harness: Path) -> None:
     assert r.telemetry is None and len(reply(36)) == RESULT_FIXED
     info = unpack_info(reply(37))
     assert info.active_slot == 1 and info.slots[0].state == SlotStatus.INVALID
-    assert reply(38) == b""
+    assert unpack_label_reply(reply(38)) == LabelReply(9, top1_new, True, top1_new, 1, 1)
+    assert unpack_label_reply(reply(39)) == LabelReply(1, wrong, True, top1_factory, 2, 1)
+    assert unpack_label_reply(reply(40)) == LabelReply(9, top1_new, True, top1_new, 3, 2)
+    assert unpack_label_reply(reply(41)) == LabelReply(1009, 0, False, None, 3, 2)
+    assert unpack_label_reply(reply(42)) == LabelReply(0, 0, False, None, 3, 2)
+    assert error(43) == ErrorCode.BAD_LABEL and error(44) == ErrorCode.BAD_LENGTH
+    assert reply(45) == b""
 
 
 def test_request_after_garbage_ending_mid_frame_is_answered(harness: Path) -> None:

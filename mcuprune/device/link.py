@@ -26,10 +26,12 @@ from mcuprune.device.messages import (
     DeviceInfo,
     ErrorCode,
     InferResult,
+    LabelReply,
     MsgType,
     SlotSwitch,
     UpdateBeginReply,
     pack_capture_request,
+    pack_label,
     pack_telemetry_request,
     pack_update_begin,
     pack_update_chunk,
@@ -37,6 +39,7 @@ from mcuprune.device.messages import (
     unpack_capture_reply,
     unpack_error,
     unpack_info,
+    unpack_label_reply,
     unpack_result,
     unpack_slot_switch,
     unpack_telemetry_reply,
@@ -95,6 +98,7 @@ ERROR_HINTS: dict[int, str] = {
     ErrorCode.OLD_COUNTER: "the blob's security counter is below the device's: it may not go back to it",
     ErrorCode.REPLAYED: "the authorization was made for another nonce (an old or replayed request)",
     ErrorCode.UNAUTHORISED: "this command needs the owner's authorization (--signing-key)",
+    ErrorCode.BAD_LABEL: "the class is not one of the model's outputs (INFO's output size)",
 }
 
 
@@ -235,6 +239,16 @@ class Device:
             raise DeviceError(f"device captures {answer.bytes_per_capture}-byte inputs, INFO says "
                               f"{self._info.input_size}")
         self._capture_bytes[answer.which] = answer.bytes_per_capture
+        return answer
+
+    def label(self, sample_id: int, label: int) -> LabelReply:
+        """LABEL: the true class `label` of the sample whose RESULT carried telemetry count
+        `sample_id`. The device counts it if it still remembers the sample (the last 256 served since
+        boot) and answers what it served and its counters since boot. Blob firmware only."""
+        reply = self.request(MsgType.LABEL, pack_label(sample_id, label))
+        answer = self._parse(unpack_label_reply, reply, "LABEL")
+        if (answer.sample_id, answer.label) != (sample_id, label):
+            raise DeviceError(f"device answered LABEL ({sample_id}, {label}) with ({answer.sample_id}, {answer.label})")
         return answer
 
     def update_begin(self, header: bytes) -> UpdateBeginReply:

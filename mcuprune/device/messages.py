@@ -24,6 +24,7 @@ class MsgType(enum.IntEnum):
     UPDATE_CHUNK = 0x06
     UPDATE_COMMIT = 0x07
     ROLLBACK = 0x08
+    LABEL = 0x09  # blob firmware: the true class of a served sample (field ground truth)
     INFER_FILE = 0x0E  # emulation only: inputs read from a host file through semihosting
     EXIT = 0x0F
     ERROR = 0xFF  # device -> host only
@@ -55,6 +56,7 @@ class ErrorCode(enum.IntEnum):
     OLD_COUNTER = 18  # UPDATE_COMMIT, ROLLBACK: the blob's security counter is below the device's
     REPLAYED = 19  # an authorization for another nonce (recorded earlier, or from before a restart)
     UNAUTHORISED = 20  # a command that needs authority came without a valid authorization
+    BAD_LABEL = 21  # LABEL: the class is not one of the model's outputs (>= INFO's output size)
 
 
 #
@@ -71,7 +73,7 @@ BLOB_HEADER_BYTES = 32  # UPDATE_BEGIN's payload (mcuprune.codegen.blob.HEADER_B
 
 
 class ParamsMode(enum.IntEnum):
-    STATIC = 0  # parameters compiled into the code: no updates, TELEMETRY/CAPTURE unknown
+    STATIC = 0  # parameters compiled into the code: no updates, TELEMETRY/CAPTURE/LABEL unknown
     BLOB = 1  # parameters in a blob in one of two slots: updatable
 
 
@@ -430,6 +432,63 @@ def unpack_slot_switch(payload: bytes) -> SlotSwitch:
         raise FrameError(f"slot switch reply of {len(payload)} bytes, expected {_SWITCH.size}")
     slot, generation, blob_id = _SWITCH.unpack(bytes(payload))
     return SlotSwitch(_check_slot(slot, "slot switch reply"), generation, blob_id)
+
+
+# --- LABEL -------------------------------------------------------------------------------------
+
+LABEL_RING = 256  # MCUP_LABEL_RING: the device remembers the last this many served samples
+NO_TOP1 = 0xFF  # LABEL reply's served top1 when the sample is unknown
+_LABEL_REQUEST = struct.Struct("<IB")  # sample id, class
+_LABEL_REPLY = struct.Struct("<IBBBII")  # sample id, class, status, served top1, labeled, correct
+
+
+class LabelStatus(enum.IntEnum):
+    COUNTED = 0  # the sample is in the device's ring: labeled (and maybe correct) moved
+    UNKNOWN = 1  # older than the ring, never served, or from before a restart: not counted
+
+
+@dataclass(frozen=True)
+class LabelReply:
+    sample_id: int  # the telemetry count of the sample's RESULT
+    label: int  # the true class the host sent
+    counted: bool  # the device still remembered the sample and counted the label
+    served_top1: int | None  # the class the device served for it (None when not counted)
+    labeled: int  # labels counted since boot, this one included
+    correct: int  # ... whose class was the served top1
+
+
+def pack_label(sample_id: int, label: int) -> bytes:
+    if not 0 <= sample_id <= 0xFFFFFFFF or not 0 <= label <= 0xFF:
+        raise ValueError(f"bad LABEL request: sample id {sample_id}, class {label}")
+    return _LABEL_REQUEST.pack(sample_id, label)
+
+
+def unpack_label(payload: bytes) -> tuple[int, int]:
+    """LABEL request: (sample id, class). Whether the class exists is the device's to say (BAD_LABEL)."""
+    if len(payload) != _LABEL_REQUEST.size:
+        raise FrameError(f"LABEL request of {len(payload)} bytes, expected {_LABEL_REQUEST.size}")
+    sample_id, label = _LABEL_REQUEST.unpack(bytes(payload))
+    return sample_id, label
+
+
+def pack_label_reply(reply: LabelReply) -> bytes:
+    if reply.counted == (reply.served_top1 is None):
+        raise ValueError(f"a LABEL reply has a served top1 exactly when counted: {reply}")
+    status = LabelStatus.COUNTED if reply.counted else LabelStatus.UNKNOWN
+    top1 = NO_TOP1 if reply.served_top1 is None else reply.served_top1
+    return _LABEL_REPLY.pack(reply.sample_id, reply.label, status, top1, reply.labeled, reply.correct)
+
+
+def unpack_label_reply(payload: bytes) -> LabelReply:
+    if len(payload) != _LABEL_REPLY.size:
+        raise FrameError(f"LABEL reply of {len(payload)} bytes, expected {_LABEL_REPLY.size}")
+    sample_id, label, status, top1, labeled, correct = _LABEL_REPLY.unpack(bytes(payload))
+    if status not in (LabelStatus.COUNTED, LabelStatus.UNKNOWN):
+        raise FrameError(f"LABEL reply status {status} is not 0 (counted) or 1 (unknown)")
+    counted = status == LabelStatus.COUNTED
+    if not counted and top1 != NO_TOP1:
+        raise FrameError(f"LABEL reply of an unknown sample serves top1 {top1}, expected 0xff")
+    return LabelReply(sample_id, label, counted, top1 if counted else None, labeled, correct)
 
 
 # --- RESULT ------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 /*
  * protocol.c - frame validation, the message dispatch table and the message handlers.
  * New messages are one handler and one table row. --params blob firmware (model.h defines
- * MCUP_PARAMS_BLOB) adds TELEMETRY, CAPTURE, the update messages (on slots.c) and the RESULT
+ * MCUP_PARAMS_BLOB) adds TELEMETRY, CAPTURE, the update messages (on slots.c), LABEL and the RESULT
  * sections; static builds answer those types UNKNOWN_TYPE and report params mode 0 in INFO.
  */
 #include "protocol.h"
@@ -42,11 +42,16 @@
 #define INFO_SLOT_BYTES 17u /* state, generation, length, blob id, watermark */
 #define INFO_PARAMS_BYTES (1u + 1u + 2u * INFO_SLOT_BYTES + 4u + INFO_SECURITY_BYTES) /* mode, active, slots, capacity */
 #define LARGEST_CHUNK (MCUP_MAX_PAYLOAD - 4u)                   /* UPDATE_CHUNK: u32 offset, data */
+#define LABEL_COUNTED 0u /* LABEL status: the sample is in the ring, the counters moved */
+#define LABEL_UNKNOWN 1u /* not in the ring (too old, never served, before a restart): not counted */
+#define LABEL_NO_TOP1 0xFFu /* served top1 of an unknown sample */
 
 _Static_assert(MCUP_PENULTIMATE_SIZE > 0, "capture needs the penultimate activations");
 _Static_assert(RESULT_MAX_BYTES <= MCUP_MAX_PAYLOAD,
                "RESULT with telemetry and capture sections must fit in MCUP_MAX_PAYLOAD");
 _Static_assert(MCUP_BLOB_HEADER_BYTES == 32u, "UPDATE_BEGIN carries the 32-byte header");
+_Static_assert((MCUP_LABEL_RING & (MCUP_LABEL_RING - 1u)) == 0u,
+               "LABEL's ring slot, sample id % MCUP_LABEL_RING, must stay consecutive across the count's wrap");
 #else
 #define INFO_PARAMS_BYTES (1u + INFO_SECURITY_BYTES) /* mode 0, security */
 #endif
@@ -146,17 +151,38 @@ static uint32_t put_params_info(uint8_t *r)
     return n;
 }
 
+/*
+ * The last MCUP_LABEL_RING served samples, for LABEL. Sample ids are consecutive, so id % RING is the
+ * slot: a slot holds the latest id with that remainder, i.e. one of the last RING served. `served`
+ * marks slots written since boot: zeroed RAM would otherwise claim sample id 0 (a real id only once
+ * the count wraps). Kept here, not in mcup_proto_state, so static builds do not carry its 2 KB of RAM.
+ */
+typedef struct {
+    uint32_t sample_id; /* telemetry count of the sample's RESULT */
+    uint8_t top1;       /* the class the RESULT served */
+    uint8_t served;
+} mcup_label_sample;
+
+static mcup_label_sample label_ring[MCUP_LABEL_RING];
+
 static uint32_t capture_bytes(uint8_t which)
 {
     return which == CAPTURE_INPUT ? (uint32_t)MCUP_INPUT_SIZE : (uint32_t)MCUP_PENULTIMATE_SIZE;
 }
 
-/* After a successful mcup_run: update the telemetry record, append the enabled RESULT sections. */
-static uint32_t after_inference(mcup_proto_state *st, const int8_t *input, uint8_t *r)
+/* After a successful mcup_run that served `top1`: update the telemetry record, remember the sample for
+ * LABEL, append the enabled RESULT sections. */
+static uint32_t after_inference(mcup_proto_state *st, const int8_t *input, uint8_t top1, uint8_t *r)
 {
     const uint32_t count = st->telemetry.count + 1u; /* mcup_monitor fills all but the count */
     mcup_monitor(logits, &st->telemetry);
     st->telemetry.count = count;
+    /* Telemetry on or off: the count (the sample id) advances either way, and a host may learn it
+     * later (TELEMETRY's record), so a sample is labelled the same whatever the host had switched on. */
+    mcup_label_sample *sample = &label_ring[count % MCUP_LABEL_RING];
+    sample->sample_id = count;
+    sample->top1 = top1;
+    sample->served = 1u;
 
     uint32_t n = 0;
     if (st->telemetry_on) {
@@ -191,10 +217,11 @@ static uint32_t put_params_info(uint8_t *r)
     return 1u;
 }
 
-static uint32_t after_inference(mcup_proto_state *st, const int8_t *input, uint8_t *r)
+static uint32_t after_inference(mcup_proto_state *st, const int8_t *input, uint8_t top1, uint8_t *r)
 {
     (void)st;
     (void)input;
+    (void)top1;
     (void)r;
     return 0u;
 }
@@ -305,7 +332,7 @@ static int32_t run_model(mcup_proto_state *st, const int8_t *input, uint8_t *r)
     for (uint32_t i = 0; i < (uint32_t)MCUP_NUM_LAYERS; i++) {
         n += put_u32(r + n, mcup_layer_ticks[i]);
     }
-    n += after_inference(st, input, r + n);
+    n += after_inference(st, input, (uint8_t)best, r + n);
     return (int32_t)n;
 }
 
@@ -522,10 +549,42 @@ static int32_t handle_rollback(mcup_proto_state *st, uint16_t seq, const uint8_t
     return put_active(r);
 }
 
+/*
+ * LABEL: the true class of a served sample, learned later by the host. Counted when the sample is
+ * still in the ring; a LABEL repeated for the same sample counts again (the device keeps no record
+ * of what was labelled: the host decides what to send). Changes nothing but the two counters, so it
+ * needs no authorization.
+ */
+static int32_t handle_label(mcup_proto_state *st, uint16_t seq, const uint8_t *payload, uint32_t len,
+                            uint8_t *r)
+{
+    (void)seq;
+    (void)len;
+    const uint32_t sample_id = get_u32(payload);
+    const uint32_t label = payload[4]; /* u32: no always-false compare for a model of 256+ classes */
+    if (label >= (uint32_t)MCUP_OUTPUT_SIZE) {
+        return -MCUP_ERR_BAD_LABEL;
+    }
+    const mcup_label_sample *sample = &label_ring[sample_id % MCUP_LABEL_RING];
+    const int known = sample->served && sample->sample_id == sample_id;
+    if (known) {
+        st->labeled++;
+        st->correct += label == sample->top1 ? 1u : 0u;
+    }
+    uint32_t n = put_u32(r, sample_id);
+    r[n++] = (uint8_t)label;
+    r[n++] = known ? LABEL_COUNTED : LABEL_UNKNOWN;
+    r[n++] = known ? sample->top1 : LABEL_NO_TOP1;
+    n += put_u32(r + n, st->labeled);
+    n += put_u32(r + n, st->correct);
+    return (int32_t)n;
+}
+
 #endif /* MCUP_PARAMS_BLOB */
 
 /* UPDATE_CHUNK and UPDATE_COMMIT need no authorization of their own: they only act on the update an
- * authorised UPDATE_BEGIN opened, and the commit verifies the blob's signature. */
+ * authorised UPDATE_BEGIN opened, and the commit verifies the blob's signature. LABEL changes nothing
+ * but its counters. */
 static const mcup_handler handlers[] = {
     {MCUP_MSG_INFO, 0, handle_info, 0},
     {MCUP_MSG_INFER, MCUP_INPUT_SIZE, handle_infer, 0},
@@ -536,6 +595,7 @@ static const mcup_handler handlers[] = {
     {MCUP_MSG_UPDATE_CHUNK, -1, handle_update_chunk, 0},
     {MCUP_MSG_UPDATE_COMMIT, 4, handle_update_commit, 0},
     {MCUP_MSG_ROLLBACK, 0, handle_rollback, AUTH},
+    {MCUP_MSG_LABEL, 5, handle_label, 0},
 #endif
     {MCUP_MSG_INFER_FILE, -1, handle_infer_file, AUTH},
     {MCUP_MSG_EXIT, 1, handle_exit, AUTH},

@@ -32,13 +32,15 @@
 enum mcup_msg_type {
     MCUP_MSG_INFO = 0x01,  /* () -> version, sizes, hash, names */
     MCUP_MSG_INFER = 0x02, /* (int8 input[MCUP_INPUT_SIZE]) -> RESULT */
-    /* 0x03..0x08: --params blob firmware only (static builds answer UNKNOWN_TYPE). */
+    /* 0x03..0x09: --params blob firmware only (static builds answer UNKNOWN_TYPE). */
     MCUP_MSG_TELEMETRY = 0x03,     /* (u8 mode) -> u8 mode, last telemetry record */
     MCUP_MSG_CAPTURE = 0x04,       /* (u8 which, u16 count) -> u8 which, u16 count, u16 bytes */
     MCUP_MSG_UPDATE_BEGIN = 0x05,  /* (blob header[32]) -> u8 slot, u32 next offset, u16 largest chunk */
     MCUP_MSG_UPDATE_CHUNK = 0x06,  /* (u32 offset, data[1..2044]) -> u32 watermark */
     MCUP_MSG_UPDATE_COMMIT = 0x07, /* (u32 blob id) -> u8 active slot, u32 generation, u32 blob id */
     MCUP_MSG_ROLLBACK = 0x08,      /* () -> as UPDATE_COMMIT */
+    MCUP_MSG_LABEL = 0x09,         /* (u32 sample id, u8 class) -> u32 sample id, u8 class, u8 status,
+                                    * u8 served top1, u32 labeled, u32 correct */
     MCUP_MSG_INFER_FILE = 0x0E, /* (u32 count, host path\0) -> count RESULTs, then u32 done.
                                  * Emulation only: inputs come through semihosting file reads. */
     MCUP_MSG_EXIT = 0x0F,  /* (u8 code) -> ack, then semihosting exit(code) */
@@ -68,7 +70,12 @@ enum mcup_error_code {
     MCUP_ERR_OLD_COUNTER = 18,   /* UPDATE_COMMIT, ROLLBACK: security counter below the device's */
     MCUP_ERR_REPLAYED = 19,      /* authorization for another nonce (recorded, or the device restarted) */
     MCUP_ERR_UNAUTHORISED = 20,  /* a command that needs authority came without a valid authorization */
+    MCUP_ERR_BAD_LABEL = 21,     /* LABEL: the class is not one of the model's MCUP_OUTPUT_SIZE outputs */
 };
+
+/* LABEL: how many of the last served samples (sample id, top1) the device remembers. The id is the
+ * telemetry count of the sample's RESULT, so the ring costs RAM only, never a RESULT byte. */
+#define MCUP_LABEL_RING 256u
 
 /* Params modes in INFO. */
 #define MCUP_PARAMS_MODE_STATIC 0u
@@ -83,6 +90,8 @@ typedef struct {
     uint8_t capture_which;     /* 0 input, 1 penultimate activations */
     uint16_t capture_left;     /* RESULTs still to carry the capture section */
     mcup_telemetry telemetry;  /* the last inference's record; count = inferences since boot */
+    uint32_t labeled;          /* LABELs since boot whose sample was still in the ring */
+    uint32_t correct;          /* ... and whose class was the top1 served for it */
 } mcup_proto_state;
 
 /*
