@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from mcuprune import __version__
-from mcuprune.controller import ADAPT_STEPS
+from mcuprune.controller import ADAPT_STEPS, CONTROLLER_STEPS, FIRST_CAPTURE, REFINE_CAPTURE
 from mcuprune.errors import UserError
 
 DEFAULT_EPOCHS = {"fashion-mnist": 10, "digits": 40}
@@ -317,8 +317,8 @@ def cmd_monitor(args: argparse.Namespace) -> None:
 
     fw, run_dir = resolve_firmware(Path(args.run), Path(args.firmware) if args.firmware else None)
     cfg = MonitorConfig(update=args.update, scenario=args.scenario, shift_at=args.shift_at, samples=args.samples,
-                        capture_samples=args.capture, feed=args.feed, seed=args.seed,
-                        adapt_steps=tuple(args.adapt_steps))
+                        capture_samples=args.capture, refine_samples=args.refine, feed=args.feed, seed=args.seed,
+                        adapt_steps=tuple(args.adapt_steps), labels=args.labels)
     log = Path(args.log) if args.log else fw.path / "monitor.jsonl"
     summary = run_monitor(args.port, fw, run_dir, cfg, log)
     if args.json:
@@ -341,8 +341,8 @@ def cmd_drift_demo(args: argparse.Namespace) -> None:
     fw_dir, run_dir = _blob_firmware(args)
     fw = load_firmware_dir(fw_dir)
     cfg = DemoConfig(shift_at=args.shift_at, length=args.length, false_alarm_samples=args.false_alarm_samples,
-                     capture_samples=args.capture, feed=args.feed, update=args.update, seed=args.seed,
-                     adapt_steps=tuple(args.adapt_steps))
+                     capture_samples=args.capture, refine_samples=args.refine, labels=args.labels, feed=args.feed,
+                     update=args.update, seed=args.seed, adapt_steps=tuple(args.adapt_steps))
     out = Path(args.out) if args.out else Path(args.workdir) / "drift-demo"
     quiet = (lambda _msg: None) if args.json else print
     results = run_drift_demo(run_dir, fw_dir, load_dataset(fw.model.meta.get("dataset", "fashion-mnist")), cfg, out,
@@ -531,7 +531,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "brightness_contrast, gaussian_noise, rotation, class_prior")
     p.add_argument("--shift-at", type=int, default=1000)
     p.add_argument("--samples", type=int, default=4000)
-    p.add_argument("--capture", type=int, default=1000, help="inputs captured from the device for adapting")
+    p.add_argument("--capture", type=int, default=FIRST_CAPTURE,
+                   help=f"inputs captured after an alarm for the first update (default {FIRST_CAPTURE})")
+    p.add_argument("--refine", type=int, default=REFINE_CAPTURE,
+                   help=f"more inputs captured after it for a refined update, 0 for none (default {REFINE_CAPTURE})")
+    p.add_argument("--labels", default=None, metavar="FILE|-",
+                   help="labels the field returns: lines 'SAMPLE CLASS' (SAMPLE: 0-based index in the fed stream), "
+                   "from a file or, with -, from stdin as they come")
     p.add_argument("--feed", choices=("uart", "semihosting"), default="uart",
                    help="how inputs reach the device (semihosting: emulators only)")
     p.add_argument("--log", default=None, help="JSONL event log (default: FWDIR/monitor.jsonl)")
@@ -539,8 +545,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_monitor)
 
-    adapt_help = "adaptation steps on drift (default: all of input calibrate reprune monitor; see mcuprune/adapt.py)"
-    p.add_argument("--adapt-steps", nargs="+", choices=ADAPT_STEPS, default=list(ADAPT_STEPS), help=adapt_help)
+    adapt_help = (f"adaptation steps on drift, from {' '.join(ADAPT_STEPS)} (default: {' '.join(CONTROLLER_STEPS)}; "
+                  "see mcuprune/controller/adapt.py)")
+    p.add_argument("--adapt-steps", nargs="+", choices=ADAPT_STEPS, default=list(CONTROLLER_STEPS), help=adapt_help)
 
     for name, helptext in (("drift-demo", "drift scenarios against the blob firmware in QEMU: static vs dynamic"),
                            ("powercut-test", "kill QEMU at random points of streamed updates, check recovery")):
@@ -557,16 +564,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_powercut_test)
     p = sub.choices["drift-demo"]
     p.add_argument("--scenarios", nargs="+", default=["brightness_contrast", "gaussian_noise", "rotation",
-                                                      "class_prior", "none"])
+                                                      "class_prior", "class_prior_shirts", "none"])
     p.add_argument("--update", choices=("stream", "reflash"), default="stream")
     p.add_argument("--shift-at", type=int, default=1000)
     p.add_argument("--length", type=int, default=4000, help="samples per shifted stream")
     p.add_argument("--false-alarm-samples", type=int, default=10_000, help="samples of the unshifted stream")
-    p.add_argument("--capture", type=int, default=1000)
+    p.add_argument("--capture", type=int, default=FIRST_CAPTURE,
+                   help=f"inputs captured after an alarm for the first update (default {FIRST_CAPTURE})")
+    p.add_argument("--refine", type=int, default=REFINE_CAPTURE,
+                   help=f"more inputs captured after it for a refined update, 0 for none (default {REFINE_CAPTURE})")
+    p.add_argument("--labels", type=int, default=0, metavar="K",
+                   help="labels the field returns per capture: the true classes of its first K inputs (default 0)")
     p.add_argument("--feed", choices=("uart", "semihosting"), default="semihosting",
                    help="how inputs reach the device (default semihosting: QEMU's UART input is slow)")
     p.add_argument("--out", default=None, help="output directory (default: WORKDIR/drift-demo)")
-    p.add_argument("--adapt-steps", nargs="+", choices=ADAPT_STEPS, default=list(ADAPT_STEPS), help=adapt_help)
+    p.add_argument("--adapt-steps", nargs="+", choices=ADAPT_STEPS, default=list(CONTROLLER_STEPS), help=adapt_help)
     p.set_defaults(func=cmd_drift_demo)
     return parser
 
@@ -576,7 +588,8 @@ def build_parser() -> argparse.ArgumentParser:
 # `--limit -1` is one line and exit 2 instead of a silent default or a traceback minutes later.
 MINIMUM = {
     "epochs": 1, "limit": 1, "trials": 1, "finetune_epochs": 0, "stages": 1, "flash_budget": 1, "instr_budget": 1,
-    "budgets": 1, "samples": 1, "shift_at": 0, "capture": 1, "length": 1, "false_alarm_samples": 0, "seed": 0,
+    "budgets": 1, "samples": 1, "shift_at": 0, "capture": 1, "refine": 0, "labels": 0, "length": 1,
+    "false_alarm_samples": 0, "seed": 0,
 }  # fmt: skip
 
 
@@ -585,7 +598,7 @@ def check_numbers(args: argparse.Namespace) -> None:
     for dest, minimum in MINIMUM.items():
         value = getattr(args, dest, None)
         for v in value if isinstance(value, list) else [value]:
-            if v is not None and v < minimum:
+            if isinstance(v, int | float) and v < minimum:  # monitor's --labels is a path
                 raise UserError(f"--{dest.replace('_', '-')} must be at least {minimum}, got {v}")
     kl = getattr(args, "kl_budget", None)
     if kl is not None and not (math.isfinite(kl) and kl > 0):

@@ -52,11 +52,14 @@ def test_summary_counts_delay_false_alarms_and_the_served_segment() -> None:
 @pytest.mark.slow
 def test_drift_demo_cli_detects_adapts_and_streams_the_update(blob_fw, tmp_path: Path, capsys) -> None:
     """Brightness/contrast drift on the digits stream: detected within 300 samples, no alarm before
-    the shift, the adapted blob streamed into slot B, every logit and telemetry record equal to the
-    int8 reference of the model the device was serving at the time."""
+    the shift, 30 labels returned for the capture (LABEL: the device knew each sample), the adapted
+    blob streamed into slot B within 300 samples of the alarm, every logit and telemetry record equal
+    to the int8 reference of the model the device was serving at the time. No guard: this shift
+    barely hurts the digits CNN, so the guard could rightly decline (tested on its own below)."""
     out = tmp_path / "demo"
     code = main(["drift-demo", "--firmware", str(blob_fw.path), "--scenarios", "brightness_contrast",
-                 "--shift-at", "300", "--length", "1000", "--capture", "200", "--out", str(out), "--json"])
+                 "--shift-at", "300", "--length", "1000", "--capture", "200", "--labels", "30",
+                 "--adapt-steps", "input", "tune", "calibrate", "monitor", "--out", str(out), "--json"])
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     (s,) = result["scenarios"]
@@ -65,7 +68,12 @@ def test_drift_demo_cli_detects_adapts_and_streams_the_update(blob_fw, tmp_path:
     assert s["false_alarms"] == 0
     assert s["detection_delay"] is not None and 1 <= s["detection_delay"] <= 300
     assert s["update_bytes"] > 0 and s["update_seconds"] > 0
+    assert s["first_update_after_alarm"] <= 300  # a 200-input capture from the next batch of 50 on
+    # 30 labels per capture: the first one's and the refining one's (still running when the stream ends);
+    # the device still knew every one of those samples
+    assert s["labels_returned"] == 60 and s["labels_counted_by_device"] == 60
     (update,) = s["updates"]
+    assert update["labels"] == 30 and update["captured"] == 200
     assert update["slot"] == 1 and update["generation"] == 2
     assert update["blob_id"] != parse_header(blob_fw.blob_path.read_bytes()).blob_id
     events = [json.loads(line)["event"] for line in (out / "events.jsonl").read_text().splitlines()]
@@ -184,3 +192,41 @@ def test_monitor_on_a_loop_url_fails_with_one_clear_line(blob_fw, capsys) -> Non
     code = main(["monitor", "--port", "loop://", "--run", str(blob_fw.path), "--samples", "10"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err and "echoes our INFO request back" in err
+
+
+@pytest.mark.qemu
+@pytest.mark.slow
+def test_an_update_the_guard_predicts_no_better_is_not_sent_and_the_alarm_is_not_repeated(blob_fw, digits_run) -> None:
+    """Rotated digits with only recalibration allowed: the guard finds no predicted gain, so nothing is
+    streamed, the device keeps serving its factory blob, and the host takes the captured data as its
+    new normal instead of raising the same alarm again."""
+    from mcuprune.controller.controller import (
+        HostController,
+        JsonlLog,
+        factory_drift_detector,
+        factory_serving,
+        make_adapter,
+        stream_updater,
+    )
+    from mcuprune.controller.scenarios import Scenario, make_stream
+
+    run_dir, ds = digits_run
+    factory = factory_serving(blob_fw)
+    x, y, _ = make_stream(ds, Scenario("rotation", "rotation", {"degrees": 40.0}), 300, 1400, seed=0)
+    with QemuDevice(blob_fw.board, blob_fw.elf) as qemu:
+        device = qemu.device
+        log = JsonlLog(None)
+        controller = HostController(device, factory, factory_drift_detector(factory, ds.x_train, ds.num_classes), log,
+                                    make_adapter(run_dir, blob_fw, steps=("calibrate", "monitor", "guard")),
+                                    stream_updater(lambda: device, blob_fw), capture_samples=200, refine_samples=0,
+                                    feed="semihosting")
+        try:
+            report = controller.run(x, y)
+        finally:
+            controller.close()
+        assert report.alarms and report.declined and not report.updates
+        assert report.mismatches == 0
+        assert report.declined[0]["guard"]["ship"] is False
+        assert len(report.alarms) == 1  # after the decline, the same shift raises no new alarm
+        assert device.info().active_blob_id == factory.blob_id
+        assert "no_update" in [e["event"] for e in log.events]

@@ -81,7 +81,7 @@ def test_class_prior_probabilities() -> None:
 def test_scenario_kinds_are_checked() -> None:
     with pytest.raises(ValueError, match="unknown scenario kind"):
         Scenario("x", "snow")
-    assert set(SCENARIOS) == {"brightness_contrast", "gaussian_noise", "rotation", "class_prior"}
+    assert set(SCENARIOS) == {"brightness_contrast", "gaussian_noise", "rotation", "class_prior", "class_prior_shirts"}
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))

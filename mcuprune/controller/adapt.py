@@ -65,18 +65,37 @@ from mcuprune.controller import ADAPT_STEPS
 from mcuprune.controller.detectors import DriftDetector
 from mcuprune.controller.drift_offline import DetectorSpec, build_detector
 from mcuprune.controller.drift_qsae import MonitorQSAE, build_monitor_qsae, device_telemetry
+from mcuprune.controller.prior import (
+    PRIOR_FLOOR,
+    class_confidence,
+    estimate_prior,
+    fit_temperature,
+    fold_prior,
+    last_weighted_layer,
+)
+from mcuprune.controller.target_tune import ENTROPY_WEIGHT, TargetData, tune
+from mcuprune.controller.target_tune import STEPS as TUNE_STEPS
 from mcuprune.errors import UserError
 from mcuprune.model.formats import MAX_DELTA, format_bytes, layer_bytes, pack
-from mcuprune.model.interpreter import run_layer_f32, run_s8
+from mcuprune.model.interpreter import run_f32, run_layer_f32, run_s8
 from mcuprune.model.ir import FloatLayer, FloatModel, Op, QParams, QuantModel
 from mcuprune.model.ops import FORMATS
 from mcuprune.quantize import activation_qparams, calibration_ranges, input_floats, quantize_model
-from mcuprune.train.datasets import load_dataset
+from mcuprune.train.datasets import load_dataset, to_int8
+from mcuprune.train.ir_module import with_masks
 from mcuprune.train.runs import read_run_meta
 from mcuprune.train.training import load_run_model
 
 STEPS = ADAPT_STEPS
 DEFAULT_STEPS = ("input", "calibrate", "monitor")  # reprune: see the module docstring
+HOLDOUT = 0.25  # of the unlabeled captures, kept out of self-training for the guard's estimate
+# The mean calibrated confidence rose by 0.5 points for an input correction that cost 1 point of
+# accuracy under rotation (bench/drift): smaller rises are not taken as evidence of a gain.
+CONFIDENCE_MARGIN = 0.01
+CV_FOLDS = 3
+MIN_GUARD_LABELS = 10  # with fewer labels the guard judges by confidence
+REPLAY_SAMPLES = 2000  # labeled training images mixed into every tuning batch
+TEMPERATURE_SAMPLES = 1000  # labeled training images the softmax temperature is fitted on
 INPUT_METHODS = ("moments", "quantiles")
 MAX_GAIN = 4.0  # the gain stays in [1/4, 4]: beyond that the capture is not a lighting change
 MIN_CAPTURED = 20
@@ -95,6 +114,7 @@ class AdaptResult:
     monitor_qsae: MonitorQSAE | None  # the monitor QSAE for the new model (None without "monitor")
     monitor: DriftDetector | None  # fitted on the new model's telemetry of the capture (None without "monitor")
     report: dict
+    ship: bool = True  # False: the guard predicts the adapted model to be worse than the deployed one
 
 
 @dataclass(frozen=True)
@@ -460,32 +480,120 @@ def _check_arguments(deployed: QuantModel, formats: dict[str, str], captured: np
 # --- the adaptation ---------------------------------------------------------------------------
 
 
+def _check_labels(labels: np.ndarray | None, n: int, num_classes: int) -> np.ndarray:
+    """Labels aligned with the captured inputs, -1 where none came back."""
+    if labels is None:
+        return np.full(n, -1, dtype=np.int64)
+    y = np.asarray(labels)
+    if y.shape != (n,) or not np.issubdtype(y.dtype, np.integer) or np.any(y < -1) or np.any(y >= num_classes):
+        raise UserError(f"labels must be {n} integers in 0..{num_classes - 1} (-1 for none), one per captured input")
+    return y.astype(np.int64)
+
+
+def split_holdout(y: np.ndarray, seed: int, fraction: float = HOLDOUT) -> tuple[np.ndarray, np.ndarray]:
+    """(fit indices, held-out indices) of the captured samples: a `fraction` of the unlabeled ones is
+    held out (self-training fits the others). Labeled ones are never held out: every label trains,
+    and the guard judges tuning by cross-validation over them (cross_validate)."""
+    unlabeled = np.random.default_rng(seed + 7).permutation(np.flatnonzero(y < 0))
+    k = int(round(fraction * len(unlabeled)))
+    return np.sort(np.concatenate([unlabeled[k:], np.flatnonzero(y >= 0)])), np.sort(unlabeled[:k])
+
+
+def cross_validate(tune_fn: Callable[[TargetData], FloatModel], target: TargetData, seed: int,
+                   folds: int = CV_FOLDS) -> np.ndarray:
+    """Predictions for every labeled target sample by a model tuned without its label (k-fold): what
+    the guard judges the tuning by. The unlabeled inputs stay in every fold."""
+    labeled = np.random.default_rng(seed + 13).permutation(target.labeled)
+    pred = np.full(len(target.y), -1)
+    for part in np.array_split(labeled, folds):
+        y = target.y.copy()
+        y[part] = -1
+        model = tune_fn(TargetData(target.x, y))
+        pred[part] = float_logits(model, target.x[part]).argmax(axis=1)
+    return pred
+
+
+def output_logits(model: QuantModel, x_uint8: np.ndarray) -> np.ndarray:
+    """The int8 network's outputs in real units (log-probabilities when it ends in a softmax)."""
+    q = model.layers[-1].output_q
+    out = (run_s8(model, to_int8(x_uint8)).astype(np.float64) - q.zero_point) * q.scale
+    return np.log(np.maximum(out, 1e-6)) if model.layers[-1].op is Op.SOFTMAX else out
+
+
+def float_logits(model: FloatModel, x_float: np.ndarray) -> np.ndarray:
+    out = run_f32(model, x_float).astype(np.float64)
+    return np.log(np.maximum(out, 1e-6)) if model.layers[-1].op is Op.SOFTMAX else out
+
+
+def guard_estimate(model: QuantModel, temperature: float, x_uint8: np.ndarray, y: np.ndarray,
+                   predictions: np.ndarray | None = None) -> dict:
+    """What the host can predict about `model` on captured inputs it was not fitted to: the accuracy
+    over those with labels (of `predictions` when given: cross-validated ones), and the mean
+    temperature-calibrated confidence over all of them (an estimate of the accuracy that is exact for
+    a calibrated model and optimistic under shift, for both models alike)."""
+    if len(x_uint8) == 0:
+        return {"samples": 0, "labeled": 0, "accuracy": None, "confidence": None}
+    z = output_logits(model, x_uint8) / temperature
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    lab = y >= 0
+    pred = p.argmax(axis=1) if predictions is None else np.asarray(predictions)
+    acc = float(np.mean(pred[lab] == y[lab])) if lab.any() else None
+    return {"samples": int(len(y)), "labeled": int(lab.sum()), "accuracy": None if acc is None else round(acc, 4),
+            "confidence": round(float(np.mean(p.max(axis=1))), 4),
+            "cross_validated": predictions is not None}
+
+
+def guard_decision(before: dict, after: dict) -> tuple[bool, str]:
+    """Ship only if the host predicts the adapted model to be better than the serving one: by the
+    accuracy over labeled captures when there are MIN_GUARD_LABELS of them, else by the mean
+    calibrated confidence (which cannot see a model that became confidently wrong)."""
+    if before["samples"] == 0:
+        return True, "nothing to judge by"
+    if before["labeled"] >= MIN_GUARD_LABELS:
+        key, margin = "accuracy", 0.0
+    else:
+        key, margin = "confidence", CONFIDENCE_MARGIN
+    # strictly better: an update that is only predicted to be as good costs bytes and risk for nothing
+    ship = after[key] > before[key] + margin
+    return ship, f"{key} {before[key]} -> {after[key]}"
+
+
 def adapt(run_dir: Path, deployed: QuantModel, formats: dict[str, str], captured_uint8: np.ndarray, *,
-          steps: tuple[str, ...] = DEFAULT_STEPS, seed: int = 0, input_method: str = "moments",
-          compensation: str = "lstsq", train_images: np.ndarray | None = None,
-          train_labels: np.ndarray | None = None, qsae_steps: int = 2000,
-          monitor_spec: DetectorSpec | None = None) -> AdaptResult:
-    """New parameters for the deployed architecture from unlabeled captured inputs (module docstring).
+          labels: np.ndarray | None = None, steps: tuple[str, ...] = DEFAULT_STEPS, seed: int = 0,
+          input_method: str = "moments", compensation: str = "lstsq", train_images: np.ndarray | None = None,
+          train_labels: np.ndarray | None = None, qsae_steps: int = 2000, tune_steps: int = TUNE_STEPS,
+          monitor_spec: DetectorSpec | None = None, serving: QuantModel | None = None) -> AdaptResult:
+    """New parameters for the deployed architecture from captured inputs and the labels the field
+    returned for some of them (module docstring).
 
     run_dir: the run the deployed model was compiled from (its dataset gives the training pixel
-    statistics; a pruned run's parent is the re-pruning source). formats: the compiled weight format
-    of each weighted layer. train_images/train_labels: the training set, to avoid loading it again."""
+    statistics and the replay data; a pruned run's parent is the re-pruning source). formats: the
+    compiled weight format of each weighted layer. labels: one per captured input, -1 where none.
+    train_images/train_labels: the training set, to avoid loading it again. serving: the model the
+    device serves now, if an earlier adaptation replaced `deployed` (the guard compares with it)."""
     t0 = time.perf_counter()
     steps = tuple(steps)
     x = _check_arguments(deployed, formats, captured_uint8, steps, input_method, compensation)
+    y = _check_labels(labels, len(x), deployed.num_classes)
+    fit_idx, held_idx = split_holdout(y, seed) if "guard" in steps else (np.arange(len(x)), np.arange(0))
+    x_fit, y_fit = x[fit_idx], y[fit_idx]
     seconds: dict[str, float] = {}
-    report: dict = {"steps": list(steps), "captured": int(len(x)), "seed": seed}
+    report: dict = {"steps": list(steps), "captured": int(len(x)), "labeled": int(np.sum(y >= 0)), "seed": seed,
+                    "fit_samples": int(len(fit_idx)), "held_out": int(len(held_idx))}
     base = dequantize_model(deployed)
     deployed_out = [ql.output_q for ql in deployed.layers]
     input_q = deployed.layers[0].input_q
+    if train_images is None or train_labels is None:
+        dataset = load_dataset(read_run_meta(Path(run_dir))["dataset"])
+        train_images, train_labels = dataset.x_train, dataset.y_train
+    replay, temp_set = source_samples(train_images, train_labels, seed)
+    source_prior = np.bincount(train_labels, minlength=deployed.num_classes) / len(train_labels)
 
     if "input" in steps:
         t = time.perf_counter()
-        if train_images is None or train_labels is None:
-            dataset = load_dataset(read_run_meta(Path(run_dir))["dataset"])
-            train_images, train_labels = dataset.x_train, dataset.y_train
         class_hist = pixel_histograms(train_images, train_labels, deployed.num_classes)
-        x8 = (x.astype(np.int16) - 128).astype(np.int8)
+        x8 = to_int8(x_fit)
 
         def predict(q: QParams | None) -> np.ndarray:
             q = input_q if q is None else q
@@ -493,29 +601,71 @@ def adapt(run_dir: Path, deployed: QuantModel, formats: dict[str, str], captured
             model = replace(deployed, input_q=quantized.input_q, layers=quantized.layers)
             return run_s8(model, x8).argmax(axis=1)
 
-        input_q, report["input"] = estimate_input_q(x, class_hist, predict, input_method)
+        input_q, report["input"] = estimate_input_q(x_fit, class_hist, predict, input_method)
         seconds["input"] = time.perf_counter() - t
 
+    target = TargetData(input_floats(x_fit, input_q), y_fit)
+    replay_data = TargetData(input_floats(replay[0]), replay[1])
+    base_temperature = fit_temperature(float_logits(base, input_floats(temp_set[0])), temp_set[1])
     source, nnz_before = base, {ql.name: int(np.count_nonzero(ql.weights)) for ql in deployed.layers if ql.has_weights}
+    labeled = bool(np.any(y_fit >= 0))
+    tuning = ("tune" in steps and labeled) or "selftrain" in steps
+    if tuning:  # a sparse layer keeps its nonzero pattern through tuning: its bytes are the deployed ones
+        source = with_masks(source, {ql.name: ql.weights != 0 for ql in deployed.layers
+                                     if ql.has_weights and formats[ql.name] != "dense"})
+    tune_args = dict(steps=tune_steps, temperature=base_temperature, pseudo="selftrain" in steps,
+                     entropy_weight=ENTROPY_WEIGHT if "selftrain" in steps else 0.0)
+    target = TargetData(target.x, y_fit if "tune" in steps else np.full(len(y_fit), -1))
     if "reprune" in steps:
         t = time.perf_counter()
-        source, origin = parent_source(Path(run_dir), x, input_q, seed)
-        source, report["reprune"] = reprune(source, deployed, formats, x, input_q, seed, compensation)
+        source, origin = parent_source(Path(run_dir), x_fit, input_q, seed)
+        if tuning:  # the dense parent learns the target first, then the masks are picked on it
+            source, report["tune_parent"] = tune(source, target, replay_data, seed=seed, **tune_args)
+        source, report["reprune"] = reprune(source, deployed, formats, x_fit, input_q, seed, compensation)
         report["reprune"]["source"] = origin
         seconds["reprune"] = time.perf_counter() - t
 
+    cv_pred = None
+    if tuning:
+        t = time.perf_counter()
+        if "guard" in steps and len(target.labeled) >= MIN_GUARD_LABELS and "tune" in steps:
+            tuned_from = source
+            cv_pred = cross_validate(lambda data: tune(tuned_from, data, replay_data, seed=seed + 1, **tune_args)[0],
+                                     target, seed)
+        source, report["tune"] = tune(source, target, replay_data, seed=seed + 1, **tune_args)
+        source_prior = training_prior(report["tune"], target.y, replay[1], deployed.num_classes)
+        seconds["tune"] = time.perf_counter() - t
+    elif "tune" in steps:
+        report["tune"] = {"skipped": "no labels"}
+    source_logits = float_logits(source, input_floats(temp_set[0]))
+    temperature = fit_temperature(source_logits, temp_set[1])
+    report["temperature"] = round(temperature, 4)
+
+    if "prior" in steps:
+        t = time.perf_counter()
+        if last_weighted_layer(source) is None:
+            report["prior"] = {"applied": False, "reason": "no bias sets the logits"}
+        else:
+            confidence = class_confidence(source_logits, temp_set[1], temperature, deployed.num_classes)
+            target_prior, report["prior"] = estimate_prior(float_logits(source, target.x), temperature, source_prior,
+                                                           confidence)
+            report["prior"]["source_prior"] = [round(float(v), 4) for v in source_prior]
+            if report["prior"]["applied"]:
+                source = fold_prior(source, temperature, source_prior, target_prior)
+        seconds["prior"] = time.perf_counter() - t
+
     if "calibrate" in steps:
         t = time.perf_counter()
-        ranges = calibration_ranges(source, input_floats(x, input_q))
+        ranges = calibration_ranges(source, target.x)
         out_qs = [activation_qparams(*ranges[layer.name]) for layer in source.layers]  # pooling keeps its input's
         seconds["calibrate"] = time.perf_counter() - t
     else:
         out_qs = deployed_out
     quantized = quantize_model(source, input_q=input_q, output_qs=out_qs)
-    meta = dict(deployed.meta, adapted={"steps": list(steps), "captured": int(len(x)), "seed": seed})
+    meta = dict(deployed.meta, adapted={"steps": list(steps), "captured": int(len(x)), "labeled": report["labeled"],
+                                        "seed": seed, "temperature": temperature})
     model = replace(deployed, input_q=quantized.input_q, layers=quantized.layers, meta=meta)
     check_same_architecture(deployed, model, formats)
-
 
     report["layers"] = [{"name": ql.name, "format": formats[ql.name], "nnz_before": nnz_before[ql.name],
                          "nnz_after": int(np.count_nonzero(ql.weights)),
@@ -527,10 +677,36 @@ def adapt(run_dir: Path, deployed: QuantModel, formats: dict[str, str], captured
     report["output_zero_points"] = {ql.name: [old.output_q.zero_point, ql.output_q.zero_point]
                                     for old, ql in zip(deployed.layers, model.layers, strict=True) if ql.has_weights}
 
+    ship = True
+    if "guard" in steps:
+        t = time.perf_counter()
+        current = deployed if serving is None else serving
+        # an adapted model's input quantization corrects the shift, so clean source images would be
+        # distorted by it: its temperature is the one recorded when it was adapted
+        current_temperature = current.meta.get("adapted", {}).get("temperature") or fit_temperature(
+            output_logits(current, temp_set[0]), temp_set[1])
+        # Confidence needs no labels, and only self-training fits the unlabeled inputs' outputs:
+        # without it every captured input may judge (a 200-sample capture's estimate is then stable).
+        # Labels judge tuning by cross-validation, anything else directly (no other step sees them).
+        judge = held_idx if "selftrain" in steps else np.arange(len(x))
+        if cv_pred is not None:
+            judge = np.union1d(judge, fit_idx[target.labeled])
+        y_all = np.full(len(x), -1)
+        y_all[fit_idx] = y_fit
+        pred_all = None
+        if cv_pred is not None:
+            pred_all = np.full(len(x), -1)
+            pred_all[fit_idx] = cv_pred
+            pred_all = pred_all[judge]
+        before = guard_estimate(current, current_temperature, x[judge], y_all[judge])
+        after = guard_estimate(model, temperature, x[judge], y_all[judge], pred_all)
+        ship, reason = guard_decision(before, after)
+        report["guard"] = {"deployed": before, "adapted": after, "ship": ship, "reason": reason}
+        seconds["guard"] = time.perf_counter() - t
+
     monitor_qsae = monitor = None
     if "monitor" in steps:
         t = time.perf_counter()
-
         order = np.random.default_rng(seed).permutation(len(x))
         half = len(x) // 2
         fit_x, ref_x = x[np.sort(order[:half])], x[np.sort(order[half:])]
@@ -543,4 +719,24 @@ def adapt(run_dir: Path, deployed: QuantModel, formats: dict[str, str], captured
         seconds["monitor"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t0
     report["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
-    return AdaptResult(model, monitor_qsae, monitor, report)
+    return AdaptResult(model, monitor_qsae, monitor, report, ship)
+
+
+def source_samples(x_train: np.ndarray, y_train: np.ndarray, seed: int) -> tuple[tuple, tuple]:
+    """Two disjoint labeled samples of the training set: the replay data and the temperature set."""
+    order = np.random.default_rng(seed + 11).permutation(len(x_train))
+    n_replay = min(REPLAY_SAMPLES, len(order) // 2)
+    r, t = order[:n_replay], order[n_replay : n_replay + TEMPERATURE_SAMPLES]
+    return (x_train[r], y_train[r]), (x_train[t], y_train[t])
+
+
+def training_prior(tune_report: dict, y_fit: np.ndarray, y_replay: np.ndarray, num_classes: int) -> np.ndarray:
+    """The class frequencies the tuned model was trained on (half replay, half target), the prior its
+    posteriors are calibrated for."""
+    replay = np.bincount(y_replay, minlength=num_classes) / max(len(y_replay), 1)
+    labeled = y_fit[y_fit >= 0]
+    if not len(labeled):
+        return replay
+    target = np.bincount(labeled, minlength=num_classes) / len(labeled)
+    share = tune_report["labeled_share"]
+    return np.maximum(0.5 * replay + 0.5 * (share * target + (1 - share) * replay), PRIOR_FLOOR)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -30,13 +30,16 @@ from typing import TextIO
 import numpy as np
 
 from mcuprune.codegen.blob import parse_header
-from mcuprune.controller.adapt import STEPS, adapt
+from mcuprune.controller import CONTROLLER_STEPS, FIRST_CAPTURE, REFINE_CAPTURE
+from mcuprune.controller.accuracy import AccuracyTrigger
+from mcuprune.controller.adapt import adapt
 from mcuprune.controller.detectors import DriftDetector
 from mcuprune.controller.drift_offline import build_detector
 from mcuprune.controller.drift_qsae import device_outputs, device_telemetry
 from mcuprune.device.link import Device, DeviceError, offer_dir
 from mcuprune.device.update import stream_update
 from mcuprune.errors import UserError
+from mcuprune.model.interpreter import run_s8
 from mcuprune.model.ir import QuantModel
 from mcuprune.model.telemetry import Telemetry
 from mcuprune.quantize import calibration_indices
@@ -103,6 +106,7 @@ class AdaptOutcome:
     monitor: QuantModel
     drift: DriftDetector
     report: dict
+    ship: bool = True  # False: the host predicts the adapted model to be worse; the device keeps its model
 
 
 @dataclass
@@ -111,19 +115,31 @@ class StreamReport:
     predictions: list[int] = field(default_factory=list)  # the device's top-1 per sample
     serving: list[str] = field(default_factory=list)  # label of the model that answered each sample
     alarms: list[int] = field(default_factory=list)  # 0-based sample indices of drift alarms
+    accuracy_alarms: list[int] = field(default_factory=list)  # ... of alarms of the labeled-accuracy trigger
     updates: list[dict] = field(default_factory=list)  # one per completed update
+    declined: list[dict] = field(default_factory=list)  # adaptations the guard did not ship
     mismatches: int = 0  # samples whose logits or telemetry differed from the reference
     samples: int = 0
+    labels: int = 0  # labels the field returned (LABEL sent to the device)
+    labels_counted: int = 0  # ... that the device still knew the sample of
+
+
+# What the field returns: after each batch, (stream index, class) pairs that became known.
+LabelFeed = Callable[["HostController", int], Iterable[tuple[int, int]]]
+SAMPLE_IDS_KEPT = 4096  # stream index -> device sample id, for labels that come back late
 
 
 class HostController:
-    """See the module docstring. `adapt` maps captured uint8 inputs to an AdaptOutcome;
-    `update` installs an AdaptOutcome on the device and returns (new blob id, report dict)."""
+    """See the module docstring. `adapt` maps captured uint8 inputs, their labels (-1: none) and the
+    serving model to an AdaptOutcome; `update` installs an AdaptOutcome on the device and returns
+    (new blob id, report)."""
     def __init__(self, device: Device, serving: ServingModel, drift: DriftDetector, log: JsonlLog,
-                 adapt: Callable[[np.ndarray], AdaptOutcome] | None,
+                 adapt: Callable[[np.ndarray, np.ndarray, QuantModel], AdaptOutcome] | None,
                  update: Callable[[AdaptOutcome], tuple[int, dict]] | None,
-                 capture_samples: int = 1000, feed: str = "uart", batch: int = 50,
-                 max_updates: int | None = None, on_update: Callable[[ServingModel], None] | None = None) -> None:
+                 capture_samples: int = FIRST_CAPTURE, refine_samples: int = REFINE_CAPTURE, feed: str = "uart",
+                 batch: int = 50, max_updates: int | None = None,
+                 on_update: Callable[[ServingModel], None] | None = None, label_feed: LabelFeed | None = None,
+                 accuracy: AccuracyTrigger | None = None) -> None:
         if feed not in FEEDS:
             raise UserError(f"unknown feed '{feed}': choose one of {', '.join(FEEDS)}")
         self.device = device
@@ -133,14 +149,24 @@ class HostController:
         self.adapt = adapt
         self.update = update
         self.capture_samples = capture_samples
+        self.refine_samples = refine_samples
         self.feed = feed
         self.batch = batch
         self.max_updates = max_updates
         self.on_update = on_update  # e.g. save the installed model, so a later session knows the device's blob
+        self.label_feed = label_feed
+        self.accuracy = accuracy
+        self.labels: dict[int, int] = {}  # stream index -> class the field returned
+        self.captured_indices: list[int] = []  # stream indices of the inputs captured for the pending adaptation
         self._captured: list[np.ndarray] = []
+        self._sample_ids: dict[int, int] = {}  # stream index -> the device's sample id (telemetry count)
         self.alarms_seen: list[int] = []  # sample indices of every drift alarm, across updates
         self._capturing = False
         self._capture_from = 0
+        self._capture_goal = 0
+        self.window_start = 0
+        self._refining = False  # the current capture refines an update made on a short first capture
+        self._alarm_at: int | None = None
         self._tmp = offer_dir()  # INFER_FILE reads only offered folders (device/link.py OFFER_PREFIX)
         self.device.telemetry(1)
 
@@ -159,6 +185,7 @@ class HostController:
                 report.predictions.append(int(res.predicted))
                 report.serving.append(self.serving.label)
                 record = {name: res.telemetry[name] for name in TELEMETRY_FIELDS}
+                self._remember_sample_id(index, res.telemetry["count"])
                 if self._capturing and index >= self._capture_from:
                     self._take_capture(index, res, xb[i])
                 elif self.drift.update(record):
@@ -170,12 +197,47 @@ class HostController:
                     on_sample(index, {"pred": int(res.predicted), "label": None if y is None else int(y[index]),
                                       **record})
             report.samples += len(results)
-            if self._capturing and len(self._captured) >= self.capture_samples:
+            if self.label_feed is not None:
+                for index, label in self.label_feed(self, report.samples):
+                    self.label(index, label, report)
+            if self._capturing and len(self._captured) >= self._capture_goal:
                 self._adapt_and_update(report)
         return report
 
     def close(self) -> None:
         self._tmp.cleanup()
+
+    # --- labels -----------------------------------------------------------------------------------
+
+    def label(self, index: int, label: int, report: StreamReport) -> None:
+        """The field returned the true class of stream sample `index`: store it with the captured
+        input, tell the device (LABEL: it counts it against what it served) and feed the accuracy
+        trigger with the device's own record of its answer."""
+        self.labels[index] = int(label)
+        report.labels += 1
+        sample_id = self._sample_ids.get(index)
+        if sample_id is None:  # served before a re-flash, or too long ago
+            self.log.write("label", keep=False, sample=index, label=int(label), counted=False)
+            return
+        reply = self.device.label(sample_id, label)
+        self.log.write("label", keep=False, sample=index, sample_id=sample_id, label=int(label),
+                       counted=reply.counted, served=reply.served_top1, device_labeled=reply.labeled,
+                       device_correct=reply.correct)
+        if not reply.counted:
+            return
+        report.labels_counted += 1
+        if index < len(report.predictions) and reply.served_top1 != report.predictions[index]:
+            report.mismatches += 1
+            self.log.write("mismatch", sample=index, fields=["label_top1"], serving=self.serving.label)
+        if self.accuracy is not None and self.accuracy.update(reply.served_top1 == label):
+            report.accuracy_alarms.append(index)
+            self.log.write("accuracy_drop", sample=index, **self.accuracy.state())
+            if not self._capturing:
+                self._start_capture(index, len(report.predictions), report)
+
+    def _remember_sample_id(self, index: int, sample_id: int) -> None:
+        self._sample_ids[index] = int(sample_id)
+        self._sample_ids.pop(index - SAMPLE_IDS_KEPT, None)
 
     # --- steps ------------------------------------------------------------------------------------
 
@@ -197,18 +259,26 @@ class HostController:
             report.mismatches += 1
             self.log.write("mismatch", sample=index, fields=bad, serving=self.serving.label)
 
-    def _start_capture(self, index: int, next_sample: int, report: StreamReport) -> None:
-        """CAPTURE applies to the device's next inferences: those of the next batch on."""
+    def _start_capture(self, index: int, next_sample: int, report: StreamReport, refine: bool = False) -> None:
+        """CAPTURE applies to the device's next inferences: those of the next batch on. A first capture
+        is short (capture_samples: an update soon after the alarm); a refining one adds refine_samples
+        to it, and the adaptation then uses both."""
         if self.adapt is None or self.update is None:
             return
         if self.max_updates is not None and len(report.updates) >= self.max_updates:
             self.log.write("drift_ignored", sample=index, reason=f"max_updates={self.max_updates} reached")
             return
-        self.device.capture(CAPTURE_INPUT, self.capture_samples)
+        count = self.refine_samples if refine else self.capture_samples
+        self.device.capture(CAPTURE_INPUT, count)
         self._capturing = True
+        self._refining = refine
         self._capture_from = next_sample
-        self._captured = []
-        self.log.write("capture", sample=index, count=self.capture_samples)
+        if not refine:
+            self._captured, self.captured_indices = [], []
+            self._alarm_at = index
+        self.window_start = len(self._captured)  # where this capture's inputs begin in captured_indices
+        self._capture_goal = len(self._captured) + count
+        self.log.write("capture", sample=index, count=count, refine=refine)
 
     def _take_capture(self, index: int, res: object, sent: np.ndarray) -> None:
         if res.capture is None:
@@ -218,28 +288,46 @@ class HostController:
         if which != CAPTURE_INPUT or not np.array_equal(image, sent):
             self.log.write("mismatch", sample=index, fields=["capture"], serving=self.serving.label)
         self._captured.append(image)
+        self.captured_indices.append(index)
 
     def _adapt_and_update(self, report: StreamReport) -> None:
         self._capturing = False
-        captured = np.stack(self._captured[: self.capture_samples])
+        captured = np.stack(self._captured)
+        labels = np.array([self.labels.get(i, -1) for i in self.captured_indices], dtype=np.int64)
         t0 = time.monotonic()
-        outcome = self.adapt(captured)
+        outcome = self.adapt(captured, labels, self.serving.model)
         adapt_s = time.monotonic() - t0
-        self.log.write("adapted", seconds=round(adapt_s, 2), report=outcome.report)
-        t0 = time.monotonic()
-        blob_id, info = self.update(outcome)
-        update_s = time.monotonic() - t0
-        self.device = info.pop("device", self.device)  # a re-flash may have reconnected
-        label = f"update-{len(report.updates) + 1}"
-        self.serving = ServingModel(outcome.model, outcome.monitor, blob_id, label)
-        self.drift = outcome.drift
-        self.device.telemetry(1)  # a re-flashed device boots with telemetry off
-        entry = {"after_sample": report.samples, "serving": label, "blob_id": blob_id,
-                 "adapt_seconds": round(adapt_s, 2), "update_seconds": round(update_s, 3), **info}
-        report.updates.append(entry)
-        self.log.write("updated", **entry)
-        if self.on_update is not None:
-            self.on_update(self.serving)
+        self.log.write("adapted", seconds=round(adapt_s, 2), ship=outcome.ship, report=outcome.report)
+        common = {"after_sample": report.samples, "alarm_at": self._alarm_at,
+                  "samples_after_alarm": None if self._alarm_at is None else report.samples - 1 - self._alarm_at,
+                  "captured": int(len(captured)), "labels": int(np.sum(labels >= 0)), "refine": self._refining,
+                  "adapt_seconds": round(adapt_s, 2), "guard": outcome.report.get("guard")}
+        if not outcome.ship:
+            # the device keeps its model; the host takes the captured data as its new normal so that
+            # the same shift does not raise the same alarm again
+            self.drift = build_detector(device_telemetry(self.serving.model, self.serving.monitor, captured),
+                                        self.serving.model.num_classes)
+            report.declined.append(common)
+            self.log.write("no_update", **common)
+        else:
+            t0 = time.monotonic()
+            blob_id, info = self.update(outcome)
+            update_s = time.monotonic() - t0
+            device = info.pop("device", self.device)  # a re-flash may have reconnected
+            if device is not self.device:
+                self._sample_ids.clear()  # a re-flashed device counts its samples from 1 again
+            self.device = device
+            label = f"update-{len(report.updates) + 1}"
+            self.serving = ServingModel(outcome.model, outcome.monitor, blob_id, label)
+            self.drift = outcome.drift
+            self.device.telemetry(1)  # a re-flashed device boots with telemetry off
+            entry = {**common, "serving": label, "blob_id": blob_id, "update_seconds": round(update_s, 3), **info}
+            report.updates.append(entry)
+            self.log.write("updated", **entry)
+            if self.on_update is not None:
+                self.on_update(self.serving)
+        if not self._refining and self.refine_samples > 0:
+            self._start_capture(report.samples - 1, report.samples, report, refine=True)
 
 
 def _value(v: object) -> object:
@@ -275,20 +363,37 @@ def factory_serving(fw: FirmwareDir) -> ServingModel:
     return ServingModel(fw.model, fw.monitor, parse_header(fw.blob_path.read_bytes()).blob_id, "factory")
 
 
+def factory_accuracy_trigger(serving: ServingModel, x_train: np.ndarray, y_train: np.ndarray,
+                             samples: int = 2000, seed: int = 2) -> AccuracyTrigger:
+    """The labeled-accuracy trigger, expecting the factory model's int8 accuracy on training images
+    outside the calibration subset (held out from quantization, not from training: the margin of
+    AccuracyTrigger covers the gap to unseen data)."""
+    n = len(x_train)
+    free = np.setdiff1d(np.arange(n), calibration_indices(n))
+    if len(free) == 0:
+        free = np.arange(n)
+    pick = np.sort(np.random.default_rng(seed).choice(free, size=min(samples, len(free)), replace=False))
+    pred = run_s8(serving.model, to_int8(x_train[pick])).argmax(axis=1)
+    return AccuracyTrigger(float(np.mean(pred == np.asarray(y_train)[pick])))
+
+
 def factory_drift_detector(serving: ServingModel, x_train: np.ndarray, num_classes: int) -> DriftDetector:
     """The default drift monitor (drift_offline.DetectorSpec) fitted on the factory model's telemetry."""
     return build_detector(device_telemetry(serving.model, serving.monitor, reference_images(x_train)), num_classes)
 
 
-ADAPT_STEPS = STEPS  # every step, re-pruning included (the issue asks for it; --adapt-steps to choose)
+ADAPT_STEPS = CONTROLLER_STEPS  # the default steps (--adapt-steps to choose from all of adapt.STEPS)
 
 
 def make_adapter(run_dir: Path, fw: FirmwareDir, seed: int = 0,
-                 steps: tuple[str, ...] = ADAPT_STEPS) -> Callable[[np.ndarray], AdaptOutcome]:
-    """Captured uint8 inputs -> new parameters for `fw`'s architecture (adapt.adapt with `steps`)."""
-    def run(captured: np.ndarray) -> AdaptOutcome:
-        result = adapt(run_dir, fw.model, fw.formats, captured, seed=seed, steps=steps)
-        return AdaptOutcome(result.model, result.monitor_qsae.model, result.monitor, result.report)
+                 steps: tuple[str, ...] = ADAPT_STEPS) -> Callable[[np.ndarray, np.ndarray, QuantModel], AdaptOutcome]:
+    """(captured uint8 inputs, their labels (-1: none), the model serving now) -> new parameters for
+    `fw`'s architecture (adapt.adapt with `steps`, always from the factory model: every adaptation
+    starts from what was trained, not from the previous adaptation)."""
+    def run(captured: np.ndarray, labels: np.ndarray, serving: QuantModel) -> AdaptOutcome:
+        result = adapt(run_dir, fw.model, fw.formats, captured, labels=labels, seed=seed, steps=steps,
+                       serving=serving)
+        return AdaptOutcome(result.model, result.monitor_qsae.model, result.monitor, result.report, result.ship)
 
     return run
 

@@ -24,12 +24,17 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
 
+from mcuprune.controller.accuracy import AccuracyTrigger
 from mcuprune.controller.controller import (
     ADAPT_STEPS,
+    FIRST_CAPTURE,
+    REFINE_CAPTURE,
     HostController,
     JsonlLog,
+    LabelFeed,
     ServingModel,
     StreamReport,
+    factory_accuracy_trigger,
     factory_drift_detector,
     factory_serving,
     make_adapter,
@@ -52,11 +57,25 @@ class DemoConfig:
     shift_at: int = 1000
     length: int = 4000
     false_alarm_samples: int = 10_000
-    capture_samples: int = 1000
+    capture_samples: int = FIRST_CAPTURE
+    refine_samples: int = REFINE_CAPTURE
+    labels: int = 0  # labels the field returns per capture (of the first captured samples)
     feed: str = "semihosting"
     update: str = "stream"
     seed: int = 0
     adapt_steps: tuple[str, ...] = ADAPT_STEPS
+
+
+def capture_label_feed(y: np.ndarray, per_capture: int) -> LabelFeed:
+    """The field's answer in the demo: the true classes of the first `per_capture` samples of every
+    capture (an operator checks that many of the inputs the controller collects), as they arrive."""
+    def feed(controller: HostController, served: int) -> list[tuple[int, int]]:
+        window = controller.captured_indices[controller.window_start :]
+        have = sum(1 for i in window if i in controller.labels)
+        fresh = [i for i in window if i not in controller.labels][: max(0, per_capture - have)]
+        return [(i, int(y[i])) for i in fresh]
+
+    return feed
 
 
 def static_predictions(model, x_uint8: np.ndarray) -> np.ndarray:
@@ -73,9 +92,12 @@ def summarize(name: str, report: StreamReport, static_pred: np.ndarray, y: np.nd
     dyn = np.asarray(report.predictions)
     n = len(dyn)
     after = [a for a in report.alarms if a >= shift_at]
-    first_update = report.updates[0]["after_sample"] if report.updates else None
-    served_from = first_update if first_update is not None else min(shift_at, n)
+    first = report.updates[0] if report.updates else None
+    # no shift in the stream ("none"): the whole stream
+    served_from = first["after_sample"] if first is not None else (shift_at if shift_at < n else 0)
     seg = slice(served_from, n)
+    per_update = [{k: u.get(k) for k in ("after_sample", "samples_after_alarm", "captured", "labels", "refine",
+                                         "update_bytes", "update_seconds", "adapt_seconds")} for u in report.updates]
     return {
         "name": name,
         "samples": n,
@@ -83,6 +105,7 @@ def summarize(name: str, report: StreamReport, static_pred: np.ndarray, y: np.nd
         "detection_delay": (after[0] - shift_at + 1) if after else None,
         "false_alarms": sum(a < shift_at for a in report.alarms),
         "alarms": list(report.alarms),
+        "accuracy_alarms": list(report.accuracy_alarms),
         # accuracies on the samples the updated model served (after the shift if there was no update)
         "evaluated_from": served_from,
         "static_accuracy": _accuracy(static_pred[seg], y[seg]),
@@ -90,16 +113,22 @@ def summarize(name: str, report: StreamReport, static_pred: np.ndarray, y: np.nd
         "static_accuracy_after_shift": _accuracy(static_pred[shift_at:n], y[shift_at:n]),
         "dynamic_accuracy_after_shift": _accuracy(dyn[shift_at:n], y[shift_at:n]),
         "accuracy_before_shift": _accuracy(dyn[:shift_at], y[:shift_at]),
-        "update_bytes": report.updates[0]["update_bytes"] if report.updates else None,
-        "update_seconds": report.updates[0]["update_seconds"] if report.updates else None,
-        "adapt_seconds": report.updates[0]["adapt_seconds"] if report.updates else None,
+        "first_update_after_alarm": first["samples_after_alarm"] if first is not None else None,
+        "update_bytes": first["update_bytes"] if first is not None else None,
+        "update_seconds": first["update_seconds"] if first is not None else None,
+        "adapt_seconds": first["adapt_seconds"] if first is not None else None,
+        "labels_returned": report.labels,
+        "labels_counted_by_device": report.labels_counted,
+        "per_update": per_update,
+        "declined": [{k: d.get(k) for k in ("after_sample", "captured", "labels", "refine", "guard")}
+                     for d in report.declined],
         "updates": report.updates,
         "mismatches": report.mismatches,
     }
 
 
 def run_scenario(scenario: Scenario, dataset: Dataset, cfg: DemoConfig,
-                 make_controller: Callable[[JsonlLog], HostController], factory: ServingModel,
+                 make_controller: Callable[[JsonlLog, LabelFeed | None], HostController], factory: ServingModel,
                  log: JsonlLog) -> tuple[dict, dict]:
     """Stream one scenario through a fresh controller; (summary, timeline arrays)."""
     if scenario.kind == "none":
@@ -111,7 +140,7 @@ def run_scenario(scenario: Scenario, dataset: Dataset, cfg: DemoConfig,
         shift_at = cfg.shift_at
     log.write("scenario", name=scenario.name, samples=len(x), shift_at=shift_at if shift_at < len(x) else None)
     t0 = time.monotonic()
-    controller = make_controller(log)
+    controller = make_controller(log, capture_label_feed(y, cfg.labels) if cfg.labels else None)
     try:
         report = controller.run(x, y)
     finally:
@@ -153,12 +182,14 @@ def plot_timelines(timelines: dict[str, dict], out: Path, window: int = 200) -> 
 def write_report(results: dict, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "drift_demo.json").write_text(json.dumps(results, indent=2) + "\n")
-    lines = ["| scenario | delay | false alarms | static acc | dynamic acc | update B | update s | adapt s "
-             "| mismatches |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| scenario | static acc | dynamic acc | delay | false alarms | 1st update after alarm | updates "
+             "| declined | update B | update s | adapt s | labels | mismatches |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in results["scenarios"]:
-        lines.append(f"| {s['name']} | {s['detection_delay']} | {s['false_alarms']} | {_pct(s['static_accuracy'])} | "
-                     f"{_pct(s['dynamic_accuracy'])} | {s['update_bytes']} | {s['update_seconds']} | "
-                     f"{s['adapt_seconds']} | {s['mismatches']} |")
+        lines.append(f"| {s['name']} | {_pct(s['static_accuracy'])} | {_pct(s['dynamic_accuracy'])} | "
+                     f"{s['detection_delay']} | {s['false_alarms']} | {s['first_update_after_alarm']} | "
+                     f"{len(s['per_update'])} | {len(s['declined'])} | {s['update_bytes']} | {s['update_seconds']} | "
+                     f"{s['adapt_seconds']} | {s['labels_returned']} | {s['mismatches']} |")
     (out_dir / "drift_demo.md").write_text("\n".join(lines) + "\n")
 
 
@@ -214,8 +245,11 @@ def run_drift_demo(run_dir: Path, fw_dir: Path, dataset: Dataset, cfg: DemoConfi
     out_dir.mkdir(parents=True, exist_ok=True)
     progress(f"[drift-demo] fitting the drift detectors on {fw.model.name}'s telemetry of held-out training images")
     monitor_state = factory_drift_detector(factory, dataset.x_train, dataset.num_classes).state()
+    expected = factory_accuracy_trigger(factory, dataset.x_train, dataset.y_train).expected
     log = JsonlLog(out_dir / "events.jsonl", append=False)
     adapter = make_adapter(run_dir, fw, seed=cfg.seed, steps=cfg.adapt_steps)
+    progress(f"[drift-demo] {cfg.labels} labels per capture; first update after {cfg.capture_samples} captured "
+             f"inputs, a refined one after {cfg.refine_samples} more")
     summaries, timelines = [], {}
     scratch = tempfile.TemporaryDirectory(prefix="mcuprune-slots-")  # 16 MB memory files, one per board
     try:
@@ -226,9 +260,12 @@ def run_drift_demo(run_dir: Path, fw_dir: Path, dataset: Dataset, cfg: DemoConfi
             updater = (stream_updater(lambda s=session: s.device, fw) if cfg.update == "stream"
                        else reflash_updater(fw, out_dir / "reflash", session.reflash))
 
-            def make(lg: JsonlLog, device: Device = device, updater=updater) -> HostController:
+            def make(lg: JsonlLog, label_feed: LabelFeed | None, device: Device = device,
+                     updater=updater) -> HostController:
                 return HostController(device, factory, DriftDetector.from_state(monitor_state), lg, adapter, updater,
-                                      capture_samples=cfg.capture_samples, feed=cfg.feed)
+                                      capture_samples=cfg.capture_samples, refine_samples=cfg.refine_samples,
+                                      feed=cfg.feed, label_feed=label_feed,
+                                      accuracy=None if label_feed is None else AccuracyTrigger(expected))
 
             progress(f"[drift-demo] scenario {scenario.name}")
             try:
@@ -238,8 +275,9 @@ def run_drift_demo(run_dir: Path, fw_dir: Path, dataset: Dataset, cfg: DemoConfi
                 memory.unlink(missing_ok=True)
             progress(f"[drift-demo]   delay {summary['detection_delay']}, false alarms {summary['false_alarms']}, "
                      f"static {_pct(summary['static_accuracy'])}, dynamic {_pct(summary['dynamic_accuracy'])}, "
-                     f"update {summary['update_bytes']} B in {summary['update_seconds']} s, "
-                     f"mismatches {summary['mismatches']}")
+                     f"{len(summary['per_update'])} update(s), {len(summary['declined'])} declined, first "
+                     f"{summary['first_update_after_alarm']} samples after the alarm, {summary['update_bytes']} B in "
+                     f"{summary['update_seconds']} s, mismatches {summary['mismatches']}")
             summaries.append(summary)
             timelines[scenario.name] = timeline
     finally:

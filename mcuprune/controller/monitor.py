@@ -9,13 +9,16 @@ what the device serves after an update.
 
 from __future__ import annotations
 
+import queue
 import shlex
 import subprocess
 import sys
+import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 from rich.live import Live
@@ -23,9 +26,12 @@ from rich.table import Table
 
 from mcuprune.controller.controller import (
     ADAPT_STEPS,
+    FIRST_CAPTURE,
+    REFINE_CAPTURE,
     HostController,
     JsonlLog,
     ServingModel,
+    factory_accuracy_trigger,
     factory_drift_detector,
     factory_serving,
     make_adapter,
@@ -49,10 +55,71 @@ class MonitorConfig:
     scenario: str = "none"
     shift_at: int = 1000
     samples: int = 4000
-    capture_samples: int = 1000
+    capture_samples: int = FIRST_CAPTURE
+    refine_samples: int = REFINE_CAPTURE
     feed: str = "uart"
     seed: int = 0
     adapt_steps: tuple[str, ...] = ADAPT_STEPS
+    labels: str | None = None  # FILE or "-" (stdin): "SAMPLE CLASS" lines
+
+
+def parse_label_line(line: str, num_classes: int, where: str) -> tuple[int, int] | None:
+    """'SAMPLE CLASS' (whitespace or a comma between; '#' starts a comment) -> (sample, class); None
+    for a blank line. UserError naming `where` for anything else."""
+    text = line.split("#", 1)[0].replace(",", " ").split()
+    if not text:
+        return None
+    try:
+        if len(text) != 2:
+            raise ValueError
+        sample, label = int(text[0]), int(text[1])
+    except ValueError:
+        raise UserError(f"{where}: expected 'SAMPLE CLASS' (two integers), got {line.strip()!r}") from None
+    if sample < 0 or not 0 <= label < num_classes:
+        raise UserError(f"{where}: sample must be >= 0 and class in 0..{num_classes - 1}, got {line.strip()!r}")
+    return sample, label
+
+
+class LabelSource:
+    """Labels known on the host, as a controller LabelFeed. A file is read and checked completely
+    before the stream starts; "-" reads stdin on a thread, so labels can come while the stream runs
+    (an operator, or a pipe from another system); a bad stdin line is reported on stderr and
+    skipped, since the stream cannot be undone. A label waits until its sample has been served."""
+
+    def __init__(self, spec: str, num_classes: int, stdin: TextIO | None = None) -> None:
+        self._pending: list[tuple[int, int]] = []
+        self._queue: queue.Queue[tuple[int, int]] = queue.Queue()
+        self.num_classes = num_classes
+        if spec == "-":
+            threading.Thread(target=self._read, args=(stdin or sys.stdin,), daemon=True).start()
+            return
+        path = Path(spec)
+        if not path.is_file():
+            raise UserError(f"--labels {spec}: no such file (lines 'SAMPLE CLASS', or - for stdin)")
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            parsed = parse_label_line(line, num_classes, f"{spec} line {number}")
+            if parsed is not None:
+                self._pending.append(parsed)
+
+    def _read(self, stream: TextIO) -> None:
+        for number, line in enumerate(stream, 1):
+            try:
+                parsed = parse_label_line(line, self.num_classes, f"stdin line {number}")
+            except UserError as err:
+                print(f"[monitor] {err} (skipped)", file=sys.stderr)
+                continue
+            if parsed is not None:
+                self._queue.put(parsed)
+
+    def __call__(self, controller: HostController, served: int) -> list[tuple[int, int]]:
+        while True:
+            try:
+                self._pending.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        ready = [p for p in self._pending if p[0] < served]
+        self._pending = [p for p in self._pending if p[0] >= served]
+        return ready
 
 
 def resolve_firmware(run: Path, firmware: Path | None) -> tuple[FirmwareDir, Path]:
@@ -154,6 +221,7 @@ def run_monitor(port: str, fw: FirmwareDir, run_dir: Path, cfg: MonitorConfig, l
                 connect: Callable[[str], Device] = Device) -> dict:
     """Connect, check the device runs this firmware, feed the stream and control; returns a summary."""
     dataset = load_dataset(fw.model.meta.get("dataset", "fashion-mnist"))
+    labels = None if cfg.labels is None else LabelSource(cfg.labels, fw.model.num_classes)  # checked before connecting
     device = connect(port)
     info = device.info()
     if not info.updatable:
@@ -177,9 +245,13 @@ def run_monitor(port: str, fw: FirmwareDir, run_dir: Path, cfg: MonitorConfig, l
     log.write("start", port=port, firmware=str(fw.path), serving=serving.label, blob_id=serving.blob_id,
               scenario=scenario.name, shift_at=cfg.shift_at, samples=cfg.samples, update=cfg.update)
     adapter = make_adapter(run_dir, fw, cfg.seed, cfg.adapt_steps) if updater else None
+    accuracy = None
+    if labels is not None:
+        accuracy = factory_accuracy_trigger(factory_serving(fw), dataset.x_train, dataset.y_train)
     controller = HostController(device, serving, drift, log, adapter,
-                                updater, capture_samples=cfg.capture_samples, feed=cfg.feed,
-                                on_update=lambda s: save_installed(fw, s))
+                                updater, capture_samples=cfg.capture_samples, refine_samples=cfg.refine_samples,
+                                feed=cfg.feed, on_update=lambda s: save_installed(fw, s), label_feed=labels,
+                                accuracy=accuracy)
     view = LiveView(controller)
     try:
         report = controller.run(x, y, on_sample=view)
@@ -188,7 +260,9 @@ def run_monitor(port: str, fw: FirmwareDir, run_dir: Path, cfg: MonitorConfig, l
         controller.close()
         controller.device.close()  # frees the line: QEMU's TCP serial serves one client at a time
     pred = np.asarray(report.predictions)
-    summary = {"samples": report.samples, "alarms": report.alarms, "updates": report.updates,
+    summary = {"samples": report.samples, "alarms": report.alarms, "accuracy_alarms": report.accuracy_alarms,
+               "labels": report.labels, "labels_counted_by_device": report.labels_counted,
+               "declined": report.declined, "updates": report.updates,
                "mismatches": report.mismatches, "accuracy": round(float(np.mean(pred == y[: len(pred)])), 4),
                "serving": controller.serving.label, "blob_id": f"0x{controller.serving.blob_id:08x}"}
     log.write("done", **summary)
