@@ -105,16 +105,28 @@ def test_monitor_over_a_socket_url_updates_the_device_and_logs_every_step(blob_f
     try:
         _wait_listening(port)  # this probe connection releases QEMU's wait=on; the guest boots
         log = tmp_path / "monitor.jsonl"
+        from mcuprune.controller.scenarios import SCENARIOS, make_stream
+        from mcuprune.train.datasets import load_digits
+
+        _, y, _ = make_stream(load_digits(), SCENARIOS["brightness_contrast"], 300, 900, 0)
+        labels = tmp_path / "labels.txt"  # an operator's answers for the first 150 samples, one wrong
+        labels.write_text("".join(f"{i} {(y[i] + (i == 7)) % 10}\n" for i in range(150)))
         code = main(["monitor", "--port", f"socket://127.0.0.1:{port}", "--run", str(blob_fw.path),
                      "--scenario", "brightness_contrast", "--shift-at", "300", "--samples", "900",
-                     "--capture", "200", "--feed", "semihosting", "--log", str(log), "--json"])
+                     "--capture", "200", "--feed", "semihosting", "--log", str(log), "--labels", str(labels),
+                     "--adapt-steps", "input", "calibrate", "monitor", "--json"])  # no guard: see the demo test
         assert code == 0
         summary = json.loads(capsys.readouterr().out)
         assert summary["mismatches"] == 0 and len(summary["updates"]) == 1
+        assert summary["labels"] == 150 and summary["labels_counted_by_device"] == 150
+        answered = [json.loads(line) for line in log.read_text().splitlines() if '"event": "label"' in line]
+        assert len(answered) == 150 and answered[-1]["device_labeled"] == 150
+        assert answered[-1]["device_correct"] == sum(e["served"] == e["label"] for e in answered)
         assert summary["alarms"] and 300 <= summary["alarms"][0] < 600
         lines = [json.loads(line) for line in log.read_text().splitlines()]
+        # the refining capture starts right after the first update; the stream ends before it is full
         assert [e["event"] for e in lines if e["event"] in ("drift", "capture", "adapted", "updated")] == \
-            ["drift", "capture", "adapted", "updated"]
+            ["drift", "capture", "adapted", "updated", "capture"]
         new_id = summary["updates"][0]["blob_id"]
         with Device(f"socket://127.0.0.1:{port}") as dev:
             info = dev.info()
