@@ -320,7 +320,7 @@ def cmd_monitor(args: argparse.Namespace) -> None:
                         capture_samples=args.capture, refine_samples=args.refine, feed=args.feed, seed=args.seed,
                         adapt_steps=tuple(args.adapt_steps), labels=args.labels)
     log = Path(args.log) if args.log else fw.path / "monitor.jsonl"
-    summary = run_monitor(args.port, fw, run_dir, cfg, log)
+    summary = run_monitor(args.port, fw, run_dir, cfg, log, signer=_signer(args))
     if args.json:
         _print_json(summary)
         return
@@ -346,7 +346,8 @@ def cmd_drift_demo(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else Path(args.workdir) / "drift-demo"
     quiet = (lambda _msg: None) if args.json else print
     results = run_drift_demo(run_dir, fw_dir, load_dataset(fw.model.meta.get("dataset", "fashion-mnist")), cfg, out,
-                             [NONE if s == "none" else SCENARIOS[s] for s in args.scenarios], progress=quiet)
+                             [NONE if s == "none" else SCENARIOS[s] for s in args.scenarios], progress=quiet,
+                             signer=_signer(args))
     if args.json:
         _print_json(results)
         return
@@ -357,17 +358,21 @@ def cmd_drift_demo(args: argparse.Namespace) -> None:
         raise UserError(f"device output differed from the int8 reference in scenario(s) {', '.join(bad)}")
 
 
+def _signer(args: argparse.Namespace):
+    """The owner's key from --signing-key (a signed firmware's updates and commands need it), or None."""
+    from mcuprune.codegen.signing import load_signer
+
+    return load_signer(Path(args.signing_key)) if getattr(args, "signing_key", None) else None
+
+
 def cmd_powercut_test(args: argparse.Namespace) -> None:
     from mcuprune.device.powercut import run_powercut_trials
 
     if args.trials < 1:
         raise UserError("--trials must be at least 1")
-    from mcuprune.codegen.signing import load_signer
-
     fw_dir, _ = _blob_firmware(args)
-    signer = load_signer(Path(args.signing_key)) if args.signing_key else None
     result = run_powercut_trials(fw_dir, args.trials, seed=args.seed,
-                                 progress=None if args.json else print, signer=signer)
+                                 progress=None if args.json else print, signer=_signer(args))
     if args.json:
         _print_json(result)
         return
@@ -541,6 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feed", choices=("uart", "semihosting"), default="uart",
                    help="how inputs reach the device (semihosting: emulators only)")
     p.add_argument("--log", default=None, help="JSONL event log (default: FWDIR/monitor.jsonl)")
+    p.add_argument("--signing-key", default=None, metavar="KEY",
+                   help="signed firmware: the owner's key folder, to sign the update blobs and authorise commands")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_monitor)
@@ -558,9 +565,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--board", default="mps2-an386")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--json", action="store_true", help="print one JSON object")
+        p.add_argument("--signing-key", default=None, metavar="KEY",
+                       help="signed firmware: the owner's key folder, to sign the update blobs and authorise them")
     p.add_argument("--trials", type=int, default=20)
-    p.add_argument("--signing-key", default=None, metavar="KEY",
-                   help="signed firmware: the owner's key folder, to sign the update blobs and authorise them")
     p.set_defaults(func=cmd_powercut_test)
     p = sub.choices["drift-demo"]
     p.add_argument("--scenarios", nargs="+", default=["brightness_contrast", "gaussian_noise", "rotation",

@@ -7,6 +7,7 @@ without the owner's authorization are refused; the security counter survives a p
 
 from __future__ import annotations
 
+import json
 import struct
 import zlib
 from collections.abc import Iterator
@@ -202,3 +203,24 @@ def test_signed_blob_layout_on_the_host(signed_fw: FirmwareDir, keys: dict) -> N
     factory = signed_fw.blob_path.read_bytes()
     assert parse_header(factory).reserved & 1 and factory[-TRAILER_BYTES:-TRAILER_BYTES + 4] == b"MCSG"
     assert signed_fw.signed and signed_fw.info["security"]["key_id"] == keys["owner"].key_id.hex()
+
+
+@pytest.mark.qemu
+@pytest.mark.slow
+def test_drift_demo_on_signed_firmware_streams_an_update_signed_by_the_owner(signed_fw: FirmwareDir, keys: dict,
+                                                                           tmp_path: Path, capsys) -> None:
+    """The host controller against a signed device: INFER_FILE and UPDATE_BEGIN authorised with the
+    owner's key, the adapted blob signed by it and installed; without the key, one line and exit 2."""
+    from mcuprune.cli import main
+
+    common = ["drift-demo", "--firmware", str(signed_fw.path), "--scenarios", "brightness_contrast", "--shift-at",
+              "300", "--length", "800", "--capture", "200", "--refine", "0", "--adapt-steps", "input", "calibrate",
+              "monitor", "--out", str(tmp_path / "demo"), "--json"]
+    assert main(common) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--signing-key" in err
+    assert main(common + ["--signing-key", str(keys["dir"])]) == 0
+    (s,) = json.loads(capsys.readouterr().out)["scenarios"]
+    assert s["mismatches"] == 0
+    (update,) = s["updates"]
+    assert update["slot"] == 1 and update["update_bytes"] > TRAILER_BYTES

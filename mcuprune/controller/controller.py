@@ -30,6 +30,7 @@ from typing import TextIO
 import numpy as np
 
 from mcuprune.codegen.blob import parse_header
+from mcuprune.codegen.signing import Signer
 from mcuprune.controller import CONTROLLER_STEPS, FIRST_CAPTURE, REFINE_CAPTURE
 from mcuprune.controller.accuracy import AccuracyTrigger
 from mcuprune.controller.adapt import adapt
@@ -398,11 +399,16 @@ def make_adapter(run_dir: Path, fw: FirmwareDir, seed: int = 0,
     return run
 
 
-def stream_updater(get_device: Callable[[], Device], fw: FirmwareDir) -> Callable[[AdaptOutcome], tuple[int, dict]]:
-    """Install an adaptation by streaming its blob into the device's spare slot (update.stream_update)."""
+def stream_updater(get_device: Callable[[], Device], fw: FirmwareDir,
+                   signer: Signer | None = None) -> Callable[[AdaptOutcome], tuple[int, dict]]:
+    """Install an adaptation by streaming its blob into the device's spare slot (update.stream_update);
+    a signed firmware's blobs are signed with `signer`, its owner's key."""
+    if fw.signed and signer is None:
+        raise UserError(f"{fw.path} is signed firmware: its updates need the owner's key (--signing-key)")
+
     def run(outcome: AdaptOutcome) -> tuple[int, dict]:
-        blob = fw.update_blob(outcome.model, outcome.monitor)
-        rep = stream_update(get_device(), blob)
+        blob = fw.update_blob(outcome.model, outcome.monitor, signer=signer)
+        rep = stream_update(get_device(), blob, signer=signer)
         return rep.blob_id, {"mode": "stream", "update_bytes": len(blob), "update_seconds": round(rep.seconds, 3),
                              "slot": rep.slot, "generation": rep.generation, "resends": rep.resends}
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
 
+from mcuprune.codegen.signing import Signer
 from mcuprune.controller.accuracy import AccuracyTrigger
 from mcuprune.controller.controller import (
     ADAPT_STEPS,
@@ -45,6 +46,7 @@ from mcuprune.controller.detectors import DriftDetector
 from mcuprune.controller.scenarios import Scenario, make_stream
 from mcuprune.device.link import Device
 from mcuprune.device.qemu import QemuDevice
+from mcuprune.errors import UserError
 from mcuprune.model.interpreter import BATCH, run_s8
 from mcuprune.target.compile import FirmwareDir, load_firmware_dir
 from mcuprune.train.datasets import Dataset, to_int8
@@ -205,13 +207,14 @@ def reference_monitor(drift: DriftDetector) -> Callable[[], DriftDetector]:
 
 class QemuSession:
     """One emulated board: the blob firmware in QEMU on a persistent memory file (its slots)."""
-    def __init__(self, fw: FirmwareDir, memory_file: Path) -> None:
+    def __init__(self, fw: FirmwareDir, memory_file: Path, signer: Signer | None = None) -> None:
         self.fw = fw
         self.memory_file = memory_file
+        self.signer = signer  # a signed firmware's owner key: authorises INFER_FILE, UPDATE_BEGIN, EXIT
         self.qemu: QemuDevice | None = None
 
     def start(self) -> Device:
-        self.qemu = QemuDevice(self.fw.board, self.fw.elf, memory_file=self.memory_file)
+        self.qemu = QemuDevice(self.fw.board, self.fw.elf, memory_file=self.memory_file, signer=self.signer)
         return self.qemu.start()
 
     @property
@@ -238,9 +241,14 @@ class QemuSession:
 
 
 def run_drift_demo(run_dir: Path, fw_dir: Path, dataset: Dataset, cfg: DemoConfig, out_dir: Path,
-                   scenarios: list[Scenario], progress: Callable[[str], None] = print) -> dict:
-    """Every scenario on a fresh emulated board; writes drift_demo.{json,md,png} and events.jsonl."""
+                   scenarios: list[Scenario], progress: Callable[[str], None] = print,
+                   signer: Signer | None = None) -> dict:
+    """Every scenario on a fresh emulated board; writes drift_demo.{json,md,png} and events.jsonl.
+    A signed firmware needs `signer`, its owner's key (updates by streaming only)."""
     fw = load_firmware_dir(fw_dir)
+    if fw.signed and (signer is None or cfg.update != "stream"):
+        raise UserError(f"{fw_dir} is signed firmware: the drift demo needs its owner's key (--signing-key) and "
+                        "--update stream")
     factory = factory_serving(fw)
     out_dir.mkdir(parents=True, exist_ok=True)
     progress(f"[drift-demo] fitting the drift detectors on {fw.model.name}'s telemetry of held-out training images")
@@ -255,9 +263,9 @@ def run_drift_demo(run_dir: Path, fw_dir: Path, dataset: Dataset, cfg: DemoConfi
     try:
         for scenario in scenarios:
             memory = Path(scratch.name) / f"slots-{scenario.name}.mem"  # a fresh board: it installs the factory blob
-            session = QemuSession(fw, memory)
+            session = QemuSession(fw, memory, signer)
             device = session.start()
-            updater = (stream_updater(lambda s=session: s.device, fw) if cfg.update == "stream"
+            updater = (stream_updater(lambda s=session: s.device, fw, signer) if cfg.update == "stream"
                        else reflash_updater(fw, out_dir / "reflash", session.reflash))
 
             def make(lg: JsonlLog, label_feed: LabelFeed | None, device: Device = device,

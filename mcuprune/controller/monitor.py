@@ -24,6 +24,7 @@ import numpy as np
 from rich.live import Live
 from rich.table import Table
 
+from mcuprune.codegen.signing import Signer
 from mcuprune.controller.controller import (
     ADAPT_STEPS,
     FIRST_CAPTURE,
@@ -218,8 +219,14 @@ class LiveView:
 
 
 def run_monitor(port: str, fw: FirmwareDir, run_dir: Path, cfg: MonitorConfig, log_path: Path,
-                connect: Callable[[str], Device] = Device) -> dict:
-    """Connect, check the device runs this firmware, feed the stream and control; returns a summary."""
+                connect: Callable[[str], Device] | None = None, signer: Signer | None = None) -> dict:
+    """Connect, check the device runs this firmware, feed the stream and control; returns a summary.
+    A signed firmware needs `signer`, its owner's key (streamed updates and INFER_FILE)."""
+    if connect is None:
+        def connect(url: str) -> Device:
+            return Device(url, signer=signer)
+    if fw.signed and signer is None and cfg.update != "none":
+        raise UserError(f"{fw.path} is signed firmware: updating it needs the owner's key (--signing-key)")
     dataset = load_dataset(fw.model.meta.get("dataset", "fashion-mnist"))
     labels = None if cfg.labels is None else LabelSource(cfg.labels, fw.model.num_classes)  # checked before connecting
     device = connect(port)
@@ -232,7 +239,7 @@ def run_monitor(port: str, fw: FirmwareDir, run_dir: Path, cfg: MonitorConfig, l
     serving = serving_for(fw, info.active_blob_id)
     drift = factory_drift_detector(serving, dataset.x_train, dataset.num_classes)
     if cfg.update == "stream":
-        updater = stream_updater(lambda: controller.device, fw)
+        updater = stream_updater(lambda: controller.device, fw, signer)
     elif cfg.update == "reflash":
         updater = reflash_updater(fw, log_path.parent / "reflash", board_flasher(port, fw, connect))
     else:
