@@ -563,7 +563,8 @@ def adapt(run_dir: Path, deployed: QuantModel, formats: dict[str, str], captured
           labels: np.ndarray | None = None, steps: tuple[str, ...] = DEFAULT_STEPS, seed: int = 0,
           input_method: str = "moments", compensation: str = "lstsq", train_images: np.ndarray | None = None,
           train_labels: np.ndarray | None = None, qsae_steps: int = 2000, tune_steps: int = TUNE_STEPS,
-          monitor_spec: DetectorSpec | None = None, serving: QuantModel | None = None) -> AdaptResult:
+          monitor_spec: DetectorSpec | None = None, serving: QuantModel | None = None,
+          serving_seen: int = 0) -> AdaptResult:
     """New parameters for the deployed architecture from captured inputs and the labels the field
     returned for some of them (module docstring).
 
@@ -571,7 +572,9 @@ def adapt(run_dir: Path, deployed: QuantModel, formats: dict[str, str], captured
     statistics and the replay data; a pruned run's parent is the re-pruning source). formats: the
     compiled weight format of each weighted layer. labels: one per captured input, -1 where none.
     train_images/train_labels: the training set, to avoid loading it again. serving: the model the
-    device serves now, if an earlier adaptation replaced `deployed` (the guard compares with it)."""
+    device serves now, if an earlier adaptation replaced `deployed` (the guard compares with it);
+    serving_seen: how many of the first captured inputs (and their labels) that adaptation used; the
+    guard judges both models by the labels the serving one did not learn from."""
     t0 = time.perf_counter()
     steps = tuple(steps)
     x = _check_arguments(deployed, formats, captured_uint8, steps, input_method, compensation)
@@ -693,6 +696,7 @@ def adapt(run_dir: Path, deployed: QuantModel, formats: dict[str, str], captured
             judge = np.union1d(judge, fit_idx[target.labeled])
         y_all = np.full(len(x), -1)
         y_all[fit_idx] = y_fit
+        y_all[: serving_seen if serving is not None else 0] = -1  # the serving model learnt these labels
         pred_all = None
         if cv_pred is not None:
             pred_all = np.full(len(x), -1)

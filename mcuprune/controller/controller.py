@@ -131,11 +131,11 @@ SAMPLE_IDS_KEPT = 4096  # stream index -> device sample id, for labels that come
 
 
 class HostController:
-    """See the module docstring. `adapt` maps captured uint8 inputs, their labels (-1: none) and the
-    serving model to an AdaptOutcome; `update` installs an AdaptOutcome on the device and returns
-    (new blob id, report)."""
+    """See the module docstring. `adapt` maps captured uint8 inputs, their labels (-1: none), the
+    serving model and how many captured inputs it learnt from to an AdaptOutcome; `update` installs
+    an AdaptOutcome on the device and returns (new blob id, report)."""
     def __init__(self, device: Device, serving: ServingModel, drift: DriftDetector, log: JsonlLog,
-                 adapt: Callable[[np.ndarray, np.ndarray, QuantModel], AdaptOutcome] | None,
+                 adapt: Callable[[np.ndarray, np.ndarray, QuantModel, int], AdaptOutcome] | None,
                  update: Callable[[AdaptOutcome], tuple[int, dict]] | None,
                  capture_samples: int = FIRST_CAPTURE, refine_samples: int = REFINE_CAPTURE, feed: str = "uart",
                  batch: int = 50, max_updates: int | None = None,
@@ -166,6 +166,7 @@ class HostController:
         self._capture_from = 0
         self._capture_goal = 0
         self.window_start = 0
+        self._serving_seen = 0  # captured inputs (from the start of captured_indices) the serving model learnt
         self._refining = False  # the current capture refines an update made on a short first capture
         self._alarm_at: int | None = None
         self._tmp = offer_dir()  # INFER_FILE reads only offered folders (device/link.py OFFER_PREFIX)
@@ -276,6 +277,7 @@ class HostController:
         self._capture_from = next_sample
         if not refine:
             self._captured, self.captured_indices = [], []
+            self._serving_seen = 0  # a new capture series: the serving model learnt none of it
             self._alarm_at = index
         self.window_start = len(self._captured)  # where this capture's inputs begin in captured_indices
         self._capture_goal = len(self._captured) + count
@@ -296,7 +298,7 @@ class HostController:
         captured = np.stack(self._captured)
         labels = np.array([self.labels.get(i, -1) for i in self.captured_indices], dtype=np.int64)
         t0 = time.monotonic()
-        outcome = self.adapt(captured, labels, self.serving.model)
+        outcome = self.adapt(captured, labels, self.serving.model, self._serving_seen)
         adapt_s = time.monotonic() - t0
         self.log.write("adapted", seconds=round(adapt_s, 2), ship=outcome.ship, report=outcome.report)
         common = {"after_sample": report.samples, "alarm_at": self._alarm_at,
@@ -320,6 +322,7 @@ class HostController:
             self.device = device
             label = f"update-{len(report.updates) + 1}"
             self.serving = ServingModel(outcome.model, outcome.monitor, blob_id, label)
+            self._serving_seen = len(captured)  # a refining adaptation judges it by the labels after these
             self.drift = outcome.drift
             self.device.telemetry(1)  # a re-flashed device boots with telemetry off
             entry = {**common, "serving": label, "blob_id": blob_id, "update_seconds": round(update_s, 3), **info}
@@ -387,13 +390,15 @@ ADAPT_STEPS = CONTROLLER_STEPS  # the default steps (--adapt-steps to choose fro
 
 
 def make_adapter(run_dir: Path, fw: FirmwareDir, seed: int = 0,
-                 steps: tuple[str, ...] = ADAPT_STEPS) -> Callable[[np.ndarray, np.ndarray, QuantModel], AdaptOutcome]:
-    """(captured uint8 inputs, their labels (-1: none), the model serving now) -> new parameters for
+                 steps: tuple[str, ...] = ADAPT_STEPS) -> Callable[[np.ndarray, np.ndarray, QuantModel, int],
+                                                                   AdaptOutcome]:
+    """(captured uint8 inputs, their labels (-1: none), the model serving now, how many of the captured
+    inputs its adaptation learnt from) -> new parameters for
     `fw`'s architecture (adapt.adapt with `steps`, always from the factory model: every adaptation
     starts from what was trained, not from the previous adaptation)."""
-    def run(captured: np.ndarray, labels: np.ndarray, serving: QuantModel) -> AdaptOutcome:
+    def run(captured: np.ndarray, labels: np.ndarray, serving: QuantModel, serving_seen: int = 0) -> AdaptOutcome:
         result = adapt(run_dir, fw.model, fw.formats, captured, labels=labels, seed=seed, steps=steps,
-                       serving=serving)
+                       serving=None if serving is fw.model else serving, serving_seen=serving_seen)
         return AdaptOutcome(result.model, result.monitor_qsae.model, result.monitor, result.report, result.ship)
 
     return run
