@@ -153,6 +153,7 @@ def run_scenario(scenario: Scenario, dataset: Dataset, cfg: DemoConfig,
     log.write("scenario_done", **{k: v for k, v in summary.items() if k not in ("alarms", "updates")})
     timeline = {"static": (static_pred == y).astype(np.int8), "dynamic": (np.asarray(report.predictions) == y)
                 .astype(np.int8), "alarms": report.alarms, "updates": [u["after_sample"] for u in report.updates],
+                "declined": [d["after_sample"] for d in report.declined],
                 "shift_at": shift_at if shift_at < len(x) else None}
     return summary, timeline
 
@@ -172,10 +173,12 @@ def plot_timelines(timelines: dict[str, dict], out: Path, window: int = 200) -> 
             ax.axvline(a, color="r", ls=":", lw=1, label="drift alarm" if i == 0 else None)
         for i, u in enumerate(tl["updates"]):
             ax.axvline(u, color="g", lw=1.5, label="update installed" if i == 0 else None)
+        for i, d in enumerate(tl.get("declined", [])):
+            ax.axvline(d, color="0.5", ls="-.", lw=1, label="no update (guard)" if i == 0 else None)
         ax.set_title(name, fontsize=9)
         ax.set_ylabel(f"acc ({window})")
         ax.set_ylim(0.4, 1.0)
-        ax.legend(fontsize=7, loc="lower left", ncol=5)
+        ax.legend(fontsize=7, loc="lower left", ncol=6)
     axes[-1, 0].set_xlabel("sample")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
