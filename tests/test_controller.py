@@ -164,7 +164,7 @@ def test_drift_demo_reflash_boots_the_adapted_firmware_on_erased_slots(blob_fw, 
     out = tmp_path / "demo"
     code = main(["drift-demo", "--firmware", str(blob_fw.path), "--scenarios", "brightness_contrast",
                  "--shift-at", "300", "--length", "1000", "--capture", "200", "--update", "reflash",
-                 "--out", str(out), "--json"])
+                 "--adapt-steps", "input", "calibrate", "monitor", "--out", str(out), "--json"])  # no guard: as above
     assert code == 0
     (s,) = json.loads(capsys.readouterr().out)["scenarios"]
     assert s["mismatches"] == 0 and s["detection_delay"] is not None

@@ -115,7 +115,7 @@ def summarize(name: str, report: StreamReport, static_pred: np.ndarray, y: np.nd
         "static_accuracy_after_shift": _accuracy(static_pred[shift_at:n], y[shift_at:n]),
         "dynamic_accuracy_after_shift": _accuracy(dyn[shift_at:n], y[shift_at:n]),
         "accuracy_before_shift": _accuracy(dyn[:shift_at], y[:shift_at]),
-        "first_update_after_alarm": first["samples_after_alarm"] if first is not None else None,
+        "first_update_after_alarm": first.get("samples_after_alarm") if first is not None else None,
         "update_bytes": first["update_bytes"] if first is not None else None,
         "update_seconds": first["update_seconds"] if first is not None else None,
         "adapt_seconds": first["adapt_seconds"] if first is not None else None,
