@@ -503,16 +503,18 @@ def split_holdout(y: np.ndarray, seed: int, fraction: float = HOLDOUT) -> tuple[
 
 def cross_validate(tune_fn: Callable[[TargetData], FloatModel], target: TargetData, seed: int,
                    folds: int = CV_FOLDS) -> np.ndarray:
-    """Predictions for every labeled target sample by a model tuned without its label (k-fold): what
-    the guard judges the tuning by. The unlabeled inputs stay in every fold."""
+    """Logits for every labeled target sample (NaN for the others) from a model tuned without its
+    label (k-fold): what the guard judges the tuning by. The unlabeled inputs stay in every fold."""
     labeled = np.random.default_rng(seed + 13).permutation(target.labeled)
-    pred = np.full(len(target.y), -1)
+    logits = None
     for part in np.array_split(labeled, folds):
         y = target.y.copy()
         y[part] = -1
-        model = tune_fn(TargetData(target.x, y))
-        pred[part] = float_logits(model, target.x[part]).argmax(axis=1)
-    return pred
+        out = float_logits(tune_fn(TargetData(target.x, y)), target.x[part])
+        if logits is None:
+            logits = np.full((len(target.y), out.shape[1]), np.nan)
+        logits[part] = out
+    return logits
 
 
 def output_logits(model: QuantModel, x_uint8: np.ndarray) -> np.ndarray:
@@ -630,13 +632,13 @@ def adapt(run_dir: Path, deployed: QuantModel, formats: dict[str, str], captured
         report["reprune"]["source"] = origin
         seconds["reprune"] = time.perf_counter() - t
 
-    cv_pred = None
+    cv_logits = None
     if tuning:
         t = time.perf_counter()
         if "guard" in steps and len(target.labeled) >= MIN_GUARD_LABELS and "tune" in steps:
             tuned_from = source
-            cv_pred = cross_validate(lambda data: tune(tuned_from, data, replay_data, seed=seed + 1, **tune_args)[0],
-                                     target, seed)
+            cv_logits = cross_validate(
+                lambda data: tune(tuned_from, data, replay_data, seed=seed + 1, **tune_args)[0], target, seed)
         source, report["tune"] = tune(source, target, replay_data, seed=seed + 1, **tune_args)
         source_prior = training_prior(report["tune"], target.y, replay[1], deployed.num_classes)
         seconds["tune"] = time.perf_counter() - t
@@ -657,6 +659,8 @@ def adapt(run_dir: Path, deployed: QuantModel, formats: dict[str, str], captured
             report["prior"]["source_prior"] = [round(float(v), 4) for v in source_prior]
             if report["prior"]["applied"]:
                 source = fold_prior(source, temperature, source_prior, target_prior)
+                if cv_logits is not None:  # the cross-validated models get the same correction
+                    cv_logits = cv_logits + temperature * np.log(target_prior / source_prior)
         seconds["prior"] = time.perf_counter() - t
 
     if "calibrate" in steps:
@@ -694,15 +698,15 @@ def adapt(run_dir: Path, deployed: QuantModel, formats: dict[str, str], captured
         # without it every captured input may judge (a 200-sample capture's estimate is then stable).
         # Labels judge tuning by cross-validation, anything else directly (no other step sees them).
         judge = held_idx if "selftrain" in steps else np.arange(len(x))
-        if cv_pred is not None:
+        if cv_logits is not None:
             judge = np.union1d(judge, fit_idx[target.labeled])
         y_all = np.full(len(x), -1)
         y_all[fit_idx] = y_fit
         y_all[: serving_seen if serving is not None else 0] = -1  # the serving model learnt these labels
         pred_all = None
-        if cv_pred is not None:
+        if cv_logits is not None:
             pred_all = np.full(len(x), -1)
-            pred_all[fit_idx] = cv_pred
+            pred_all[fit_idx] = np.where(np.isnan(cv_logits).any(axis=1), -1, np.nan_to_num(cv_logits).argmax(axis=1))
             pred_all = pred_all[judge]
         before = guard_estimate(current, current_temperature, x[judge], y_all[judge])
         after = guard_estimate(model, temperature, x[judge], y_all[judge], pred_all)
