@@ -1,11 +1,13 @@
-"""Adapting a deployed model to drifted inputs without labels: the host controller's update step.
+"""Adapting a deployed model to drifted inputs: the host controller's update step.
 
-    adapt(RUN, deployed, formats, captured_uint8) -> AdaptResult(model, monitor_qsae, monitor, report)
+    adapt(RUN, deployed, formats, captured_uint8, labels=...) -> AdaptResult(model, monitor_qsae,
+                                                                           monitor, report, ship)
 
-When the drift monitor fires, the host captures N recent inputs from the device (uint8 pixels, no
-labels) and builds new parameters for the *same compiled architecture*: the same ops, shapes and
-per-layer weight formats (codegen.architecture_hash is unchanged), so that only the parameter blob
-is streamed. Everything may change that the blob carries: the packed weights (nnz too), biases,
+When the drift monitor fires, the host captures N recent inputs from the device (uint8 pixels; the
+field may return the true class of some of them: ``labels``, -1 elsewhere) and builds new
+parameters for the *same compiled architecture*: the same ops, shapes and per-layer weight formats
+(codegen.architecture_hash is unchanged), so that only the parameter blob is streamed. Everything
+may change that the blob carries: the packed weights (nnz too), biases,
 requantization constants, every layer's zero points and clamps, and the monitor QSAE. Steps, each
 switchable (``steps``):
 
@@ -42,7 +44,19 @@ switchable (``steps``):
   one half of the captured data and the drift monitor (drift_offline.build_detector) is fitted on
   the new model's telemetry of the other half: the adapted distribution becomes the new normal.
 
-Without ``reprune`` the weights are the deployed int8 weights unchanged (dequantized and quantized
+Steps added for issue 13 (bench/drift/README.md measures each on and off):
+
+* ``tune``: fine-tuning on the labeled captures mixed with a replay of training data
+  (target_tune.py), the deployed nonzero pattern kept; with ``reprune`` the dense parent is tuned
+  before the masks are picked, and the masked model after.
+* ``selftrain``: the same tuning on confident pseudo-labels plus entropy minimisation of the
+  unlabeled captures.
+* ``prior``: class-prior EM on temperature-calibrated posteriors, folded into the logit layer's
+  bias when the data show a change that a pure prior change explains (prior.py).
+* ``guard``: the host's prediction of the adapted model against the serving one; ``ship`` is False
+  unless it predicts a gain (guard_decision).
+
+Without ``reprune`` and the tuning steps the weights are the deployed int8 weights unchanged (dequantized and quantized
 again, which reproduces them exactly); biases and requantization constants follow the new input and
 output scales. bench/drift/adapt_offline.py measures what each step buys (bench/drift/README.md).
 """

@@ -8,14 +8,19 @@ One loop (HostController.run) over a stream of uint8 images:
    (logits and telemetry, bit for bit: a mismatch is logged and counted, never ignored);
 3. **watch**: the drift monitor (Page-Hinkley on the QSAE reconstruction error, windowed T² tests on
    the activation histogram and the predicted class) takes each telemetry record;
-4. on drift, **capture** the next N inputs from the device (CAPTURE), then **adapt** (adapt.py:
-   recalibrate, re-prune by KL, retrain the monitor QSAE; unlabeled data only), build the new
-   parameter blob for the deployed architecture, and **update**: stream it into the spare slot
-   (update.stream_update) or re-flash a new ELF; confirm with INFO, switch the reference model and
-   the drift monitor to the adapted ones.
+4. on drift (or a drop of the accuracy over labeled samples), **capture** the next 200 inputs from
+   the device (CAPTURE), then **adapt** (adapt.py, with the labels the field returned for some of
+   them), build the new parameter blob for the deployed architecture, and **update**: stream it
+   into the spare slot (update.stream_update) or re-flash a new ELF; confirm with INFO, switch the
+   reference model and the drift monitor to the adapted ones. Then capture 1,000 more and adapt
+   again on all of them (refine). When the adaptation's guard predicts no gain, nothing is sent
+   ("no update") and the host's detector takes the capture as its new normal;
+5. **labels**: when the field returns the true class of a served sample (label_feed: a file,
+   stdin, or the demo's operator), it is stored with the captured input and sent to the device
+   (LABEL), whose answer (what it served for that sample) feeds the accuracy trigger.
 
-Every step is one JSON line in the log (JsonlLog). Labels, when the stream has them, are only used
-for reporting accuracy; nothing the controller decides depends on them.
+Every step is one JSON line in the log (JsonlLog). The labels of the stream itself (`y` of run())
+are only used for reporting; the controller decides on the labels the label feed returns.
 """
 
 from __future__ import annotations
