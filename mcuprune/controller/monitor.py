@@ -193,7 +193,7 @@ class LiveView:
             if self._live is not None:
                 self._live.update(self._table())
             elif self.samples % (self.every * 20) == 0:
-                print(" | ".join(f"{k} {v}" for k, v in self._rows()), flush=True)
+                print(" | ".join(f"{k} {v}" for k, v in self._rows()), file=sys.stderr, flush=True)  # stdout: --json
 
     def _rows(self) -> list[tuple[str, str]]:
         c = self.controller
