@@ -69,6 +69,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+from scipy.special import softmax
 
 from mcuprune.codegen.emit import architecture_hash
 from mcuprune.compress.activations import capture_activations, layer_rows, weight_matrix
@@ -531,16 +532,21 @@ def cross_validate(tune_fn: Callable[[TargetData], FloatModel], target: TargetDa
     return logits
 
 
+def _as_logits(out: np.ndarray, last: Op) -> np.ndarray:
+    """A network's real-valued outputs as logits: log-probabilities when it ends in a softmax."""
+    return np.log(np.maximum(out, 1e-6)) if last is Op.SOFTMAX else out
+
+
 def output_logits(model: QuantModel, x_uint8: np.ndarray) -> np.ndarray:
-    """The int8 network's outputs in real units (log-probabilities when it ends in a softmax)."""
+    """The int8 network's outputs in real units, as logits."""
     q = model.layers[-1].output_q
-    out = (run_s8(model, to_int8(x_uint8)).astype(np.float64) - q.zero_point) * q.scale
-    return np.log(np.maximum(out, 1e-6)) if model.layers[-1].op is Op.SOFTMAX else out
+    return _as_logits((run_s8(model, to_int8(x_uint8)).astype(np.float64) - q.zero_point) * q.scale,
+                      model.layers[-1].op)
 
 
 def float_logits(model: FloatModel, x_float: np.ndarray) -> np.ndarray:
-    out = run_f32(model, x_float).astype(np.float64)
-    return np.log(np.maximum(out, 1e-6)) if model.layers[-1].op is Op.SOFTMAX else out
+    """The float network's outputs as logits."""
+    return _as_logits(run_f32(model, x_float).astype(np.float64), model.layers[-1].op)
 
 
 def guard_estimate(model: QuantModel, temperature: float, x_uint8: np.ndarray, y: np.ndarray,
@@ -551,9 +557,7 @@ def guard_estimate(model: QuantModel, temperature: float, x_uint8: np.ndarray, y
     a calibrated model and optimistic under shift, for both models alike)."""
     if len(x_uint8) == 0:
         return {"samples": 0, "labeled": 0, "accuracy": None, "confidence": None}
-    z = output_logits(model, x_uint8) / temperature
-    p = np.exp(z - z.max(axis=1, keepdims=True))
-    p /= p.sum(axis=1, keepdims=True)
+    p = softmax(output_logits(model, x_uint8) / temperature, axis=1)
     lab = y >= 0
     pred = p.argmax(axis=1) if predictions is None else np.asarray(predictions)
     acc = float(np.mean(pred[lab] == y[lab])) if lab.any() else None
@@ -575,6 +579,32 @@ def guard_decision(before: dict, after: dict) -> tuple[bool, str]:
     # strictly better: an update that is only predicted to be as good costs bytes and risk for nothing
     ship = after[key] > before[key] + margin
     return ship, f"{key} {before[key]} -> {after[key]}"
+
+
+def guard(current: QuantModel, model: QuantModel, temperature: float, x: np.ndarray, y: np.ndarray,
+          temp_set: tuple, held_idx: np.ndarray | None, fit_idx: np.ndarray, cv_logits: np.ndarray | None) -> dict:
+    """The guard step: `model` (adapted, softmax temperature `temperature`) against `current` (serving)
+    on the captured inputs `x` with labels `y` (-1: none, or learnt by the serving model).
+
+    Confidence needs no labels, and only self-training fits the unlabeled inputs' outputs: with it
+    only the held-out ones (`held_idx`) judge, without it every captured input (a 200-sample
+    capture's estimate is then stable). Labels judge tuning by cross-validation (`cv_logits`, over
+    the fit samples `fit_idx`), anything else directly (no other step sees them)."""
+    # an adapted model's input quantization corrects the shift, so clean source images would be
+    # distorted by it: its temperature is the one recorded when it was adapted
+    current_temperature = current.meta.get("adapted", {}).get("temperature") or fit_temperature(
+        output_logits(current, temp_set[0]), temp_set[1])
+    judge = np.arange(len(x)) if held_idx is None else held_idx
+    pred = None
+    if cv_logits is not None:
+        judge = np.union1d(judge, fit_idx[np.isfinite(cv_logits).all(axis=1)])
+        pred = np.full(len(x), -1)
+        pred[fit_idx] = np.where(np.isnan(cv_logits).any(axis=1), -1, np.nan_to_num(cv_logits).argmax(axis=1))
+        pred = pred[judge]
+    before = guard_estimate(current, current_temperature, x[judge], y[judge])
+    after = guard_estimate(model, temperature, x[judge], y[judge], pred)
+    ship, reason = guard_decision(before, after)
+    return {"deployed": before, "adapted": after, "ship": ship, "reason": reason}
 
 
 def adapt(run_dir: Path, deployed: QuantModel, formats: dict[str, str], captured_uint8: np.ndarray, *,
@@ -625,18 +655,17 @@ def adapt(run_dir: Path, deployed: QuantModel, formats: dict[str, str], captured
         input_q, report["input"] = estimate_input_q(x_fit, class_hist, predict, input_method)
         seconds["input"] = time.perf_counter() - t
 
-    target = TargetData(input_floats(x_fit, input_q), y_fit)
-    replay_data = TargetData(input_floats(replay[0]), replay[1])
-    base_temperature = fit_temperature(float_logits(base, input_floats(temp_set[0])), temp_set[1])
+    # labels reach the tuning only through the "tune" step
+    target = TargetData(input_floats(x_fit, input_q), y_fit if "tune" in steps else np.full(len(y_fit), -1))
     source, nnz_before = base, {ql.name: int(np.count_nonzero(ql.weights)) for ql in deployed.layers if ql.has_weights}
-    labeled = bool(np.any(y_fit >= 0))
-    tuning = ("tune" in steps and labeled) or "selftrain" in steps
+    tuning = len(target.labeled) > 0 or "selftrain" in steps
     if tuning:  # a sparse layer keeps its nonzero pattern through tuning: its bytes are the deployed ones
         source = with_masks(source, {ql.name: ql.weights != 0 for ql in deployed.layers
                                      if ql.has_weights and formats[ql.name] != "dense"})
-    tune_args = dict(steps=tune_steps, temperature=base_temperature, pseudo="selftrain" in steps,
-                     entropy_weight=ENTROPY_WEIGHT if "selftrain" in steps else 0.0)
-    target = TargetData(target.x, y_fit if "tune" in steps else np.full(len(y_fit), -1))
+        replay_data = TargetData(input_floats(replay[0]), replay[1])
+        tune_args = dict(steps=tune_steps, pseudo="selftrain" in steps,
+                         temperature=fit_temperature(float_logits(base, input_floats(temp_set[0])), temp_set[1]),
+                         entropy_weight=ENTROPY_WEIGHT if "selftrain" in steps else 0.0)
     if "reprune" in steps:
         t = time.perf_counter()
         source, origin = parent_source(Path(run_dir), x_fit, input_q, seed)
@@ -658,9 +687,11 @@ def adapt(run_dir: Path, deployed: QuantModel, formats: dict[str, str], captured
         seconds["tune"] = time.perf_counter() - t
     elif "tune" in steps:
         report["tune"] = {"skipped": "no labels"}
-    source_logits = float_logits(source, input_floats(temp_set[0]))
-    temperature = fit_temperature(source_logits, temp_set[1])
-    report["temperature"] = round(temperature, 4)
+    temperature = None  # the adapted model's softmax temperature on source data, for the steps that use it
+    if tuning or "prior" in steps or "guard" in steps:
+        source_logits = float_logits(source, input_floats(temp_set[0]))
+        temperature = fit_temperature(source_logits, temp_set[1])
+        report["temperature"] = round(temperature, 4)
 
     if "prior" in steps:
         t = time.perf_counter()
@@ -703,29 +734,12 @@ def adapt(run_dir: Path, deployed: QuantModel, formats: dict[str, str], captured
     ship = True
     if "guard" in steps:
         t = time.perf_counter()
-        current = deployed if serving is None else serving
-        # an adapted model's input quantization corrects the shift, so clean source images would be
-        # distorted by it: its temperature is the one recorded when it was adapted
-        current_temperature = current.meta.get("adapted", {}).get("temperature") or fit_temperature(
-            output_logits(current, temp_set[0]), temp_set[1])
-        # Confidence needs no labels, and only self-training fits the unlabeled inputs' outputs:
-        # without it every captured input may judge (a 200-sample capture's estimate is then stable).
-        # Labels judge tuning by cross-validation, anything else directly (no other step sees them).
-        judge = held_idx if "selftrain" in steps else np.arange(len(x))
-        if cv_logits is not None:
-            judge = np.union1d(judge, fit_idx[target.labeled])
-        y_all = np.full(len(x), -1)
-        y_all[fit_idx] = y_fit
-        y_all[: serving_seen if serving is not None else 0] = -1  # the serving model learnt these labels
-        pred_all = None
-        if cv_logits is not None:
-            pred_all = np.full(len(x), -1)
-            pred_all[fit_idx] = np.where(np.isnan(cv_logits).any(axis=1), -1, np.nan_to_num(cv_logits).argmax(axis=1))
-            pred_all = pred_all[judge]
-        before = guard_estimate(current, current_temperature, x[judge], y_all[judge])
-        after = guard_estimate(model, temperature, x[judge], y_all[judge], pred_all)
-        ship, reason = guard_decision(before, after)
-        report["guard"] = {"deployed": before, "adapted": after, "ship": ship, "reason": reason}
+        judged = np.full(len(x), -1)  # what the guard may judge by: labels the serving model did not learn
+        judged[fit_idx] = y_fit
+        judged[: serving_seen if serving is not None else 0] = -1
+        report["guard"] = guard(deployed if serving is None else serving, model, temperature, x, judged, temp_set,
+                                held_idx if "selftrain" in steps else None, fit_idx, cv_logits)
+        ship = report["guard"]["ship"]
         seconds["guard"] = time.perf_counter() - t
 
     monitor_qsae = monitor = None

@@ -354,15 +354,20 @@ def _drift_fields(event: dict) -> dict:
 # --- wiring: the factory model, the adaptation and the two update paths ---------------------------
 
 
-def reference_images(x_train: np.ndarray, samples: int = 5000, seed: int = 1) -> np.ndarray:
-    """Training images for the drift detectors' reference: none of the calibration subset, on which
-    the quantization and the factory monitor QSAE were fitted (its reconstruction error is lower there)."""
-    n = len(x_train)
+def reference_indices(n: int, samples: int, seed: int) -> np.ndarray:
+    """Sorted indices of up to `samples` training images outside the calibration subset, on which the
+    quantization and the factory monitor QSAE were fitted (a small dataset such as digits is all
+    calibrated: then any image, and what is measured on them is optimistic)."""
     free = np.setdiff1d(np.arange(n), calibration_indices(n))
-    if len(free) == 0:  # a small dataset (digits): all of it calibrated; the reference is then optimistic
+    if len(free) == 0:
         free = np.arange(n)
-    pick = np.random.default_rng(seed).choice(free, size=min(samples, len(free)), replace=False)
-    return x_train[np.sort(pick)]
+    return np.sort(np.random.default_rng(seed).choice(free, size=min(samples, len(free)), replace=False))
+
+
+def reference_images(x_train: np.ndarray, samples: int = 5000, seed: int = 1) -> np.ndarray:
+    """Training images for the drift detectors' reference (reference_indices: the monitor QSAE's
+    reconstruction error is lower on the calibration subset)."""
+    return x_train[reference_indices(len(x_train), samples, seed)]
 
 
 def factory_serving(fw: FirmwareDir) -> ServingModel:
@@ -372,18 +377,14 @@ def factory_serving(fw: FirmwareDir) -> ServingModel:
     return ServingModel(fw.model, fw.monitor, parse_header(fw.blob_path.read_bytes()).blob_id, "factory")
 
 
-def factory_accuracy_trigger(serving: ServingModel, x_train: np.ndarray, y_train: np.ndarray,
-                             samples: int = 2000, seed: int = 2) -> AccuracyTrigger:
-    """The labeled-accuracy trigger, expecting the factory model's int8 accuracy on training images
-    outside the calibration subset (held out from quantization, not from training: the margin of
+def expected_accuracy(serving: ServingModel, x_train: np.ndarray, y_train: np.ndarray, samples: int = 2000,
+                      seed: int = 2) -> float:
+    """What the labeled-accuracy trigger expects: the model's int8 accuracy on training images outside
+    the calibration subset (held out from quantization, not from training: the margin of
     AccuracyTrigger covers the gap to unseen data)."""
-    n = len(x_train)
-    free = np.setdiff1d(np.arange(n), calibration_indices(n))
-    if len(free) == 0:
-        free = np.arange(n)
-    pick = np.sort(np.random.default_rng(seed).choice(free, size=min(samples, len(free)), replace=False))
+    pick = reference_indices(len(x_train), samples, seed)
     pred = run_s8(serving.model, to_int8(x_train[pick])).argmax(axis=1)
-    return AccuracyTrigger(float(np.mean(pred == np.asarray(y_train)[pick])))
+    return float(np.mean(pred == np.asarray(y_train)[pick]))
 
 
 def factory_drift_detector(serving: ServingModel, x_train: np.ndarray, num_classes: int) -> DriftDetector:

@@ -35,7 +35,7 @@ from mcuprune.controller.controller import (
     LabelFeed,
     ServingModel,
     StreamReport,
-    factory_accuracy_trigger,
+    expected_accuracy,
     factory_drift_detector,
     factory_serving,
     make_adapter,
@@ -256,7 +256,7 @@ def run_drift_demo(run_dir: Path, fw_dir: Path, dataset: Dataset, cfg: DemoConfi
     out_dir.mkdir(parents=True, exist_ok=True)
     progress(f"[drift-demo] fitting the drift detectors on {fw.model.name}'s telemetry of held-out training images")
     monitor_state = factory_drift_detector(factory, dataset.x_train, dataset.num_classes).state()
-    expected = factory_accuracy_trigger(factory, dataset.x_train, dataset.y_train).expected
+    expected = expected_accuracy(factory, dataset.x_train, dataset.y_train)
     log = JsonlLog(out_dir / "events.jsonl", append=False)
     adapter = make_adapter(run_dir, fw, seed=cfg.seed, steps=cfg.adapt_steps)
     progress(f"[drift-demo] {cfg.labels} labels per capture; first update after {cfg.capture_samples} captured "

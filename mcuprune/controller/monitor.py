@@ -25,6 +25,7 @@ from rich.live import Live
 from rich.table import Table
 
 from mcuprune.codegen.signing import Signer
+from mcuprune.controller.accuracy import AccuracyTrigger
 from mcuprune.controller.controller import (
     ADAPT_STEPS,
     FIRST_CAPTURE,
@@ -32,7 +33,7 @@ from mcuprune.controller.controller import (
     HostController,
     JsonlLog,
     ServingModel,
-    factory_accuracy_trigger,
+    expected_accuracy,
     factory_drift_detector,
     factory_serving,
     make_adapter,
@@ -254,7 +255,7 @@ def run_monitor(port: str, fw: FirmwareDir, run_dir: Path, cfg: MonitorConfig, l
     adapter = make_adapter(run_dir, fw, cfg.seed, cfg.adapt_steps) if updater else None
     accuracy = None
     if labels is not None:
-        accuracy = factory_accuracy_trigger(factory_serving(fw), dataset.x_train, dataset.y_train)
+        accuracy = AccuracyTrigger(expected_accuracy(factory_serving(fw), dataset.x_train, dataset.y_train))
     controller = HostController(device, serving, drift, log, adapter,
                                 updater, capture_samples=cfg.capture_samples, refine_samples=cfg.refine_samples,
                                 feed=cfg.feed, on_update=lambda s: save_installed(fw, s), label_feed=labels,

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.special import softmax
 
 from mcuprune.model.interpreter import run_f32
 from mcuprune.model.ir import FloatModel
@@ -62,9 +63,7 @@ def _nchw(x: np.ndarray) -> torch.Tensor:
 def pseudo_labels(model: FloatModel, x: np.ndarray, temperature: float,
                   threshold: float = PSEUDO_CONFIDENCE) -> np.ndarray:
     """The model's prediction where its calibrated confidence reaches `threshold`, else -1."""
-    z = run_f32(model, np.asarray(x, dtype=np.float32)).astype(np.float64) / temperature
-    p = np.exp(z - z.max(axis=1, keepdims=True))
-    p /= p.sum(axis=1, keepdims=True)
+    p = softmax(run_f32(model, np.asarray(x, dtype=np.float32)).astype(np.float64) / temperature, axis=1)
     return np.where(p.max(axis=1) >= threshold, p.argmax(axis=1), -1)
 
 
