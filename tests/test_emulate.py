@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 import struct
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -18,7 +20,7 @@ import pytest
 from mcuprune.device.frames import MAX_PAYLOAD, cobs_decode, cobs_encode, crc32
 from mcuprune.device.link import Device, DeviceError, DeviceTimeout
 from mcuprune.device.messages import ErrorCode, MsgType, unpack_error
-from mcuprune.device.qemu import QemuDevice
+from mcuprune.device.qemu import KeepInputSocket, QemuDevice
 from mcuprune.errors import UserError
 from mcuprune.target.board import Board, list_boards, load_board
 from mcuprune.target.build import BuildResult, build_project, prepare_project
@@ -373,6 +375,49 @@ def test_hang_times_out_with_last_uart_output(firmware: tuple[Board, Path, Build
     assert "\n" not in message and "no reply within 1.5 s" in message
     assert message.endswith(f"last UART output: mcuprune fw 0.1 proto 1 board {board.name} model stub")
     assert q.returncode is None  # QEMU had to be killed
+
+
+def _open_while_server_speaks(port_class: type) -> bytes:
+    """Open `port_class` on a local TCP server that sends a banner as soon as it accepts, with the
+    open paused (in _reconfigure_port, just before pyserial's closing flush) until the banner is in
+    our socket buffer: QEMU starting the guest while pyserial is still inside open()."""
+    banner = b"mcuprune fw banner\x00"
+    server = socket.create_server(("127.0.0.1", 0))
+    sent = threading.Event()
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        conn.sendall(banner)
+        sent.set()
+        time.sleep(1.0)
+        conn.close()
+
+    class Paused(port_class):
+        def _reconfigure_port(self) -> None:
+            super()._reconfigure_port()
+            assert sent.wait(5.0)
+            time.sleep(0.2)  # loopback delivery
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    ser = Paused(None, timeout=0.5)
+    ser.port = f"socket://127.0.0.1:{server.getsockname()[1]}"
+    ser.open()
+    try:
+        return ser.read(len(banner))
+    finally:
+        ser.close()
+        thread.join()
+        server.close()
+
+
+def test_port_keeps_bytes_received_while_opening() -> None:
+    """The boot banner can arrive before the port's open() returns; it must not be flushed away
+    (the CI failure where a hang's message said 'last UART output: (none)')."""
+    import serial.urlhandler.protocol_socket as stock
+
+    assert _open_while_server_speaks(stock.Serial) == b""  # pyserial's own flush loses it: the race is real
+    assert _open_while_server_speaks(KeepInputSocket) == b"mcuprune fw banner\x00"
 
 
 def test_board_without_qemu_machine_is_user_error(tmp_path: Path) -> None:

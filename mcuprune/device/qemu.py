@@ -18,6 +18,7 @@ from types import TracebackType
 
 import numpy as np
 import serial
+from serial.urlhandler.protocol_socket import Serial as SocketSerial
 
 from mcuprune.codegen.signing import Signer
 from mcuprune.device.frames import printable
@@ -38,6 +39,36 @@ from mcuprune.target.board import Board
 def _qemu_option_value(path: Path) -> str:
     """A path as a QEMU -object option value: commas are doubled (QEMU's escape)."""
     return str(Path(path).resolve()).replace(",", ",,")
+
+
+class KeepInputSocket(SocketSerial):
+    """pyserial's socket:// port without the input flush at the end of open().
+
+    QEMU (`-serial tcp:...,wait=on`) starts the guest the moment it accepts our connection, which can
+    be before pyserial's open() returns; its closing reset_input_buffer() would then throw away the
+    boot banner. The banner is what a later timeout message quotes, and the proof a board that drops
+    early input is up, so nothing received may be discarded."""
+
+    _opening = False
+
+    def open(self) -> None:
+        self._opening = True
+        try:
+            super().open()
+        finally:
+            self._opening = False
+
+    def reset_input_buffer(self) -> None:
+        if not self._opening:
+            super().reset_input_buffer()
+
+
+def open_socket_port(port: int, timeout: float) -> serial.SerialBase:
+    """The QEMU UART at 127.0.0.1:port as a serial port that keeps every byte received."""
+    ser = KeepInputSocket(None, timeout=timeout)
+    ser.port = f"socket://127.0.0.1:{port}"
+    ser.open()
+    return ser
 
 
 def _free_port() -> int:
@@ -148,8 +179,7 @@ class QemuDevice:
             if self._proc.poll() is not None:
                 return None
             try:
-                # pyserial's open() drops input already waiting; the guest has not run yet then.
-                return serial.serial_for_url(f"socket://127.0.0.1:{port}", timeout=self.timeout)
+                return open_socket_port(port, self.timeout)
             except serial.SerialException:
                 if time.monotonic() > deadline:
                     self._kill()
