@@ -12,7 +12,7 @@ import pytest
 from scipy.special import softmax
 
 from mcuprune.controller.accuracy import AccuracyTrigger
-from mcuprune.controller.adapt import adapt, guard_decision, split_holdout
+from mcuprune.controller.adapt import adapt, dequantize_model, guard_decision, split_holdout
 from mcuprune.controller.monitor import LabelSource, parse_label_line
 from mcuprune.controller.prior import (
     class_confidence,
@@ -22,7 +22,8 @@ from mcuprune.controller.prior import (
     fold_prior,
     last_weighted_layer,
 )
-from mcuprune.controller.scenarios import rotation
+from mcuprune.controller.scenarios import brightness_contrast, gaussian_noise, rotation
+from mcuprune.controller.shift_match import identify_shift
 from mcuprune.errors import UserError
 from mcuprune.model.interpreter import run_f32, run_s8
 from mcuprune.model.ir import RELU
@@ -207,6 +208,46 @@ def test_tuning_keeps_a_sparse_layers_nonzero_pattern(digits_deployed) -> None:
     old = next(ql for ql in sparse.layers if ql.name == name).weights
     new = next(ql for ql in result.model.layers if ql.name == name).weights
     assert not np.any(new[old == 0])
+
+
+# --- recognising a known corruption -----------------------------------------------------------
+
+def test_known_corruptions_are_recognised_with_their_strength_and_sign(digits_deployed) -> None:
+    run_dir, ds, model, _ = digits_deployed
+    base, capture = dequantize_model(model), ds.x_train[:200]
+    for shifted, family, strength in ((gaussian_noise(capture, 40.0, seed=1), "gaussian_noise", 40.0),
+                                      (rotation(capture, 30.0), "rotation", 30.0),
+                                      (rotation(capture, -30.0), "rotation", -30.0)):
+        match, report = identify_shift(base, shifted, ds.x_train)
+        assert match is not None and (match.family, match.strength) == (family, strength), report
+        assert report["ratio"] < 0.3
+
+
+def test_no_corruption_is_claimed_for_clean_relit_or_reweighted_captures(digits_deployed) -> None:
+    """A lighting change is the input step's (the affine candidate explains it), a change of class
+    mix moves the statistics but no corruption explains it, clean data needs nothing."""
+    run_dir, ds, model, _ = digits_deployed
+    base = dequantize_model(model)
+    few_classes = ds.x_train[np.isin(ds.y_train, [0, 1, 2])][:200]
+    for capture in (ds.x_train[:200], brightness_contrast(ds.x_train[:200], 40.0, 0.7), few_classes):
+        match, report = identify_shift(base, capture, ds.x_train)
+        assert match is None and report["ratio"] > 1.0, report
+
+
+def test_a_recognised_rotation_is_learnt_without_labels(digits_deployed) -> None:
+    """Rotated digits, no labels: the replay rotated as recognised teaches the rotation, which no
+    input statistic can, and the guard ships it on the accuracy over rotated held-out training images."""
+    run_dir, ds, model, formats = digits_deployed
+    common = dict(train_images=ds.x_train, train_labels=ds.y_train, seed=0)
+    captured = rotation(ds.x_train[:200], 30.0)
+    matched = adapt(run_dir, model, formats, captured, steps=("input", "match", "calibrate", "guard"), **common)
+    plain = adapt(run_dir, model, formats, captured, steps=("input", "calibrate"), **common)
+    x_test = rotation(ds.x_test, 30.0)
+    assert matched.report["match"]["recognised"] == {"family": "rotation", "strength": 30.0}
+    assert _accuracy(matched.model, x_test, ds.y_test) >= _accuracy(plain.model, x_test, ds.y_test) + 0.2
+    guard = matched.report["guard"]
+    assert matched.ship and guard["reason"].startswith("accuracy on matched training images")
+    assert guard["adapted"]["accuracy"] > guard["deployed"]["accuracy"] + 0.2
 
 
 def test_labels_must_match_the_captured_inputs(digits_deployed) -> None:
