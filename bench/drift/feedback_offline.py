@@ -2,7 +2,7 @@
 interpreter (which the device matches bit for bit), no QEMU.
 
     .venv/bin/python bench/drift/feedback_offline.py --firmware FWDIR --run RUN [--captured 200]
-        [--labels 0 50 200] [--seed 0] [--out bench/drift/results/feedback_offline]
+        [--labels 0 50 200] [--seed 0] [--out bench/drift/results/feedback_offline] [--variants ...]
 
 FWDIR is the blob firmware the drift demo runs (its model and weight formats are the deployed ones),
 RUN the pruned run it was compiled from. Per scenario, a stream of test images shifted from its first
@@ -33,6 +33,7 @@ BASE = ("input", "calibrate")
 VARIANTS = {  # name -> (steps, whether labels change what it does)
     "input+calibrate": (BASE, False),
     "+prior": (BASE + ("prior",), False),
+    "+match": (BASE + ("match",), False),
     "+selftrain": (BASE + ("selftrain",), False),
     "+tune": (BASE + ("tune",), True),
     "+tune+selftrain": (BASE + ("tune", "selftrain"), True),
@@ -54,6 +55,7 @@ def main() -> None:
     ap.add_argument("--labels", type=int, nargs="+", default=[0, 50, 200])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="bench/drift/results/feedback_offline")
+    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     args = ap.parse_args()
     fw = load_firmware_dir(Path(args.firmware))
     ds = load_dataset("fashion-mnist")
@@ -65,7 +67,8 @@ def main() -> None:
         for k in args.labels:
             labels = np.full(args.captured, -1)
             labels[:k] = yc[:k]
-            for variant, (steps, uses_labels) in VARIANTS.items():
+            for variant in args.variants:
+                steps, uses_labels = VARIANTS[variant]
                 if (k > 0) != uses_labels and variant != "controller default (guarded)":
                     continue  # without labels "tune" is a no-op; with them the unlabeled rows are the K = 0 ones
                 t0 = time.monotonic()

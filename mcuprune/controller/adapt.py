@@ -76,6 +76,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy.special import softmax
+from scipy.stats import binomtest
 
 from mcuprune.codegen.emit import architecture_hash
 from mcuprune.compress.activations import capture_activations, layer_rows, weight_matrix
@@ -121,6 +122,7 @@ CV_FOLDS = 3
 # 1,000 images, so a paired difference of a point is more than chance; under noise on digits a gain of
 # 0.3 points there came with a loss of 0.3 on the test images.
 SYNTHETIC_MARGIN = 0.01
+LABEL_VETO_P = 0.05  # field labels veto an update judged on matched training images only by a loss this significant
 MIN_GUARD_LABELS = 10  # with fewer labels the guard judges by confidence
 REPLAY_SAMPLES = 2000  # labeled training images mixed into every tuning batch
 TEMPERATURE_SAMPLES = 1000  # labeled training images the softmax temperature is fitted on
@@ -602,15 +604,10 @@ def guard(current: QuantModel, model: QuantModel, temperature: float, x: np.ndar
     only the held-out ones (`held_idx`) judge, without it every captured input (a 200-sample
     capture's estimate is then stable). Labels judge tuning by cross-validation (`cv_logits`, over
     the fit samples `fit_idx`), anything else directly (no other step sees them). `synthetic`: labeled
-    training images under the corruption the match step recognised, which no tuning saw; without
-    enough field labels the guard judges both models by their accuracy on those (their confidence
-    is no witness there: the matched model is less confident, and far more accurate)."""
-    if synthetic is not None and np.sum(y >= 0) < MIN_GUARD_LABELS:
-        before = guard_estimate(current, 1.0, *synthetic)
-        after = guard_estimate(model, 1.0, *synthetic)
-        ship = after["accuracy"] > before["accuracy"] + SYNTHETIC_MARGIN
-        return {"deployed": before, "adapted": after, "ship": ship,
-                "reason": f"accuracy on matched training images {before['accuracy']} -> {after['accuracy']}"}
+    training images under the corruption the match step recognised, which no tuning saw: the guard
+    then judges both models by their accuracy on those (their confidence is no witness there: the
+    matched model is less confident, and far more accurate), and the field labels, when there are
+    enough, veto only by a significant loss (label_loss_p)."""
     # an adapted model's input quantization corrects the shift, so clean source images would be
     # distorted by it: its temperature is the one recorded when it was adapted
     current_temperature = current.meta.get("adapted", {}).get("temperature") or fit_temperature(
@@ -625,7 +622,31 @@ def guard(current: QuantModel, model: QuantModel, temperature: float, x: np.ndar
     before = guard_estimate(current, current_temperature, x[judge], y[judge])
     after = guard_estimate(model, temperature, x[judge], y[judge], pred)
     ship, reason = guard_decision(before, after)
-    return {"deployed": before, "adapted": after, "ship": ship, "reason": reason}
+    if synthetic is None:
+        return {"deployed": before, "adapted": after, "ship": ship, "reason": reason}
+    # a recognised corruption: judged on 1,000 matched training images, with the field labels (if any)
+    # able to veto only by a significant loss; a "strictly better" over 50 labels is a coin toss.
+    syn_before, syn_after = guard_estimate(current, 1.0, *synthetic), guard_estimate(model, 1.0, *synthetic)
+    ship = syn_after["accuracy"] > syn_before["accuracy"] + SYNTHETIC_MARGIN
+    reason = f"accuracy on matched training images {syn_before['accuracy']} -> {syn_after['accuracy']}"
+    result = {"deployed": syn_before, "adapted": syn_after, "ship": ship, "reason": reason}
+    if before["labeled"] >= MIN_GUARD_LABELS:
+        lab = judge[y[judge] >= 0]
+        served = output_logits(current, x[lab]).argmax(axis=1)
+        adapted = (pred[y[judge] >= 0] if pred is not None else output_logits(model, x[lab]).argmax(axis=1))
+        p_loss = label_loss_p(served == y[lab], adapted == y[lab])
+        veto = p_loss < LABEL_VETO_P
+        result.update(ship=ship and not veto, labels={"deployed": before, "adapted": after, "p_loss": round(p_loss, 4)},
+                      reason=f"{reason}; labels {before['accuracy']} -> {after['accuracy']} (loss p = {p_loss:.3f})")
+    return result
+
+
+def label_loss_p(served_right: np.ndarray, adapted_right: np.ndarray) -> float:
+    """One-sided exact McNemar test: the probability of at least this many samples that only the serving
+    model got right, among those the two models disagree on, if the adapted model were as good."""
+    only_served = int(np.sum(served_right & ~adapted_right))
+    disagree = only_served + int(np.sum(adapted_right & ~served_right))
+    return 1.0 if disagree == 0 else float(binomtest(only_served, disagree, 0.5, alternative="greater").pvalue)
 
 
 def adapt(run_dir: Path, deployed: QuantModel, formats: dict[str, str], captured_uint8: np.ndarray, *,
