@@ -2,7 +2,7 @@
 interpreter (which the device matches bit for bit), no QEMU.
 
     .venv/bin/python bench/drift/feedback_offline.py --firmware FWDIR --run RUN [--captured 200]
-        [--labels 0 50 200] [--seed 0] [--out bench/drift/results/feedback_offline] [--variants ...]
+        [--labels 0 50 200] [--seed 0] [--out bench/drift/results/feedback_offline] [--scenarios ...] [--variants ...]
 
 FWDIR is the blob firmware the drift demo runs (its model and weight formats are the deployed ones),
 RUN the pruned run it was compiled from. Per scenario, a stream of test images shifted from its first
@@ -55,12 +55,14 @@ def main() -> None:
     ap.add_argument("--labels", type=int, nargs="+", default=[0, 50, 200])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="bench/drift/results/feedback_offline")
+    ap.add_argument("--scenarios", nargs="+", choices=list(SCENARIOS), default=list(SCENARIOS))
     ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     args = ap.parse_args()
     fw = load_firmware_dir(Path(args.firmware))
     ds = load_dataset("fashion-mnist")
     rows = []
-    for name, scenario in SCENARIOS.items():
+    for name in args.scenarios:
+        scenario = SCENARIOS[name]
         x, y, _ = make_stream(ds, scenario, 0, args.captured + SCORED, args.seed)
         xc, yc, xs, ys = x[: args.captured], y[: args.captured], x[args.captured :], y[args.captured :]
         static = accuracy(fw.model, xs, ys)

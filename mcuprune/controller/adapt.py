@@ -60,7 +60,8 @@ Steps added for issue 13 (bench/drift/README.md measures each on and off):
 * ``prior``: class-prior EM on temperature-calibrated posteriors, folded into the logit layer's
   bias when the data show a change that a pure prior change explains (prior.py).
 * ``guard``: the host's prediction of the adapted model against the serving one; ``ship`` is False
-  unless it predicts a gain (guard_decision).
+  unless it predicts a gain (guard_decision; after ``match``, the matched training images decide
+  and the labels can veto, see guard()).
 
 Without ``reprune`` and the tuning steps the weights are the deployed int8 weights unchanged (dequantized and quantized
 again, which reproduces them exactly); biases and requantization constants follow the new input and
