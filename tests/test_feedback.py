@@ -12,7 +12,7 @@ import pytest
 from scipy.special import softmax
 
 from mcuprune.controller.accuracy import AccuracyTrigger
-from mcuprune.controller.adapt import adapt, dequantize_model, guard_decision, label_loss_p, split_holdout
+from mcuprune.controller.adapt import adapt, dequantize_model, guard_decision, mcnemar_p, split_holdout
 from mcuprune.controller.monitor import LabelSource, parse_label_line
 from mcuprune.controller.prior import (
     class_confidence,
@@ -250,16 +250,17 @@ def test_a_recognised_rotation_is_learnt_without_labels(digits_deployed) -> None
     assert guard["adapted"]["accuracy"] > guard["deployed"]["accuracy"] + 0.2
 
 
-def test_labels_veto_a_matched_update_only_by_a_significant_loss() -> None:
-    """Exact one-sided McNemar: 6 of 6 disagreements against the update is p = 1/64; 3 against and
-    2 for (a 50-label 'loss' of one sample) is no evidence; agreement everywhere is none at all."""
-    served = np.ones(50, dtype=bool)
-    adapted = served.copy()
-    adapted[:6] = False
-    assert label_loss_p(served, adapted) == pytest.approx(1 / 64)
-    served[10:12], adapted[3:6] = False, True
-    assert label_loss_p(served, adapted) == pytest.approx(0.5)  # P(X >= 3 | 5 fair tosses)
-    assert label_loss_p(served, served) == 1.0
+def test_mcnemar_p_counts_only_the_samples_the_models_disagree_on() -> None:
+    """Exact one-sided McNemar: 6 of 6 disagreements for the second model is p = 1/64; 3 for and 2
+    against (a 50-label 'gain' of one sample) is no evidence; agreement everywhere is none at all."""
+    first = np.ones(50, dtype=bool)
+    second = first.copy()
+    second[:6] = False
+    assert mcnemar_p(second, first) == pytest.approx(1 / 64)
+    assert mcnemar_p(first, second) == 1.0  # nothing for the second model
+    first[10:12], second[3:6] = False, True
+    assert mcnemar_p(second, first) == pytest.approx(0.5)  # P(X >= 3 | 5 fair tosses)
+    assert mcnemar_p(first, first) == 1.0
 
 
 def test_labels_must_match_the_captured_inputs(digits_deployed) -> None:

@@ -60,8 +60,8 @@ Steps added for issue 13 (bench/drift/README.md measures each on and off):
 * ``prior``: class-prior EM on temperature-calibrated posteriors, folded into the logit layer's
   bias when the data show a change that a pure prior change explains (prior.py).
 * ``guard``: the host's prediction of the adapted model against the serving one; ``ship`` is False
-  unless it predicts a gain (guard_decision; after ``match``, the matched training images decide
-  and the labels can veto, see guard()).
+  unless it predicts a gain (by labels: a significant one; after ``match``, the matched training
+  images decide and the labels can veto; see guard()).
 
 Without ``reprune`` and the tuning steps the weights are the deployed int8 weights unchanged (dequantized and quantized
 again, which reproduces them exactly); biases and requantization constants follow the new input and
@@ -123,7 +123,9 @@ CV_FOLDS = 3
 # 1,000 images, so a paired difference of a point is more than chance; under noise on digits a gain of
 # 0.3 points there came with a loss of 0.3 on the test images.
 SYNTHETIC_MARGIN = 0.01
-LABEL_VETO_P = 0.05  # field labels veto an update judged on matched training images only by a loss this significant
+# Labels decide by an exact one-sided McNemar test at this level: an update judged by labels ships on
+# a gain this significant, one judged on matched training images is vetoed by a loss this significant.
+LABEL_P = 0.05
 MIN_GUARD_LABELS = 10  # with fewer labels the guard judges by confidence
 REPLAY_SAMPLES = 2000  # labeled training images mixed into every tuning batch
 TEMPERATURE_SAMPLES = 1000  # labeled training images the softmax temperature is fitted on
@@ -608,7 +610,8 @@ def guard(current: QuantModel, model: QuantModel, temperature: float, x: np.ndar
     training images under the corruption the match step recognised, which no tuning saw: the guard
     then judges both models by their accuracy on those (their confidence is no witness there: the
     matched model is less confident, and far more accurate), and the field labels, when there are
-    enough, veto only by a significant loss (label_loss_p)."""
+    enough, veto only by a significant loss. Judged by labels alone, only a significant gain
+    ships (mcnemar_p)."""
     # an adapted model's input quantization corrects the shift, so clean source images would be
     # distorted by it: its temperature is the one recorded when it was adapted
     current_temperature = current.meta.get("adapted", {}).get("temperature") or fit_temperature(
@@ -622,32 +625,41 @@ def guard(current: QuantModel, model: QuantModel, temperature: float, x: np.ndar
         pred = pred[judge]
     before = guard_estimate(current, current_temperature, x[judge], y[judge])
     after = guard_estimate(model, temperature, x[judge], y[judge], pred)
-    ship, reason = guard_decision(before, after)
+    labeled = before["labeled"] >= MIN_GUARD_LABELS
+    if labeled:  # per labeled sample: which model got it right (the adapted one cross-validated)
+        has_label = y[judge] >= 0
+        lab = judge[has_label]
+        served_right = output_logits(current, x[lab]).argmax(axis=1) == y[lab]
+        adapted_right = (pred[has_label] if pred is not None else output_logits(model, x[lab]).argmax(axis=1)) == y[lab]
+        p_gain, p_loss = mcnemar_p(served_right, adapted_right), mcnemar_p(adapted_right, served_right)
+        label_reason = f"labels {before['accuracy']} -> {after['accuracy']}"
     if synthetic is None:
-        return {"deployed": before, "adapted": after, "ship": ship, "reason": reason}
+        if not labeled:
+            ship, reason = guard_decision(before, after)
+            return {"deployed": before, "adapted": after, "ship": ship, "reason": reason}
+        # a gain over 200 labels has about 2 points of noise: "strictly better" let a footwear-prior
+        # update through at +1.5 predicted that lost 0.3 served; only a significant gain ships
+        return {"deployed": before, "adapted": after, "ship": p_gain < LABEL_P, "p_gain": round(p_gain, 4),
+                "reason": f"{label_reason} (gain p = {p_gain:.3f})"}
     # a recognised corruption: judged on 1,000 matched training images, with the field labels (if any)
     # able to veto only by a significant loss; a "strictly better" over 50 labels is a coin toss.
     syn_before, syn_after = guard_estimate(current, 1.0, *synthetic), guard_estimate(model, 1.0, *synthetic)
     ship = syn_after["accuracy"] > syn_before["accuracy"] + SYNTHETIC_MARGIN
     reason = f"accuracy on matched training images {syn_before['accuracy']} -> {syn_after['accuracy']}"
     result = {"deployed": syn_before, "adapted": syn_after, "ship": ship, "reason": reason}
-    if before["labeled"] >= MIN_GUARD_LABELS:
-        lab = judge[y[judge] >= 0]
-        served = output_logits(current, x[lab]).argmax(axis=1)
-        adapted = (pred[y[judge] >= 0] if pred is not None else output_logits(model, x[lab]).argmax(axis=1))
-        p_loss = label_loss_p(served == y[lab], adapted == y[lab])
-        veto = p_loss < LABEL_VETO_P
-        result.update(ship=ship and not veto, labels={"deployed": before, "adapted": after, "p_loss": round(p_loss, 4)},
-                      reason=f"{reason}; labels {before['accuracy']} -> {after['accuracy']} (loss p = {p_loss:.3f})")
+    if labeled:
+        result.update(ship=ship and p_loss >= LABEL_P, reason=f"{reason}; {label_reason} (loss p = {p_loss:.3f})",
+                      labels={"deployed": before, "adapted": after, "p_loss": round(p_loss, 4)})
     return result
 
 
-def label_loss_p(served_right: np.ndarray, adapted_right: np.ndarray) -> float:
-    """One-sided exact McNemar test: the probability of at least this many samples that only the serving
-    model got right, among those the two models disagree on, if the adapted model were as good."""
-    only_served = int(np.sum(served_right & ~adapted_right))
-    disagree = only_served + int(np.sum(adapted_right & ~served_right))
-    return 1.0 if disagree == 0 else float(binomtest(only_served, disagree, 0.5, alternative="greater").pvalue)
+def mcnemar_p(a_right: np.ndarray, b_right: np.ndarray) -> float:
+    """One-sided exact McNemar test that model b is more accurate than model a on the same labeled
+    samples: were they equally accurate, the probability of at least this many samples that only b
+    got right among those the two disagree on."""
+    only_b = int(np.sum(b_right & ~a_right))
+    disagree = only_b + int(np.sum(a_right & ~b_right))
+    return 1.0 if disagree == 0 else float(binomtest(only_b, disagree, 0.5, alternative="greater").pvalue)
 
 
 def adapt(run_dir: Path, deployed: QuantModel, formats: dict[str, str], captured_uint8: np.ndarray, *,
