@@ -178,6 +178,7 @@ def test_labels_teach_what_no_input_statistic_can_rotated_digits(digits_deployed
     assert _accuracy(labeled.model, x_test, ds.y_test) >= _accuracy(unlabeled.model, x_test, ds.y_test) + 0.05
     guard = labeled.report["guard"]
     assert labeled.ship and guard["deployed"]["labeled"] == 200 and guard["adapted"]["cross_validated"]
+    assert guard["p_gain"] < 0.05  # labels alone ship only a significant gain
     assert labeled.report["tune"]["labeled"] == 200  # every label trains the shipped model
 
 
