@@ -12,7 +12,7 @@ import pytest
 from scipy.special import softmax
 
 from mcuprune.controller.accuracy import AccuracyTrigger
-from mcuprune.controller.adapt import adapt, dequantize_model, guard_decision, mcnemar_p, split_holdout
+from mcuprune.controller.adapt import adapt, confidence_decision, dequantize_model, mcnemar_p, split_holdout
 from mcuprune.controller.monitor import LabelSource, parse_label_line
 from mcuprune.controller.prior import (
     class_confidence,
@@ -142,13 +142,11 @@ def test_holdout_takes_a_quarter_of_the_unlabeled_captures_and_no_label() -> Non
     assert np.all(y[held] < 0) and len(held) == round(0.25 * 170)  # every label trains
 
 
-def test_guard_ships_only_a_predicted_improvement() -> None:
-    base = {"samples": 50, "labeled": 50, "accuracy": 0.6, "confidence": 0.7}
-    assert guard_decision(base, dict(base, accuracy=0.7))[0]
-    assert not guard_decision(base, dict(base, accuracy=0.6, confidence=0.99))[0]  # labels outrank confidence
-    unlabeled = dict(base, labeled=0, accuracy=None)
-    assert not guard_decision(unlabeled, dict(unlabeled, confidence=0.715))[0]  # within the margin
-    assert guard_decision(unlabeled, dict(unlabeled, confidence=0.8))[0]
+def test_unlabeled_guard_ships_only_a_clear_rise_in_confidence() -> None:
+    unlabeled = {"samples": 50, "labeled": 0, "accuracy": None, "confidence": 0.7}
+    assert not confidence_decision(unlabeled, dict(unlabeled, confidence=0.715))[0]  # within the margin
+    assert not confidence_decision(unlabeled, dict(unlabeled, confidence=0.6))[0]
+    assert confidence_decision(unlabeled, dict(unlabeled, confidence=0.8))[0]
 
 
 # --- adaptation with labels ---------------------------------------------------------------------

@@ -126,7 +126,7 @@ SYNTHETIC_MARGIN = 0.01
 # Labels decide by an exact one-sided McNemar test at this level: an update judged by labels ships on
 # a gain this significant, one judged on matched training images is vetoed by a loss this significant.
 LABEL_P = 0.05
-MIN_GUARD_LABELS = 10  # with fewer labels the guard judges by confidence
+MIN_GUARD_LABELS = 10  # with fewer labels the guard judges by confidence (or the matched training images)
 REPLAY_SAMPLES = 2000  # labeled training images mixed into every tuning batch
 TEMPERATURE_SAMPLES = 1000  # labeled training images the softmax temperature is fitted on
 INPUT_METHODS = ("moments", "quantiles")
@@ -582,19 +582,14 @@ def guard_estimate(model: QuantModel, temperature: float, x_uint8: np.ndarray, y
             "cross_validated": predictions is not None}
 
 
-def guard_decision(before: dict, after: dict) -> tuple[bool, str]:
-    """Ship only if the host predicts the adapted model to be better than the serving one: by the
-    accuracy over labeled captures when there are MIN_GUARD_LABELS of them, else by the mean
-    calibrated confidence (which cannot see a model that became confidently wrong)."""
+def confidence_decision(before: dict, after: dict) -> tuple[bool, str]:
+    """Without labels or a recognised corruption: ship only if the mean calibrated confidence rises
+    by more than CONFIDENCE_MARGIN (it cannot see a model that became confidently wrong)."""
     if before["samples"] == 0:
         return True, "nothing to judge by"
-    if before["labeled"] >= MIN_GUARD_LABELS:
-        key, margin = "accuracy", 0.0
-    else:
-        key, margin = "confidence", CONFIDENCE_MARGIN
     # strictly better: an update that is only predicted to be as good costs bytes and risk for nothing
-    ship = after[key] > before[key] + margin
-    return ship, f"{key} {before[key]} -> {after[key]}"
+    ship = after["confidence"] > before["confidence"] + CONFIDENCE_MARGIN
+    return ship, f"confidence {before['confidence']} -> {after['confidence']}"
 
 
 def guard(current: QuantModel, model: QuantModel, temperature: float, x: np.ndarray, y: np.ndarray,
@@ -635,7 +630,7 @@ def guard(current: QuantModel, model: QuantModel, temperature: float, x: np.ndar
         label_reason = f"labels {before['accuracy']} -> {after['accuracy']}"
     if synthetic is None:
         if not labeled:
-            ship, reason = guard_decision(before, after)
+            ship, reason = confidence_decision(before, after)
             return {"deployed": before, "adapted": after, "ship": ship, "reason": reason}
         # a gain over 200 labels has about 2 points of noise: "strictly better" let a footwear-prior
         # update through at +1.5 predicted that lost 0.3 served; only a significant gain ships
