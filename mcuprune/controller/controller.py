@@ -392,11 +392,8 @@ def factory_drift_detector(serving: ServingModel, x_train: np.ndarray, num_class
     return build_detector(device_telemetry(serving.model, serving.monitor, reference_images(x_train)), num_classes)
 
 
-ADAPT_STEPS = CONTROLLER_STEPS  # the default steps (--adapt-steps to choose from all of adapt.STEPS)
-
-
 def make_adapter(run_dir: Path, fw: FirmwareDir, seed: int = 0,
-                 steps: tuple[str, ...] = ADAPT_STEPS) -> Callable[[np.ndarray, np.ndarray, QuantModel, int],
+                 steps: tuple[str, ...] = CONTROLLER_STEPS) -> Callable[[np.ndarray, np.ndarray, QuantModel, int],
                                                                    AdaptOutcome]:
     """(captured uint8 inputs, their labels (-1: none), the model serving now, how many of the captured
     inputs its adaptation learnt from) -> new parameters for

@@ -25,11 +25,9 @@ import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global figure state
 
 from mcuprune.codegen.signing import Signer
+from mcuprune.controller import CONTROLLER_STEPS, FIRST_CAPTURE, REFINE_CAPTURE
 from mcuprune.controller.accuracy import AccuracyTrigger
 from mcuprune.controller.controller import (
-    ADAPT_STEPS,
-    FIRST_CAPTURE,
-    REFINE_CAPTURE,
     HostController,
     JsonlLog,
     LabelFeed,
@@ -65,7 +63,7 @@ class DemoConfig:
     feed: str = "semihosting"
     update: str = "stream"
     seed: int = 0
-    adapt_steps: tuple[str, ...] = ADAPT_STEPS
+    adapt_steps: tuple[str, ...] = CONTROLLER_STEPS
 
 
 def capture_label_feed(y: np.ndarray, per_capture: int) -> LabelFeed:

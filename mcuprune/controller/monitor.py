@@ -25,11 +25,9 @@ from rich.live import Live
 from rich.table import Table
 
 from mcuprune.codegen.signing import Signer
+from mcuprune.controller import CONTROLLER_STEPS, FIRST_CAPTURE, REFINE_CAPTURE
 from mcuprune.controller.accuracy import AccuracyTrigger
 from mcuprune.controller.controller import (
-    ADAPT_STEPS,
-    FIRST_CAPTURE,
-    REFINE_CAPTURE,
     HostController,
     JsonlLog,
     ServingModel,
@@ -61,7 +59,7 @@ class MonitorConfig:
     refine_samples: int = REFINE_CAPTURE
     feed: str = "uart"
     seed: int = 0
-    adapt_steps: tuple[str, ...] = ADAPT_STEPS
+    adapt_steps: tuple[str, ...] = CONTROLLER_STEPS
     labels: str | None = None  # FILE or "-" (stdin): "SAMPLE CLASS" lines
 
 
